@@ -1,0 +1,394 @@
+//! Fraud checks: a Bloom filter of known-bad IPs and user agents, and a rate rule on clicks per
+//! IP per event-time minute.
+//!
+//! A fraud list is immutable and has a version. The aggregator swaps lists only at an epoch
+//! barrier and records the version in its checkpoint, so a replay after a crash makes the same
+//! decisions as the original run. A registry keeps every list by version so that a restore can
+//! find the one its checkpoint names.
+//!
+//! **Invariant:** no I/O here. Lists are parsed from text the caller read.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::FraudListVersion;
+use crate::limits;
+
+/// Why a click is fraud.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FraudVerdict {
+    Clean,
+    KnownBadIp,
+    KnownBadUserAgent,
+    RateExceeded,
+}
+
+/// One immutable, versioned list of known-bad IPs and user agents, held in Bloom filters.
+pub struct FraudList {
+    version: FraudListVersion,
+    checksum: u32,
+    entries: usize,
+    bad_ips: fastbloom::BloomFilter,
+    bad_user_agents: fastbloom::BloomFilter,
+}
+
+impl std::fmt::Debug for FraudList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FraudList")
+            .field("version", &self.version)
+            .field("checksum", &self.checksum)
+            .field("entries", &self.entries)
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FraudListError {
+    #[error("line {line}: expected `version N` with N > 0 before any entry")]
+    MissingVersion { line: usize },
+    #[error("line {line}: {message}")]
+    BadLine { line: usize, message: String },
+    #[error("list has {entries} entries, over the limit of {limit}")]
+    TooLarge { entries: usize, limit: usize },
+    #[error(
+        "fraud list version {version} is already registered with different content (checksum {registered:#010x}, new {new:#010x}); lists are immutable, give the new one a new version"
+    )]
+    VersionReused {
+        version: FraudListVersion,
+        registered: u32,
+        new: u32,
+    },
+}
+
+/// Bloom filters take one fixed seed so that every process builds identical filters.
+const BLOOM_SEED: u128 = 0xad_c11c_f4a0_d000;
+
+impl FraudList {
+    /// The empty list, version 0.
+    pub fn empty() -> FraudList {
+        FraudList::build(FraudListVersion(0), Vec::new(), Vec::new())
+    }
+
+    /// Builds a list from IPs and user agents.
+    pub fn build(
+        version: FraudListVersion,
+        mut ips: Vec<IpAddr>,
+        mut user_agents: Vec<String>,
+    ) -> FraudList {
+        ips.sort_unstable();
+        ips.dedup();
+        user_agents.sort_unstable();
+        user_agents.dedup();
+        let mut checksum = crc32fast::Hasher::new();
+        let mut bad_ips = new_bloom(ips.len());
+        for ip in &ips {
+            checksum.update(ip.to_string().as_bytes());
+            checksum.update(b"\n");
+            bad_ips.insert(&ip_key(*ip));
+        }
+        let mut bad_user_agents = new_bloom(user_agents.len());
+        for agent in &user_agents {
+            checksum.update(agent.as_bytes());
+            checksum.update(b"\n");
+            bad_user_agents.insert(agent.as_str());
+        }
+        FraudList {
+            version,
+            checksum: checksum.finalize(),
+            entries: ips.len() + user_agents.len(),
+            bad_ips,
+            bad_user_agents,
+        }
+    }
+
+    /// Parses the plain-text list format:
+    ///
+    /// ```text
+    /// # comments and blank lines are ignored
+    /// version 3
+    /// ip 203.0.113.9
+    /// ua BadBot/1.0
+    /// ```
+    pub fn parse(text: &str) -> Result<FraudList, FraudListError> {
+        let mut version = None;
+        let mut ips = Vec::new();
+        let mut user_agents = Vec::new();
+        for (index, raw) in text.lines().enumerate() {
+            let line = index + 1;
+            let trimmed = raw.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let (kind, value) =
+                trimmed
+                    .split_once(char::is_whitespace)
+                    .ok_or_else(|| FraudListError::BadLine {
+                        line,
+                        message: format!("expected `KIND VALUE`, got {trimmed:?}"),
+                    })?;
+            let value = value.trim();
+            match (kind, version) {
+                ("version", None) => {
+                    let parsed = value.parse::<u64>().ok().filter(|v| *v > 0);
+                    version = Some(parsed.ok_or(FraudListError::MissingVersion { line })?);
+                }
+                ("version", Some(_)) => {
+                    return Err(FraudListError::BadLine {
+                        line,
+                        message: "second `version` line".into(),
+                    });
+                }
+                (_, None) => return Err(FraudListError::MissingVersion { line }),
+                ("ip", Some(_)) => {
+                    ips.push(
+                        value
+                            .parse::<IpAddr>()
+                            .map_err(|_| FraudListError::BadLine {
+                                line,
+                                message: format!("{value:?} is not an ip address"),
+                            })?,
+                    )
+                }
+                ("ua", Some(_)) if value.len() <= limits::USER_AGENT_BYTES_MAX => {
+                    user_agents.push(value.to_owned())
+                }
+                ("ua", Some(_)) => {
+                    return Err(FraudListError::BadLine {
+                        line,
+                        message: format!(
+                            "user agent is {} bytes, over the limit of {} bytes",
+                            value.len(),
+                            limits::USER_AGENT_BYTES_MAX
+                        ),
+                    });
+                }
+                (other, Some(_)) => {
+                    return Err(FraudListError::BadLine {
+                        line,
+                        message: format!("unknown entry kind {other:?}, expected `ip` or `ua`"),
+                    });
+                }
+            }
+            if ips.len() + user_agents.len() > limits::FRAUD_LIST_ENTRIES_MAX {
+                return Err(FraudListError::TooLarge {
+                    entries: ips.len() + user_agents.len(),
+                    limit: limits::FRAUD_LIST_ENTRIES_MAX,
+                });
+            }
+        }
+        let version = version.ok_or(FraudListError::MissingVersion {
+            line: text.lines().count() + 1,
+        })?;
+        Ok(FraudList::build(
+            FraudListVersion(version),
+            ips,
+            user_agents,
+        ))
+    }
+
+    pub fn version(&self) -> FraudListVersion {
+        self.version
+    }
+
+    pub fn checksum(&self) -> u32 {
+        self.checksum
+    }
+
+    pub fn entries(&self) -> usize {
+        self.entries
+    }
+
+    /// Bloom filter memory, for the dashboard and the limits docs.
+    pub fn bloom_bytes(&self) -> usize {
+        (self.bad_ips.num_bits() + self.bad_user_agents.num_bits()) / 8
+    }
+
+    pub fn check(&self, ip: IpAddr, user_agent: &str) -> FraudVerdict {
+        if self.entries == 0 {
+            return FraudVerdict::Clean;
+        }
+        if self.bad_ips.contains(&ip_key(ip)) {
+            return FraudVerdict::KnownBadIp;
+        }
+        if self.bad_user_agents.contains(user_agent) {
+            return FraudVerdict::KnownBadUserAgent;
+        }
+        FraudVerdict::Clean
+    }
+}
+
+fn new_bloom(entries: usize) -> fastbloom::BloomFilter {
+    fastbloom::BloomFilter::with_false_pos(limits::FRAUD_BLOOM_FALSE_POSITIVE_RATE)
+        .seed(&BLOOM_SEED)
+        .expected_items(entries.max(1))
+}
+
+/// IPv4 and IPv4-mapped IPv6 addresses hash the same.
+pub fn ip_key(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+/// Every fraud list by version. Restores look up the version their checkpoint names.
+#[derive(Debug, Default, Clone)]
+pub struct FraudRegistry {
+    lists: BTreeMap<FraudListVersion, Arc<FraudList>>,
+}
+
+impl FraudRegistry {
+    pub fn new() -> FraudRegistry {
+        let mut registry = FraudRegistry::default();
+        registry
+            .lists
+            .insert(FraudListVersion(0), Arc::new(FraudList::empty()));
+        registry
+    }
+
+    /// Registers a list. The same version with different content is refused.
+    pub fn register(&mut self, list: FraudList) -> Result<Arc<FraudList>, FraudListError> {
+        if let Some(existing) = self.lists.get(&list.version) {
+            if existing.checksum != list.checksum {
+                return Err(FraudListError::VersionReused {
+                    version: list.version,
+                    registered: existing.checksum,
+                    new: list.checksum,
+                });
+            }
+            return Ok(existing.clone());
+        }
+        let list = Arc::new(list);
+        self.lists.insert(list.version, list.clone());
+        Ok(list)
+    }
+
+    pub fn get(&self, version: FraudListVersion) -> Option<Arc<FraudList>> {
+        self.lists.get(&version).cloned()
+    }
+
+    pub fn latest(&self) -> Arc<FraudList> {
+        self.lists
+            .values()
+            .next_back()
+            .cloned()
+            .expect("version 0 is always registered")
+    }
+}
+
+/// Key of the rate rule's counter: an IP in one event-time minute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RateKey {
+    pub ip: u128,
+    pub minute_start_ms: u64,
+}
+
+impl crate::window::SeriesStart for RateKey {
+    fn start_ms(&self) -> u64 {
+        self.minute_start_ms
+    }
+}
+
+/// Counts unique clicks per IP per event-time minute. Reuses the window counts table so that it
+/// journals, snapshots and retires exactly like windows do.
+#[derive(Clone, Debug, Default)]
+pub struct RateRule {
+    pub clicks_per_ip_per_minute_max: u32,
+    pub counters: crate::window::CountsTable<RateKey>,
+}
+
+impl RateRule {
+    pub fn new(clicks_per_ip_per_minute_max: u32) -> RateRule {
+        RateRule {
+            clicks_per_ip_per_minute_max,
+            counters: Default::default(),
+        }
+    }
+
+    /// Counts one unique click and says whether it breaks the rule.
+    pub fn admit(&mut self, ip: IpAddr, event_time_ms: u64) -> bool {
+        let minute_start_ms = event_time_ms - event_time_ms % limits::RATE_RULE_WINDOW_MS;
+        let key = RateKey {
+            ip: ip_key(ip),
+            minute_start_ms,
+        };
+        self.counters.add(
+            key,
+            crate::window::Counts {
+                clicks: 1,
+                unique: 0,
+                fraud: 0,
+            },
+        );
+        let clicks = self.counters.get(&key).expect("just added").clicks;
+        clicks <= u64::from(self.clicks_per_ip_per_minute_max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIST: &str = "# test list\nversion 4\nip 203.0.113.9\nip 2001:db8::7\nua EvilBot/2.0\n";
+
+    #[test]
+    fn parses_and_flags_listed_ips_and_agents() {
+        let list = FraudList::parse(LIST).unwrap();
+        assert_eq!(list.version(), FraudListVersion(4));
+        assert_eq!(list.entries(), 3);
+        assert_eq!(
+            list.check("203.0.113.9".parse().unwrap(), "Mozilla"),
+            FraudVerdict::KnownBadIp
+        );
+        assert_eq!(
+            list.check("::ffff:203.0.113.9".parse().unwrap(), "x"),
+            FraudVerdict::KnownBadIp
+        );
+        assert_eq!(
+            list.check("198.51.100.1".parse().unwrap(), "EvilBot/2.0"),
+            FraudVerdict::KnownBadUserAgent
+        );
+        assert_eq!(
+            list.check("198.51.100.1".parse().unwrap(), "Mozilla"),
+            FraudVerdict::Clean
+        );
+    }
+
+    #[test]
+    fn bad_lists_name_the_line() {
+        assert_eq!(
+            FraudList::parse("ip 1.2.3.4\n").unwrap_err(),
+            FraudListError::MissingVersion { line: 1 }
+        );
+        let error = FraudList::parse("version 1\nip nope\n").unwrap_err();
+        assert_eq!(error.to_string(), "line 2: \"nope\" is not an ip address");
+        let error = FraudList::parse("version 1\nasn 7\n").unwrap_err();
+        assert!(error.to_string().starts_with("line 2: unknown entry kind"));
+    }
+
+    #[test]
+    fn a_version_cannot_be_reused_for_other_content() {
+        let mut registry = FraudRegistry::new();
+        registry.register(FraudList::parse(LIST).unwrap()).unwrap();
+        registry.register(FraudList::parse(LIST).unwrap()).unwrap();
+        let changed = LIST.replace("EvilBot", "OtherBot");
+        let error = registry
+            .register(FraudList::parse(&changed).unwrap())
+            .unwrap_err();
+        assert!(matches!(error, FraudListError::VersionReused { .. }));
+        assert_eq!(registry.latest().version(), FraudListVersion(4));
+    }
+
+    #[test]
+    fn the_rate_rule_flags_clicks_past_the_threshold_in_a_minute() {
+        let mut rule = RateRule::new(2);
+        let ip: IpAddr = "10.1.1.1".parse().unwrap();
+        assert!(rule.admit(ip, 1_000));
+        assert!(rule.admit(ip, 2_000));
+        assert!(!rule.admit(ip, 59_999));
+        assert!(rule.admit(ip, 60_000), "a new minute starts a new count");
+    }
+}

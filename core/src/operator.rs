@@ -1,0 +1,627 @@
+//! The per-partition aggregator, exposed as lifecycle hooks (Arroyo-style operators).
+//!
+//! - `on_batch` / `on_click`: decode → dedup → fraud → count in the click's window and hour.
+//! - `on_idle` / `on_watermark`: move the watermark without events.
+//! - `on_barrier(epoch)`: swap in a staged fraud list, emit the absolute counts of every series
+//!   that changed (and the windows that closed, marked final), expire dedup ids, and produce the
+//!   checkpoint that must be stored *before* the sink applies those counts.
+//! - `on_commit(epoch)`: the sink applied the epoch and its checkpoint is complete.
+//!
+//! The streaming worker, the batch `aggregate` command, the billing job and the simulator all
+//! drive this one type.
+//!
+//! **Invariant:** the output depends only on the sequence of hook calls and their arguments. No
+//! clock, no I/O, no hash-order leaks: restoring a checkpoint and replaying the same calls gives
+//! the output the operator would have given had it never stopped.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CodecError};
+use crate::dedup::{DedupConfig, DedupOutcome, DedupSet};
+use crate::event::ClickView;
+use crate::fraud::{FraudList, FraudRegistry, FraudVerdict, RateRule};
+use crate::ids::*;
+use crate::limits;
+use crate::snapshot::{CheckpointKind, PartitionCheckpoint, PartitionStats, encode_checkpoint};
+use crate::window::{Counts, CountsTable, HourKey, Lane, Watermark, WindowConfig, WindowKey};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AggregatorConfig {
+    pub window: WindowConfig,
+    pub dedup: DedupConfig,
+    pub clicks_per_ip_per_minute_max: u32,
+    /// Every this many epochs the checkpoint is full; deltas in between.
+    pub full_checkpoint_every_epochs: u64,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        AggregatorConfig {
+            window: WindowConfig::default(),
+            dedup: DedupConfig::default(),
+            clicks_per_ip_per_minute_max: limits::RATE_RULE_CLICKS_PER_IP_PER_MINUTE_MAX_DEFAULT,
+            full_checkpoint_every_epochs: 60,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AggregatorConfigError {
+    #[error(transparent)]
+    Window(#[from] crate::window::WindowConfigError),
+    #[error(transparent)]
+    Dedup(#[from] crate::dedup::DedupConfigError),
+    #[error(
+        "dedup horizon_ms {horizon_ms} must cover window_ms plus allowed_lateness_ms ({needed_ms}), or on-time duplicates escape dedup"
+    )]
+    HorizonTooShort { horizon_ms: u64, needed_ms: u64 },
+    #[error("full_checkpoint_every_epochs must be at least 1")]
+    FullCheckpointInterval,
+}
+
+impl AggregatorConfig {
+    pub fn validate(&self) -> Result<(), AggregatorConfigError> {
+        self.window.validate()?;
+        self.dedup.validate()?;
+        let needed_ms = self.window.window_ms + self.window.allowed_lateness_ms;
+        if self.dedup.horizon_ms < needed_ms {
+            return Err(AggregatorConfigError::HorizonTooShort {
+                horizon_ms: self.dedup.horizon_ms,
+                needed_ms,
+            });
+        }
+        if self.full_checkpoint_every_epochs == 0 {
+            return Err(AggregatorConfigError::FullCheckpointInterval);
+        }
+        Ok(())
+    }
+}
+
+/// Which series an update is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Series {
+    Window(WindowKey),
+    Hour(HourKey),
+}
+
+/// An absolute value for one series and lane. Applying it twice is harmless.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeriesUpdate {
+    pub series: Series,
+    pub lane: Lane,
+    pub counts: Counts,
+    /// The window closed: this is its last on-time value.
+    pub is_final: bool,
+}
+
+/// What a barrier produces. Store `checkpoint` first, then apply `updates`, then commit.
+#[derive(Clone, Debug)]
+pub struct BarrierOutput {
+    pub epoch: Epoch,
+    pub updates: Vec<SeriesUpdate>,
+    pub checkpoint: PartitionCheckpoint,
+    pub checkpoint_bytes: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    #[error("no checkpoint to restore")]
+    Empty,
+    #[error("checkpoint chain must start with a full checkpoint, got a delta at epoch {epoch}")]
+    StartsWithDelta { epoch: Epoch },
+    #[error(
+        "delta at epoch {epoch} builds on epoch {previous_epoch}, but the chain has epoch {found} before it"
+    )]
+    BrokenChain {
+        epoch: Epoch,
+        previous_epoch: Epoch,
+        found: Epoch,
+    },
+    #[error("checkpoint is for partition {found}, not partition {expected}")]
+    WrongPartition {
+        expected: PartitionId,
+        found: PartitionId,
+    },
+    #[error("checkpoint names fraud list version {version}, which is not registered")]
+    MissingFraudList { version: FraudListVersion },
+}
+
+pub struct PartitionAggregator {
+    config: AggregatorConfig,
+    partition: PartitionId,
+    epoch: Epoch,
+    committed_epoch: Epoch,
+    last_full_epoch: Option<Epoch>,
+    next_offset: Offset,
+    watermark: Watermark,
+    dedup: DedupSet,
+    rate: RateRule,
+    fraud_list: Arc<FraudList>,
+    staged_fraud_list: Option<Arc<FraudList>>,
+    /// Indexed by lane: on time, late.
+    windows: [CountsTable<WindowKey>; 2],
+    hours: [CountsTable<HourKey>; 2],
+    stats: PartitionStats,
+}
+
+fn lane_index(lane: Lane) -> usize {
+    match lane {
+        Lane::OnTime => 0,
+        Lane::Late => 1,
+    }
+}
+
+const LANES: [Lane; 2] = [Lane::OnTime, Lane::Late];
+
+impl PartitionAggregator {
+    pub fn new(
+        config: AggregatorConfig,
+        partition: PartitionId,
+        fraud_list: Arc<FraudList>,
+    ) -> Self {
+        config
+            .validate()
+            .expect("aggregator config is validated before use");
+        PartitionAggregator {
+            config,
+            partition,
+            epoch: Epoch(0),
+            committed_epoch: Epoch(0),
+            last_full_epoch: None,
+            next_offset: Offset(0),
+            watermark: Watermark::default(),
+            dedup: DedupSet::new(config.dedup),
+            rate: RateRule::new(config.clicks_per_ip_per_minute_max),
+            fraud_list,
+            staged_fraud_list: None,
+            windows: Default::default(),
+            hours: Default::default(),
+            stats: PartitionStats::default(),
+        }
+    }
+
+    pub fn partition(&self) -> PartitionId {
+        self.partition
+    }
+    pub fn next_offset(&self) -> Offset {
+        self.next_offset
+    }
+    pub fn watermark(&self) -> Watermark {
+        self.watermark
+    }
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+    pub fn stats(&self) -> PartitionStats {
+        self.stats
+    }
+    pub fn fraud_list_version(&self) -> FraudListVersion {
+        self.fraud_list.version()
+    }
+    pub fn dedup(&self) -> &DedupSet {
+        &self.dedup
+    }
+    pub fn open_windows(&self) -> usize {
+        self.windows[0].len()
+    }
+
+    /// Decodes and counts a batch of log records. Undecodable records are counted in the stats
+    /// and returned, never silently skipped.
+    pub fn on_batch<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = (Offset, &'a [u8])>,
+        processing_ms: u64,
+    ) -> Vec<(Offset, CodecError)> {
+        let mut undecodable = Vec::new();
+        let mut any = false;
+        for (offset, bytes) in records {
+            any = true;
+            match codec::decode(bytes) {
+                Ok(click) => self.on_click(offset, &click),
+                Err(error) => {
+                    self.advance_offset(offset);
+                    self.stats.undecodable += 1;
+                    undecodable.push((offset, error));
+                }
+            }
+        }
+        if any {
+            self.watermark.observe_activity(processing_ms);
+        }
+        undecodable
+    }
+
+    fn advance_offset(&mut self, offset: Offset) {
+        assert!(
+            offset >= self.next_offset,
+            "partition {} read offset {} again after {}: offsets only move forward",
+            self.partition,
+            offset.0,
+            self.next_offset.0
+        );
+        self.next_offset = Offset(offset.0 + 1);
+        self.stats.records += 1;
+    }
+
+    /// Counts one decoded click read at `offset`.
+    pub fn on_click(&mut self, offset: Offset, click: &ClickView<'_>) {
+        self.advance_offset(offset);
+        self.stats.clicks += 1;
+        let event_time_ms = click.event_time_ms.0;
+        let window = &self.config.window;
+        let window_start_ms = window.window_start(event_time_ms);
+        let watermark_ms = self.watermark.watermark_ms;
+        let lane = if window.close_at(window_start_ms, window.window_ms) > watermark_ms {
+            Lane::OnTime
+        } else if window.retire_at(window_start_ms, window.window_ms) > watermark_ms {
+            self.stats.late += 1;
+            Lane::Late
+        } else {
+            self.stats.expired += 1;
+            return;
+        };
+        self.watermark.observe_event(event_time_ms, window);
+
+        let delta = match self.dedup.insert(click.click_id, event_time_ms) {
+            DedupOutcome::Duplicate => {
+                self.stats.duplicates += 1;
+                Counts {
+                    clicks: 1,
+                    unique: 0,
+                    fraud: 0,
+                }
+            }
+            DedupOutcome::New => match self.fraud_verdict(click) {
+                FraudVerdict::Clean => Counts {
+                    clicks: 1,
+                    unique: 1,
+                    fraud: 0,
+                },
+                _ => Counts {
+                    clicks: 1,
+                    unique: 0,
+                    fraud: 1,
+                },
+            },
+        };
+        let window_key = WindowKey {
+            campaign_id: click.campaign_id,
+            ad_id: click.ad_id,
+            salt: click.salt,
+            window_start_ms,
+        };
+        let hour_key = HourKey {
+            campaign_id: click.campaign_id,
+            salt: click.salt,
+            hour_start_ms: event_time_ms - event_time_ms % limits::HOUR_MS,
+        };
+        self.windows[lane_index(lane)].add(window_key, delta);
+        self.hours[lane_index(lane)].add(hour_key, delta);
+    }
+
+    /// Every unique click counts toward its IP's rate, whatever the list says.
+    fn fraud_verdict(&mut self, click: &ClickView<'_>) -> FraudVerdict {
+        let within_rate = self.rate.admit(click.ip, click.event_time_ms.0);
+        let verdict = match self.fraud_list.check(click.ip, click.user_agent) {
+            FraudVerdict::Clean if !within_rate => FraudVerdict::RateExceeded,
+            verdict => verdict,
+        };
+        match verdict {
+            FraudVerdict::Clean => {}
+            FraudVerdict::KnownBadIp => self.stats.fraud_known_ip += 1,
+            FraudVerdict::KnownBadUserAgent => self.stats.fraud_known_user_agent += 1,
+            FraudVerdict::RateExceeded => self.stats.fraud_rate += 1,
+        }
+        verdict
+    }
+
+    /// An idle partition's watermark follows processing time. Returns whether it moved.
+    pub fn on_idle(&mut self, processing_ms: u64) -> bool {
+        self.watermark
+            .advance_idle(processing_ms, &self.config.window)
+    }
+
+    /// Moves the watermark to at least `watermark_ms` (batch mode: `u64::MAX` closes everything).
+    pub fn on_watermark(&mut self, watermark_ms: u64) {
+        if watermark_ms == u64::MAX {
+            self.watermark.close_all();
+        } else {
+            self.watermark.watermark_ms = self.watermark.watermark_ms.max(watermark_ms);
+        }
+    }
+
+    /// Stages a new fraud list. It takes effect at the next barrier, never mid-epoch.
+    pub fn stage_fraud_list(&mut self, list: Arc<FraudList>) {
+        if list.version() != self.fraud_list.version() {
+            self.staged_fraud_list = Some(list);
+        }
+    }
+
+    pub fn on_barrier(&mut self, epoch: Epoch) -> BarrierOutput {
+        assert!(
+            epoch > self.epoch,
+            "barrier epoch {} after epoch {}",
+            epoch.0,
+            self.epoch.0
+        );
+        assert_eq!(
+            self.committed_epoch, self.epoch,
+            "commit epoch {} before the next barrier",
+            self.epoch.0
+        );
+        if let Some(list) = self.staged_fraud_list.take() {
+            self.fraud_list = list;
+        }
+        let mut updates = Vec::new();
+        let mut changed_windows = Vec::new();
+        let mut changed_hours = Vec::new();
+        let watermark_ms = self.watermark.watermark_ms;
+        let window = self.config.window;
+        for lane in LANES {
+            let index = lane_index(lane);
+            let dirty_windows = self.windows[index].take_dirty();
+            let dirty_hours = self.hours[index].take_dirty();
+            let (closed_windows, closed_hours) = match lane {
+                Lane::OnTime => (
+                    self.windows[index].retire_before(watermark_ms, |start| {
+                        window.close_at(start, window.window_ms)
+                    }),
+                    self.hours[index].retire_before(watermark_ms, |start| {
+                        window.close_at(start, limits::HOUR_MS)
+                    }),
+                ),
+                Lane::Late => (
+                    self.windows[index].retire_before(watermark_ms, |start| {
+                        window.retire_at(start, window.window_ms)
+                    }),
+                    self.hours[index].retire_before(watermark_ms, |start| {
+                        window.retire_at(start, limits::HOUR_MS)
+                    }),
+                ),
+            };
+            let finals_emitted = lane == Lane::OnTime;
+            push_updates(
+                &mut updates,
+                lane,
+                &dirty_windows,
+                &closed_windows,
+                finals_emitted,
+                Series::Window,
+            );
+            push_updates(
+                &mut updates,
+                lane,
+                &dirty_hours,
+                &closed_hours,
+                finals_emitted,
+                Series::Hour,
+            );
+            changed_windows.extend(
+                dirty_windows
+                    .into_iter()
+                    .map(|(key, counts)| (lane, key, counts)),
+            );
+            changed_hours.extend(
+                dirty_hours
+                    .into_iter()
+                    .map(|(key, counts)| (lane, key, counts)),
+            );
+        }
+        let changed_rate = self.rate.counters.take_dirty();
+        self.retire_rate_counters();
+        self.dedup.expire(watermark_ms);
+        let dedup_journal = self.dedup.take_journal();
+
+        self.epoch = epoch;
+        let full = match self.last_full_epoch {
+            None => true,
+            Some(last) => epoch.0 - last.0 >= self.config.full_checkpoint_every_epochs,
+        };
+        let checkpoint = if full {
+            self.last_full_epoch = Some(epoch);
+            self.full_checkpoint()
+        } else {
+            PartitionCheckpoint {
+                kind: CheckpointKind::Delta {
+                    previous_epoch: self.committed_epoch,
+                },
+                windows: changed_windows,
+                hours: changed_hours,
+                rate: changed_rate,
+                dedup_ids: dedup_journal,
+                ..self.checkpoint_scalars(CheckpointKind::Full)
+            }
+        };
+        let checkpoint_bytes = encode_checkpoint(&checkpoint);
+        BarrierOutput {
+            epoch,
+            updates,
+            checkpoint,
+            checkpoint_bytes,
+        }
+    }
+
+    /// The sink applied the epoch's updates and its checkpoint is marked complete.
+    pub fn on_commit(&mut self, epoch: Epoch) {
+        assert_eq!(
+            epoch, self.epoch,
+            "commit of epoch {} but the last barrier was {}",
+            epoch.0, self.epoch.0
+        );
+        self.committed_epoch = epoch;
+    }
+
+    fn retire_rate_counters(&mut self) {
+        let window = self.config.window;
+        self.rate
+            .counters
+            .retire_before(self.watermark.watermark_ms, |start| {
+                window.close_at(start, limits::RATE_RULE_WINDOW_MS)
+            });
+    }
+
+    fn checkpoint_scalars(&self, kind: CheckpointKind) -> PartitionCheckpoint {
+        PartitionCheckpoint {
+            partition: self.partition,
+            epoch: self.epoch,
+            kind,
+            next_offset: self.next_offset,
+            watermark: self.watermark,
+            fraud_list_version: self.fraud_list.version(),
+            stats: self.stats,
+            windows: Vec::new(),
+            hours: Vec::new(),
+            rate: Vec::new(),
+            dedup_ids: Vec::new(),
+            dedup_cutoff_bucket: self.dedup.cutoff_bucket(),
+            dedup_stats: self.dedup.stats(),
+        }
+    }
+
+    fn full_checkpoint(&self) -> PartitionCheckpoint {
+        let mut checkpoint = self.checkpoint_scalars(CheckpointKind::Full);
+        for lane in LANES {
+            let index = lane_index(lane);
+            checkpoint.windows.extend(
+                self.windows[index]
+                    .entries_sorted()
+                    .into_iter()
+                    .map(|(k, c)| (lane, k, c)),
+            );
+            checkpoint.hours.extend(
+                self.hours[index]
+                    .entries_sorted()
+                    .into_iter()
+                    .map(|(k, c)| (lane, k, c)),
+            );
+        }
+        checkpoint.rate = self.rate.counters.entries_sorted();
+        checkpoint.dedup_ids = self.dedup.entries_sorted();
+        checkpoint
+    }
+
+    /// Rebuilds a partition from its last full checkpoint and the deltas after it, in order.
+    /// The result continues exactly where the last checkpoint in the chain left off.
+    pub fn restore(
+        config: AggregatorConfig,
+        partition: PartitionId,
+        chain: &[PartitionCheckpoint],
+        registry: &FraudRegistry,
+    ) -> Result<PartitionAggregator, RestoreError> {
+        let first = chain.first().ok_or(RestoreError::Empty)?;
+        if first.kind != CheckpointKind::Full {
+            return Err(RestoreError::StartsWithDelta { epoch: first.epoch });
+        }
+        let last = chain.last().expect("chain is not empty");
+        let fraud_list =
+            registry
+                .get(last.fraud_list_version)
+                .ok_or(RestoreError::MissingFraudList {
+                    version: last.fraud_list_version,
+                })?;
+        let mut aggregator = PartitionAggregator::new(config, partition, fraud_list);
+        let mut previous: Option<Epoch> = None;
+        for checkpoint in chain {
+            if checkpoint.partition != partition {
+                return Err(RestoreError::WrongPartition {
+                    expected: partition,
+                    found: checkpoint.partition,
+                });
+            }
+            if let (CheckpointKind::Delta { previous_epoch }, Some(found)) =
+                (checkpoint.kind, previous)
+                && previous_epoch != found
+            {
+                return Err(RestoreError::BrokenChain {
+                    epoch: checkpoint.epoch,
+                    previous_epoch,
+                    found,
+                });
+            }
+            aggregator.apply_checkpoint(checkpoint);
+            previous = Some(checkpoint.epoch);
+        }
+        aggregator.last_full_epoch = chain
+            .iter()
+            .rev()
+            .find(|checkpoint| checkpoint.kind == CheckpointKind::Full)
+            .map(|checkpoint| checkpoint.epoch);
+        Ok(aggregator)
+    }
+
+    fn apply_checkpoint(&mut self, checkpoint: &PartitionCheckpoint) {
+        for &(lane, key, counts) in &checkpoint.windows {
+            self.windows[lane_index(lane)].upsert_clean(key, counts);
+        }
+        for &(lane, key, counts) in &checkpoint.hours {
+            self.hours[lane_index(lane)].upsert_clean(key, counts);
+        }
+        for &(key, counts) in &checkpoint.rate {
+            self.rate.counters.upsert_clean(key, counts);
+        }
+        self.dedup.restore(
+            &checkpoint.dedup_ids,
+            checkpoint.dedup_cutoff_bucket,
+            checkpoint.dedup_stats,
+        );
+        self.epoch = checkpoint.epoch;
+        self.committed_epoch = checkpoint.epoch;
+        self.next_offset = checkpoint.next_offset;
+        self.watermark = checkpoint.watermark;
+        self.stats = checkpoint.stats;
+        // Removals follow from the watermark, exactly as the barrier that wrote this did them.
+        let watermark_ms = self.watermark.watermark_ms;
+        let window = self.config.window;
+        self.windows[0].retire_before(watermark_ms, |start| {
+            window.close_at(start, window.window_ms)
+        });
+        self.hours[0].retire_before(watermark_ms, |start| {
+            window.close_at(start, limits::HOUR_MS)
+        });
+        self.windows[1].retire_before(watermark_ms, |start| {
+            window.retire_at(start, window.window_ms)
+        });
+        self.hours[1].retire_before(watermark_ms, |start| {
+            window.retire_at(start, limits::HOUR_MS)
+        });
+        self.retire_rate_counters();
+    }
+}
+
+/// Emits dirty series (not final) and closed series (final, on-time lane only). A series that
+/// is both dirty and closed is emitted once, final.
+fn push_updates<K: Copy + Ord>(
+    updates: &mut Vec<SeriesUpdate>,
+    lane: Lane,
+    dirty: &[(K, Counts)],
+    closed: &[(K, Counts)],
+    finals_emitted: bool,
+    series: impl Fn(K) -> Series,
+) {
+    for &(key, counts) in dirty {
+        let is_closed = closed
+            .binary_search_by_key(&key, |(closed_key, _)| *closed_key)
+            .is_ok();
+        if is_closed && finals_emitted {
+            continue;
+        }
+        updates.push(SeriesUpdate {
+            series: series(key),
+            lane,
+            counts,
+            is_final: false,
+        });
+    }
+    if finals_emitted {
+        for &(key, counts) in closed {
+            updates.push(SeriesUpdate {
+                series: series(key),
+                lane,
+                counts,
+                is_final: true,
+            });
+        }
+    }
+}
