@@ -1,0 +1,6 @@
+//! Integration tests of the pure core: the aggregator against a naive model, and restart
+//! equivalence through real checkpoints.
+
+mod inputs;
+mod model;
+mod restart;
