@@ -543,11 +543,9 @@ impl PartitionAggregator {
             aggregator.apply_checkpoint(checkpoint);
             previous = Some(checkpoint.epoch);
         }
-        aggregator.last_full_epoch = chain
-            .iter()
-            .rev()
-            .find(|checkpoint| checkpoint.kind == CheckpointKind::Full)
-            .map(|checkpoint| checkpoint.epoch);
+        // A restored partition usually has a new owner (a new generation), whose chain must not
+        // build on the old owner's records: its first checkpoint is full.
+        aggregator.last_full_epoch = None;
         Ok(aggregator)
     }
 

@@ -1,0 +1,304 @@
+//! The checkpoint store: per-partition epoch records over a blob store.
+//!
+//! The protocol of one epoch (DESIGN.md):
+//! 1. `put_pending`: the epoch's checkpoint and its sink updates become durable (pre-commit);
+//! 2. the worker applies the updates to the real-time store, fenced;
+//! 3. `mark_complete`: the epoch is done.
+//!
+//! Layout under `checkpoints/p{partition:05}/`:
+//! - `{epoch:020}-g{generation:010}.full` or `.delta`: one epoch record;
+//! - `complete`: the last complete epoch and the generation that wrote it.
+//!
+//! Recovery loads the chain up to the last complete epoch (the latest full record and the deltas
+//! after it), plus a pending record for the next epoch if one was pre-committed: the new owner
+//! must apply its updates again before going on.
+
+use std::sync::Arc;
+
+use adclick_core::ids::{Epoch, Generation, PartitionId};
+use adclick_core::operator::SeriesUpdate;
+use adclick_core::snapshot::{
+    CheckpointKind, PartitionCheckpoint, SnapshotError, decode_checkpoint,
+};
+
+use crate::seams::{BlobError, BlobStore};
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    #[error("checkpoint record {key} is corrupt: {message}")]
+    Corrupt { key: String, message: String },
+    #[error("checkpoint {key} does not decode: {source}")]
+    Snapshot { key: String, source: SnapshotError },
+    #[error(
+        "partition {partition}: the chain to complete epoch {epoch} is missing epoch {missing}"
+    )]
+    BrokenChain {
+        partition: PartitionId,
+        epoch: Epoch,
+        missing: Epoch,
+    },
+}
+
+/// One epoch's durable record.
+#[derive(Clone, Debug)]
+pub struct EpochRecord {
+    pub generation: Generation,
+    pub checkpoint: PartitionCheckpoint,
+    pub updates: Vec<SeriesUpdate>,
+}
+
+/// What a new owner needs to take over a partition.
+#[derive(Clone, Debug, Default)]
+pub struct Recovery {
+    /// The latest full checkpoint and every delta after it, up to the last complete epoch.
+    pub chain: Vec<PartitionCheckpoint>,
+    /// A pre-committed epoch that never completed: re-apply its updates, then mark it complete.
+    pub pending: Option<EpochRecord>,
+}
+
+#[derive(Clone)]
+pub struct CheckpointStore {
+    blobs: Arc<dyn BlobStore>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RecordName {
+    epoch: Epoch,
+    generation: Generation,
+    full: bool,
+}
+
+fn dir(partition: PartitionId) -> String {
+    format!("checkpoints/p{:05}/", partition.0)
+}
+
+fn record_key(partition: PartitionId, name: RecordName) -> String {
+    let kind = if name.full { "full" } else { "delta" };
+    format!(
+        "{}{:020}-g{:010}.{kind}",
+        dir(partition),
+        name.epoch.0,
+        name.generation.0
+    )
+}
+
+fn parse_record_name(key: &str) -> Option<RecordName> {
+    let file = key.rsplit('/').next()?;
+    let (stem, kind) = file.split_once('.')?;
+    let (epoch, generation) = stem.split_once("-g")?;
+    Some(RecordName {
+        epoch: Epoch(epoch.parse().ok()?),
+        generation: Generation(generation.parse().ok()?),
+        full: match kind {
+            "full" => true,
+            "delta" => false,
+            _ => return None,
+        },
+    })
+}
+
+fn encode_record(checkpoint_bytes: &[u8], updates: &[SeriesUpdate]) -> Vec<u8> {
+    let updates_bytes = postcard::to_allocvec(updates).expect("updates always serialize");
+    let mut out = Vec::with_capacity(16 + checkpoint_bytes.len() + updates_bytes.len());
+    out.extend_from_slice(&(checkpoint_bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(checkpoint_bytes);
+    out.extend_from_slice(&crc32fast::hash(&updates_bytes).to_le_bytes());
+    out.extend_from_slice(&updates_bytes);
+    out
+}
+
+fn decode_record(
+    key: &str,
+    bytes: &[u8],
+) -> Result<(PartitionCheckpoint, Vec<SeriesUpdate>), CheckpointError> {
+    let corrupt = |message: &str| CheckpointError::Corrupt {
+        key: key.to_owned(),
+        message: message.to_owned(),
+    };
+    let length = bytes
+        .get(..8)
+        .ok_or_else(|| corrupt("shorter than its length prefix"))?;
+    let length = u64::from_le_bytes(length.try_into().expect("8 bytes")) as usize;
+    let checkpoint_end = 8usize
+        .checked_add(length)
+        .filter(|end| *end + 4 <= bytes.len());
+    let checkpoint_end =
+        checkpoint_end.ok_or_else(|| corrupt("checkpoint length runs past the record"))?;
+    let checkpoint = decode_checkpoint(&bytes[8..checkpoint_end]).map_err(|source| {
+        CheckpointError::Snapshot {
+            key: key.to_owned(),
+            source,
+        }
+    })?;
+    let crc = u32::from_le_bytes(
+        bytes[checkpoint_end..checkpoint_end + 4]
+            .try_into()
+            .expect("4 bytes"),
+    );
+    let updates_bytes = &bytes[checkpoint_end + 4..];
+    if crc32fast::hash(updates_bytes) != crc {
+        return Err(corrupt("updates checksum mismatch"));
+    }
+    let updates =
+        postcard::from_bytes(updates_bytes).map_err(|error| corrupt(&error.to_string()))?;
+    Ok((checkpoint, updates))
+}
+
+impl CheckpointStore {
+    pub fn new(blobs: Arc<dyn BlobStore>) -> CheckpointStore {
+        CheckpointStore { blobs }
+    }
+
+    /// Step 1 of an epoch: make its checkpoint and updates durable.
+    pub async fn put_pending(
+        &self,
+        generation: Generation,
+        checkpoint: &PartitionCheckpoint,
+        checkpoint_bytes: &[u8],
+        updates: &[SeriesUpdate],
+    ) -> Result<(), CheckpointError> {
+        let name = RecordName {
+            epoch: checkpoint.epoch,
+            generation,
+            full: checkpoint.kind == CheckpointKind::Full,
+        };
+        let key = record_key(checkpoint.partition, name);
+        self.blobs
+            .put(&key, encode_record(checkpoint_bytes, updates))
+            .await?;
+        Ok(())
+    }
+
+    /// Step 3: the epoch is complete. Older records that the new chain no longer needs go.
+    pub async fn mark_complete(
+        &self,
+        partition: PartitionId,
+        epoch: Epoch,
+        generation: Generation,
+    ) -> Result<(), CheckpointError> {
+        let marker = format!("{}complete", dir(partition));
+        if let Some((current_epoch, _)) = self.read_marker(partition).await?
+            && current_epoch >= epoch
+        {
+            // A slow writer must not move the marker back.
+            return Ok(());
+        }
+        self.blobs
+            .put(
+                &marker,
+                format!("{} {}\n", epoch.0, generation.0).into_bytes(),
+            )
+            .await?;
+        let names = self.list_names(partition).await?;
+        let is_full = names
+            .iter()
+            .any(|name| name.epoch == epoch && name.generation == generation && name.full);
+        if is_full {
+            for name in names.iter().filter(|name| name.epoch < epoch) {
+                self.blobs.delete(&record_key(partition, *name)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_marker(
+        &self,
+        partition: PartitionId,
+    ) -> Result<Option<(Epoch, Generation)>, CheckpointError> {
+        let key = format!("{}complete", dir(partition));
+        let Some(bytes) = self.blobs.get(&key).await? else {
+            return Ok(None);
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let mut parts = text.split_whitespace().map(str::parse::<u64>);
+        match (parts.next(), parts.next()) {
+            (Some(Ok(epoch)), Some(Ok(generation))) => {
+                Ok(Some((Epoch(epoch), Generation(generation))))
+            }
+            _ => Err(CheckpointError::Corrupt {
+                key,
+                message: format!("expected `EPOCH GENERATION`, got {text:?}"),
+            }),
+        }
+    }
+
+    async fn list_names(&self, partition: PartitionId) -> Result<Vec<RecordName>, CheckpointError> {
+        let keys = self.blobs.list(&dir(partition)).await?;
+        let mut names: Vec<RecordName> = keys
+            .iter()
+            .filter_map(|key| parse_record_name(key))
+            .collect();
+        names.sort_by_key(|name| (name.epoch, name.generation));
+        Ok(names)
+    }
+
+    async fn load_record(
+        &self,
+        partition: PartitionId,
+        name: RecordName,
+    ) -> Result<EpochRecord, CheckpointError> {
+        let key = record_key(partition, name);
+        let bytes = self
+            .blobs
+            .get(&key)
+            .await?
+            .ok_or_else(|| CheckpointError::Corrupt {
+                key: key.clone(),
+                message: "listed but gone".into(),
+            })?;
+        let (checkpoint, updates) = decode_record(&key, &bytes)?;
+        Ok(EpochRecord {
+            generation: name.generation,
+            checkpoint,
+            updates,
+        })
+    }
+
+    /// Everything a new owner needs; empty for a partition that never checkpointed.
+    pub async fn load(&self, partition: PartitionId) -> Result<Recovery, CheckpointError> {
+        let names = self.list_names(partition).await?;
+        let marker = self.read_marker(partition).await?;
+        let mut recovery = Recovery::default();
+        if let Some((complete_epoch, complete_generation)) = marker {
+            // Walk back from the complete record to the full one it builds on.
+            let mut chain_names = Vec::new();
+            let mut epoch = complete_epoch;
+            loop {
+                let name = names
+                    .iter()
+                    .find(|name| name.epoch == epoch && name.generation == complete_generation)
+                    .copied()
+                    .ok_or(CheckpointError::BrokenChain {
+                        partition,
+                        epoch: complete_epoch,
+                        missing: epoch,
+                    })?;
+                chain_names.push(name);
+                if name.full {
+                    break;
+                }
+                epoch = Epoch(epoch.0 - 1);
+            }
+            chain_names.reverse();
+            for name in chain_names {
+                recovery
+                    .chain
+                    .push(self.load_record(partition, name).await?.checkpoint);
+            }
+        }
+        let (next_epoch, chain_generation) = match marker {
+            Some((epoch, generation)) => (Epoch(epoch.0 + 1), Some(generation)),
+            None => (Epoch(1), None),
+        };
+        // A pending record continues the chain: a full record, or a delta by the chain's writer.
+        let pending = names.iter().rev().find(|name| {
+            name.epoch == next_epoch && (name.full || Some(name.generation) == chain_generation)
+        });
+        if let Some(name) = pending {
+            recovery.pending = Some(self.load_record(partition, *name).await?);
+        }
+        Ok(recovery)
+    }
+}

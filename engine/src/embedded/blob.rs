@@ -1,0 +1,175 @@
+//! Blob stores: in memory, and a local directory with atomic puts (write, fsync, rename).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use crate::seams::{BlobError, BlobStore};
+
+#[derive(Default)]
+pub struct MemoryBlobStore {
+    blobs: Mutex<BTreeMap<String, Vec<u8>>>,
+}
+
+impl MemoryBlobStore {
+    pub fn new() -> MemoryBlobStore {
+        MemoryBlobStore::default()
+    }
+}
+
+#[async_trait]
+impl BlobStore for MemoryBlobStore {
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), BlobError> {
+        self.blobs
+            .lock()
+            .expect("blob lock")
+            .insert(key.to_owned(), bytes);
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
+        Ok(self.blobs.lock().expect("blob lock").get(key).cloned())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
+        let blobs = self.blobs.lock().expect("blob lock");
+        Ok(blobs
+            .range(prefix.to_owned()..)
+            .map(|(key, _)| key)
+            .take_while(|key| key.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), BlobError> {
+        self.blobs.lock().expect("blob lock").remove(key);
+        Ok(())
+    }
+}
+
+/// Keys are `/`-separated relative paths under the root. Temp files end in `.tmp` and are never
+/// listed, so a crash mid-put leaves nothing a reader can see.
+pub struct LocalDirBlobStore {
+    root: PathBuf,
+}
+
+impl LocalDirBlobStore {
+    pub fn new(root: impl Into<PathBuf>) -> LocalDirBlobStore {
+        LocalDirBlobStore { root: root.into() }
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, BlobError> {
+        let valid = !key.is_empty()
+            && key
+                .split('/')
+                .all(|part| !part.is_empty() && part != "." && part != "..");
+        if !valid {
+            return Err(BlobError::Unavailable {
+                key: key.into(),
+                message: "invalid key".into(),
+            });
+        }
+        Ok(self.root.join(key))
+    }
+}
+
+fn io_error(key: &str, error: std::io::Error) -> BlobError {
+    BlobError::Unavailable {
+        key: key.to_owned(),
+        message: error.to_string(),
+    }
+}
+
+fn list_into(dir: &Path, root: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_dir() {
+            list_into(&path, root, out)?;
+        } else if path.extension().is_none_or(|ext| ext != "tmp") {
+            let relative = path.strip_prefix(root).expect("listed under root");
+            out.push(
+                relative
+                    .to_string_lossy()
+                    .replace(std::path::MAIN_SEPARATOR, "/"),
+            );
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl BlobStore for LocalDirBlobStore {
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), BlobError> {
+        let path = self.path(key)?;
+        let parent = path.parent().expect("keys live under the root");
+        std::fs::create_dir_all(parent).map_err(|error| io_error(key, error))?;
+        let temp = path.with_extension(format!("{}.tmp", std::process::id()));
+        let mut file = std::fs::File::create(&temp).map_err(|error| io_error(key, error))?;
+        file.write_all(&bytes)
+            .map_err(|error| io_error(key, error))?;
+        file.sync_all().map_err(|error| io_error(key, error))?;
+        std::fs::rename(&temp, &path).map_err(|error| io_error(key, error))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
+        match std::fs::read(self.path(key)?) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(io_error(key, error)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
+        let mut keys = Vec::new();
+        list_into(&self.root, &self.root, &mut keys).map_err(|error| io_error(prefix, error))?;
+        keys.retain(|key| key.starts_with(prefix));
+        keys.sort();
+        Ok(keys)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), BlobError> {
+        match std::fs::remove_file(self.path(key)?) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(io_error(key, error)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn both_stores_put_get_list_delete_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores: Vec<Box<dyn BlobStore>> = vec![
+            Box::new(MemoryBlobStore::new()),
+            Box::new(LocalDirBlobStore::new(dir.path())),
+        ];
+        for store in stores {
+            store.put("p1/b", b"2".to_vec()).await.unwrap();
+            store.put("p1/a", b"1".to_vec()).await.unwrap();
+            store.put("p2/a", b"3".to_vec()).await.unwrap();
+            assert_eq!(store.get("p1/a").await.unwrap(), Some(b"1".to_vec()));
+            assert_eq!(store.list("p1/").await.unwrap(), vec!["p1/a", "p1/b"]);
+            store.delete("p1/a").await.unwrap();
+            assert_eq!(store.get("p1/a").await.unwrap(), None);
+        }
+        assert!(
+            LocalDirBlobStore::new(dir.path())
+                .put("../escape", vec![])
+                .await
+                .is_err()
+        );
+    }
+}

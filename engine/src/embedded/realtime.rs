@@ -1,0 +1,110 @@
+//! An in-memory real-time store with the same fencing rules as the Redis Lua script.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use adclick_core::ids::{Generation, PartitionId};
+use adclick_core::operator::{Series, SeriesUpdate};
+use adclick_core::window::Lane;
+use async_trait::async_trait;
+
+use crate::fencing::{self, Fence};
+use crate::seams::{ApplyOutcome, PartitionStatus, RealtimeStore, StoreError, StoredCounts};
+
+#[derive(Default)]
+struct State {
+    series: BTreeMap<(Series, Lane), StoredCounts>,
+    generations: BTreeMap<PartitionId, Generation>,
+    status: BTreeMap<PartitionId, PartitionStatus>,
+}
+
+#[derive(Default)]
+pub struct MemoryRealtimeStore {
+    state: Mutex<State>,
+}
+
+impl MemoryRealtimeStore {
+    pub fn new() -> MemoryRealtimeStore {
+        MemoryRealtimeStore::default()
+    }
+}
+
+#[async_trait]
+impl RealtimeStore for MemoryRealtimeStore {
+    async fn claim_partition(&self, partition: PartitionId) -> Result<Generation, StoreError> {
+        let mut state = self.state.lock().expect("store lock");
+        let generation = state.generations.entry(partition).or_insert(Generation(0));
+        generation.0 += 1;
+        Ok(*generation)
+    }
+
+    async fn apply(
+        &self,
+        partition: PartitionId,
+        fence: Fence,
+        updates: &[SeriesUpdate],
+        status: PartitionStatus,
+    ) -> Result<ApplyOutcome, StoreError> {
+        let mut state = self.state.lock().expect("store lock");
+        let current = state
+            .generations
+            .get(&partition)
+            .copied()
+            .unwrap_or(Generation(0));
+        if !fencing::owns_partition(current, fence.generation) {
+            return Err(StoreError::Fenced {
+                partition,
+                current,
+                writer: fence.generation,
+            });
+        }
+        let mut outcome = ApplyOutcome::default();
+        for update in updates {
+            let key = (update.series, update.lane);
+            let stored = state.series.get(&key).map(|stored| stored.fence);
+            if fencing::may_overwrite(stored, fence) {
+                let value = StoredCounts {
+                    counts: update.counts,
+                    is_final: update.is_final,
+                    fence,
+                };
+                state.series.insert(key, value);
+                outcome.applied += 1;
+            } else {
+                outcome.stale += 1;
+            }
+        }
+        state.status.insert(partition, status);
+        Ok(outcome)
+    }
+
+    async fn get(&self, series: Series, lane: Lane) -> Result<Option<StoredCounts>, StoreError> {
+        Ok(self
+            .state
+            .lock()
+            .expect("store lock")
+            .series
+            .get(&(series, lane))
+            .copied())
+    }
+
+    async fn scan(&self) -> Result<Vec<(Series, Lane, StoredCounts)>, StoreError> {
+        let state = self.state.lock().expect("store lock");
+        Ok(state
+            .series
+            .iter()
+            .map(|((series, lane), stored)| (*series, *lane, *stored))
+            .collect())
+    }
+
+    async fn partition_status(&self) -> Result<Vec<PartitionStatus>, StoreError> {
+        Ok(self
+            .state
+            .lock()
+            .expect("store lock")
+            .status
+            .values()
+            .copied()
+            .collect())
+    }
+}

@@ -1,0 +1,21 @@
+//! Runtime bounds, each with its unit in its name. Configurable ones are defaults.
+
+/// Events the ingest producer buffer holds before answering "busy".
+pub const PRODUCER_BUFFER_EVENTS_MAX_DEFAULT: usize = 262_144;
+/// How long the producer waits to fill a batch before appending it.
+pub const PRODUCER_LINGER_MS_DEFAULT: u64 = 10;
+/// Records per appended batch at most.
+pub const PRODUCER_BATCH_RECORDS_MAX: usize = 8_192;
+/// Suggested client back-off when the buffer is full.
+pub const BUSY_RETRY_AFTER_MS: u64 = 100;
+/// Records a worker reads per poll at most.
+pub const WORKER_READ_RECORDS_MAX: usize = 16_384;
+/// A worker with nothing to read sleeps this long before polling again.
+pub const WORKER_IDLE_POLL_MS: u64 = 5;
+/// The checkpoint epoch.
+pub const EPOCH_MS_DEFAULT: u64 = 1_000;
+/// Records per clicks request at most (ingest API).
+pub const INGEST_RECORDS_PER_REQUEST_MAX: usize = 10_000;
+
+const _: () = assert!(PRODUCER_BATCH_RECORDS_MAX <= PRODUCER_BUFFER_EVENTS_MAX_DEFAULT);
+const _: () = assert!(WORKER_IDLE_POLL_MS < EPOCH_MS_DEFAULT);

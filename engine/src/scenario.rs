@@ -1,0 +1,505 @@
+//! The scenario file: one TOML format for the runner, the simulator and the load generator.
+//!
+//! ```toml
+//! version = 1
+//! name = "quickstart"
+//! seed = 42
+//! [traffic]      # rate, duration, campaigns, ads, Zipf exponent, countries
+//! [anomalies]    # duplicates, late events, bots, a viral campaign
+//! [faults]       # worker crashes, store errors
+//! [engine]       # partitions, epoch, window, lateness, dedup horizon, buffer
+//! [expect]       # which invariants must hold
+//! ```
+//!
+//! Unknown keys are errors (a typo must not silently mean "default"). Every check names the key,
+//! the bad value and the rule it broke.
+
+use std::path::Path;
+
+use adclick_core::dedup::DedupConfig;
+use adclick_core::operator::AggregatorConfig;
+use adclick_core::window::WindowConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::ingest::IngestConfig;
+use crate::limits;
+use crate::worker::WorkerConfig;
+
+pub const SCENARIO_FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub version: u32,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub seed: u64,
+    pub traffic: Traffic,
+    #[serde(default)]
+    pub anomalies: Anomalies,
+    #[serde(default)]
+    pub faults: Faults,
+    #[serde(default)]
+    pub engine: Engine,
+    #[serde(default)]
+    pub expect: Expect,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Traffic {
+    pub rate_per_s: u64,
+    pub duration_s: f64,
+    pub campaigns: u64,
+    pub ads_per_campaign: u64,
+    #[serde(default = "default_zipf")]
+    pub zipf_exponent: f64,
+    #[serde(default = "default_countries")]
+    pub countries: Vec<String>,
+    #[serde(default = "default_users")]
+    pub users: u64,
+    #[serde(default = "default_ips")]
+    pub ips: u64,
+    /// Events per request the generator submits.
+    #[serde(default = "default_batch")]
+    pub batch_events: usize,
+}
+
+fn default_zipf() -> f64 {
+    1.1
+}
+fn default_countries() -> Vec<String> {
+    ["US", "DE", "GB", "FR", "IN", "BR", "JP"]
+        .iter()
+        .map(|c| c.to_string())
+        .collect()
+}
+fn default_users() -> u64 {
+    1_000_000
+}
+fn default_ips() -> u64 {
+    500_000
+}
+fn default_batch() -> usize {
+    500
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Anomalies {
+    /// Fraction of clicks the client sends again (same click id).
+    pub duplicate_fraction: f64,
+    /// How long after the original a resend goes out.
+    pub duplicate_delay_ms: u64,
+    /// Fraction of clicks whose event time lags processing time by `late_lag_ms`.
+    pub late_fraction: f64,
+    pub late_lag_ms: u64,
+    /// Fraction of clicks from IPs on the fraud list.
+    pub bot_fraction: f64,
+    /// Fraction of clicks from a few IPs that click far above the rate rule.
+    pub high_rate_ip_fraction: f64,
+    /// How many high-rate IPs share that fraction.
+    pub high_rate_ips: u64,
+    /// Share of all traffic that goes to one viral campaign at the end of its ramp.
+    pub viral_campaign_share: f64,
+    pub viral_ramp_s: f64,
+    /// Client clock skew: event times are off by up to this much either way.
+    pub clock_skew_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Faults {
+    /// Kill a partition's worker at these times (seconds from the start).
+    pub worker_crashes: Vec<WorkerCrash>,
+    /// Kill random workers at this rate.
+    pub worker_crashes_per_min: f64,
+    /// Fraction of real-time store writes that fail.
+    pub store_error_rate: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerCrash {
+    pub at_s: f64,
+    pub partition: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Engine {
+    pub partitions: u32,
+    pub epoch_ms: u64,
+    pub window_ms: u64,
+    pub allowed_lateness_ms: u64,
+    pub max_out_of_orderness_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub dedup_horizon_ms: u64,
+    pub dedup_bucket_ms: u64,
+    pub dedup_ids_per_partition_max: usize,
+    pub clicks_per_ip_per_minute_max: u32,
+    pub producer_buffer_events_max: usize,
+    pub producer_linger_ms: u64,
+    pub full_checkpoint_every_epochs: u64,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        let window = WindowConfig::default();
+        let dedup = DedupConfig::default();
+        let aggregator = AggregatorConfig::default();
+        Engine {
+            partitions: 8,
+            epoch_ms: limits::EPOCH_MS_DEFAULT,
+            window_ms: window.window_ms,
+            allowed_lateness_ms: window.allowed_lateness_ms,
+            max_out_of_orderness_ms: window.max_out_of_orderness_ms,
+            idle_timeout_ms: window.idle_timeout_ms,
+            dedup_horizon_ms: dedup.horizon_ms,
+            dedup_bucket_ms: dedup.bucket_ms,
+            dedup_ids_per_partition_max: dedup.ids_max,
+            clicks_per_ip_per_minute_max: aggregator.clicks_per_ip_per_minute_max,
+            producer_buffer_events_max: limits::PRODUCER_BUFFER_EVENTS_MAX_DEFAULT,
+            producer_linger_ms: limits::PRODUCER_LINGER_MS_DEFAULT,
+            full_checkpoint_every_epochs: aggregator.full_checkpoint_every_epochs,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Invariant {
+    ExactlyOnce,
+    NoLoss,
+    Liveness,
+    Determinism,
+    BillingEquality,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Expect {
+    pub invariants: Vec<Invariant>,
+    /// After traffic stops, every window must be final and lag zero within this time.
+    pub liveness_timeout_s: f64,
+    /// The run must sustain at least this fraction of the scenario's rate.
+    pub min_rate_fraction: f64,
+}
+
+impl Default for Expect {
+    fn default() -> Self {
+        Expect {
+            invariants: vec![
+                Invariant::ExactlyOnce,
+                Invariant::NoLoss,
+                Invariant::Liveness,
+            ],
+            liveness_timeout_s: 30.0,
+            min_rate_fraction: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: `{key}` = {value}: {rule}")]
+    Invalid {
+        path: String,
+        key: &'static str,
+        value: String,
+        rule: String,
+    },
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let display = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: display.clone(),
+            source,
+        })?;
+        Scenario::parse(&text, &display)
+    }
+
+    /// Parses and validates. `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
+        let scenario: Scenario = toml::from_str(text).map_err(|error| ScenarioError::Parse {
+            path: origin.to_owned(),
+            message: error.to_string().trim_end().to_owned(),
+        })?;
+        scenario.validate(origin)?;
+        Ok(scenario)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ScenarioError> {
+        let invalid = |key: &'static str, value: String, rule: &str| ScenarioError::Invalid {
+            path: origin.to_owned(),
+            key,
+            value,
+            rule: rule.to_owned(),
+        };
+        let fraction = |key: &'static str, value: f64| {
+            if (0.0..=1.0).contains(&value) {
+                Ok(())
+            } else {
+                Err(invalid(key, value.to_string(), "must be between 0 and 1"))
+            }
+        };
+        if self.version != SCENARIO_FORMAT_VERSION {
+            return Err(invalid(
+                "version",
+                self.version.to_string(),
+                &format!("this build reads version {SCENARIO_FORMAT_VERSION}"),
+            ));
+        }
+        let traffic = &self.traffic;
+        if traffic.rate_per_s == 0 || traffic.rate_per_s > 100_000_000 {
+            return Err(invalid(
+                "traffic.rate_per_s",
+                traffic.rate_per_s.to_string(),
+                "must be between 1 and 100000000",
+            ));
+        }
+        if !(traffic.duration_s > 0.0 && traffic.duration_s <= 86_400.0) {
+            return Err(invalid(
+                "traffic.duration_s",
+                traffic.duration_s.to_string(),
+                "must be above 0 and at most 86400",
+            ));
+        }
+        if traffic.campaigns == 0 {
+            return Err(invalid(
+                "traffic.campaigns",
+                "0".into(),
+                "must be at least 1",
+            ));
+        }
+        if traffic.ads_per_campaign == 0 {
+            return Err(invalid(
+                "traffic.ads_per_campaign",
+                "0".into(),
+                "must be at least 1",
+            ));
+        }
+        if !(traffic.zipf_exponent >= 0.0 && traffic.zipf_exponent <= 5.0) {
+            return Err(invalid(
+                "traffic.zipf_exponent",
+                traffic.zipf_exponent.to_string(),
+                "must be between 0 and 5",
+            ));
+        }
+        if let Some(bad) = traffic
+            .countries
+            .iter()
+            .find(|c| adclick_core::ids::Country::parse(c).is_none())
+        {
+            return Err(invalid(
+                "traffic.countries",
+                format!("{bad:?}"),
+                "each must be two uppercase letters",
+            ));
+        }
+        if traffic.countries.is_empty() {
+            return Err(invalid(
+                "traffic.countries",
+                "[]".into(),
+                "must list at least one country",
+            ));
+        }
+        if traffic.users == 0 || traffic.ips == 0 {
+            return Err(invalid(
+                "traffic.ips",
+                traffic.ips.to_string(),
+                "users and ips must be at least 1",
+            ));
+        }
+        if traffic.batch_events == 0
+            || traffic.batch_events > limits::INGEST_RECORDS_PER_REQUEST_MAX
+        {
+            return Err(invalid(
+                "traffic.batch_events",
+                traffic.batch_events.to_string(),
+                &format!(
+                    "must be between 1 and {}",
+                    limits::INGEST_RECORDS_PER_REQUEST_MAX
+                ),
+            ));
+        }
+        let anomalies = &self.anomalies;
+        fraction("anomalies.duplicate_fraction", anomalies.duplicate_fraction)?;
+        fraction("anomalies.late_fraction", anomalies.late_fraction)?;
+        fraction("anomalies.bot_fraction", anomalies.bot_fraction)?;
+        fraction(
+            "anomalies.high_rate_ip_fraction",
+            anomalies.high_rate_ip_fraction,
+        )?;
+        fraction(
+            "anomalies.viral_campaign_share",
+            anomalies.viral_campaign_share,
+        )?;
+        if anomalies.late_lag_ms > adclick_core::limits::EVENT_AGE_MS_MAX {
+            return Err(invalid(
+                "anomalies.late_lag_ms",
+                anomalies.late_lag_ms.to_string(),
+                &format!(
+                    "must be at most {} (older clicks are rejected at ingest)",
+                    adclick_core::limits::EVENT_AGE_MS_MAX
+                ),
+            ));
+        }
+        if anomalies.high_rate_ip_fraction > 0.0 && anomalies.high_rate_ips == 0 {
+            return Err(invalid(
+                "anomalies.high_rate_ips",
+                "0".into(),
+                "must be at least 1 when high_rate_ip_fraction is set",
+            ));
+        }
+        if anomalies.clock_skew_ms > adclick_core::limits::EVENT_TIME_FUTURE_MS_MAX {
+            return Err(invalid(
+                "anomalies.clock_skew_ms",
+                anomalies.clock_skew_ms.to_string(),
+                "must be within the ingest skew limit",
+            ));
+        }
+        let faults = &self.faults;
+        fraction("faults.store_error_rate", faults.store_error_rate)?;
+        if let Some(crash) = faults
+            .worker_crashes
+            .iter()
+            .find(|crash| crash.partition >= self.engine.partitions)
+        {
+            return Err(invalid(
+                "faults.worker_crashes.partition",
+                crash.partition.to_string(),
+                &format!(
+                    "must be below engine.partitions ({})",
+                    self.engine.partitions
+                ),
+            ));
+        }
+        if faults.worker_crashes_per_min.is_nan() || faults.worker_crashes_per_min < 0.0 {
+            return Err(invalid(
+                "faults.worker_crashes_per_min",
+                faults.worker_crashes_per_min.to_string(),
+                "must be at least 0",
+            ));
+        }
+        let engine = &self.engine;
+        if engine.partitions == 0 || engine.partitions > 1024 {
+            return Err(invalid(
+                "engine.partitions",
+                engine.partitions.to_string(),
+                "must be between 1 and 1024",
+            ));
+        }
+        if engine.epoch_ms < 10 {
+            return Err(invalid(
+                "engine.epoch_ms",
+                engine.epoch_ms.to_string(),
+                "must be at least 10",
+            ));
+        }
+        if engine.producer_buffer_events_max < traffic.batch_events {
+            return Err(invalid(
+                "engine.producer_buffer_events_max",
+                engine.producer_buffer_events_max.to_string(),
+                "must hold at least one request (traffic.batch_events)",
+            ));
+        }
+        self.aggregator_config().validate().map_err(|error| {
+            invalid(
+                "engine",
+                "(window and dedup settings)".into(),
+                &error.to_string(),
+            )
+        })?;
+        Ok(())
+    }
+
+    pub fn aggregator_config(&self) -> AggregatorConfig {
+        let engine = &self.engine;
+        let horizon_events = (self.traffic.rate_per_s as f64
+            * (engine.dedup_horizon_ms as f64 / 1000.0)
+            / f64::from(engine.partitions.max(1))) as usize;
+        AggregatorConfig {
+            window: WindowConfig {
+                window_ms: engine.window_ms,
+                allowed_lateness_ms: engine.allowed_lateness_ms,
+                max_out_of_orderness_ms: engine.max_out_of_orderness_ms,
+                idle_timeout_ms: engine.idle_timeout_ms,
+                late_retention_ms: adclick_core::limits::LATE_RETENTION_MS_DEFAULT,
+            },
+            dedup: DedupConfig {
+                horizon_ms: engine.dedup_horizon_ms,
+                bucket_ms: engine.dedup_bucket_ms,
+                ids_max: engine.dedup_ids_per_partition_max,
+                ids_expected: horizon_events
+                    .clamp(1024, engine.dedup_ids_per_partition_max.max(1024))
+                    .min(engine.dedup_ids_per_partition_max),
+            },
+            clicks_per_ip_per_minute_max: engine.clicks_per_ip_per_minute_max,
+            full_checkpoint_every_epochs: engine.full_checkpoint_every_epochs,
+        }
+    }
+
+    pub fn worker_config(&self) -> WorkerConfig {
+        WorkerConfig {
+            epoch_ms: self.engine.epoch_ms,
+            ..WorkerConfig::default()
+        }
+    }
+
+    pub fn ingest_config(&self) -> IngestConfig {
+        IngestConfig {
+            producer_buffer_events_max: self.engine.producer_buffer_events_max,
+            producer_linger_ms: self.engine.producer_linger_ms,
+            ..IngestConfig::default()
+        }
+    }
+
+    pub fn expects(&self, invariant: Invariant) -> bool {
+        self.expect.invariants.contains(&invariant)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "version = 1\nname = \"t\"\nseed = 1\n[traffic]\nrate_per_s = 100\nduration_s = 1.0\ncampaigns = 3\nads_per_campaign = 2\n";
+
+    #[test]
+    fn a_minimal_scenario_takes_defaults() {
+        let scenario = Scenario::parse(MINIMAL, "t.toml").unwrap();
+        assert_eq!(scenario.engine.partitions, 8);
+        assert!(scenario.expects(Invariant::ExactlyOnce));
+    }
+
+    #[test]
+    fn errors_name_the_file_the_key_and_the_value() {
+        let typo = MINIMAL.replace("campaigns = 3", "campains = 3");
+        let error = Scenario::parse(&typo, "t.toml").unwrap_err().to_string();
+        assert!(error.starts_with("t.toml: "), "{error}");
+        assert!(error.contains("campains"), "{error}");
+        let bad = format!("{MINIMAL}[anomalies]\nlate_fraction = 1.5\n");
+        let error = Scenario::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "t.toml: `anomalies.late_fraction` = 1.5: must be between 0 and 1"
+        );
+        let bad = format!("{MINIMAL}[engine]\nwindow_ms = 7000\n");
+        let error = Scenario::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert!(
+            error.contains("window_ms 7000 must be at least 1000 and divide an hour"),
+            "{error}"
+        );
+    }
+}

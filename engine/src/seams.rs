@@ -1,0 +1,233 @@
+//! The seams: one trait per resource. Production, embedded and simulated implementations sit
+//! behind these, and nothing else in the runtime touches a resource directly.
+
+use std::sync::Arc;
+
+use adclick_core::ids::*;
+use adclick_core::operator::{Series, SeriesUpdate};
+use adclick_core::window::{Counts, Lane, Watermark};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::fencing::Fence;
+
+/// Whether retrying an operation can help (Arroyo's `ConnectorError{retry}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    Helps,
+    Futile,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    #[error("partition {partition} does not exist, the log has {partitions}")]
+    NoSuchPartition {
+        partition: PartitionId,
+        partitions: u32,
+    },
+    #[error("log unavailable: {message}")]
+    Unavailable { message: String },
+    #[error(
+        "producer {producer_id} sequence {sequence} on partition {partition} skips ahead of {expected}"
+    )]
+    OutOfSequence {
+        partition: PartitionId,
+        producer_id: u64,
+        sequence: u64,
+        expected: u64,
+    },
+}
+
+impl LogError {
+    pub fn retry(&self) -> Retry {
+        match self {
+            LogError::Unavailable { .. } => Retry::Helps,
+            _ => Retry::Futile,
+        }
+    }
+}
+
+/// A batch of records bound for one partition, from one idempotent producer. The log appends
+/// a batch at most once per (producer, sequence): a retried append of the same batch is a no-op.
+#[derive(Clone, Debug)]
+pub struct AppendBatch {
+    pub producer_id: u64,
+    pub first_sequence: u64,
+    pub records: RecordBlock,
+}
+
+/// Records packed in one buffer: record `i` is `data[ends[i-1]..ends[i]]`.
+#[derive(Clone, Debug, Default)]
+pub struct RecordBlock {
+    pub data: Vec<u8>,
+    pub ends: Vec<u32>,
+}
+
+impl RecordBlock {
+    pub fn push(&mut self, record: &[u8]) {
+        self.data.extend_from_slice(record);
+        self.ends
+            .push(u32::try_from(self.data.len()).expect("a block stays under 4 GiB"));
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn get(&self, index: usize) -> &[u8] {
+        let start = if index == 0 {
+            0
+        } else {
+            self.ends[index - 1] as usize
+        };
+        &self.data[start..self.ends[index] as usize]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.len()).map(|index| self.get(index))
+    }
+}
+
+/// Records read from one partition: consecutive offsets from `first_offset`, sharing storage
+/// with the log where the implementation can.
+#[derive(Clone, Debug)]
+pub struct ReadBatch {
+    pub first_offset: Offset,
+    pub block: Arc<RecordBlock>,
+    /// Records of `block` before this index are below the requested offset.
+    pub skip: usize,
+}
+
+impl ReadBatch {
+    pub fn iter(&self) -> impl Iterator<Item = (Offset, &[u8])> {
+        (self.skip..self.block.len()).map(|index| {
+            (
+                Offset(self.first_offset.0 + index as u64),
+                self.block.get(index),
+            )
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.block.len() - self.skip
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The partitioned log: the source of truth.
+#[async_trait]
+pub trait Log: Send + Sync {
+    fn partitions(&self) -> u32;
+    /// Appends a batch; returns the offset of its first record (the original offset when the
+    /// batch was appended before).
+    async fn append(&self, partition: PartitionId, batch: AppendBatch) -> Result<Offset, LogError>;
+    /// Reads up to `records_max` records from `from`.
+    async fn read(
+        &self,
+        partition: PartitionId,
+        from: Offset,
+        records_max: usize,
+    ) -> Result<Vec<ReadBatch>, LogError>;
+    /// The offset the next appended record will get.
+    async fn end_offset(&self, partition: PartitionId) -> Result<Offset, LogError>;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "partition {partition} is owned by generation {current}, not {writer}: this writer is fenced off"
+    )]
+    Fenced {
+        partition: PartitionId,
+        current: Generation,
+        writer: Generation,
+    },
+    #[error("real-time store unavailable: {message}")]
+    Unavailable { message: String },
+}
+
+impl StoreError {
+    pub fn retry(&self) -> Retry {
+        match self {
+            StoreError::Fenced { .. } => Retry::Futile,
+            StoreError::Unavailable { .. } => Retry::Helps,
+        }
+    }
+}
+
+/// A series value as stored: absolute counts, whether the window closed, and who wrote it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCounts {
+    pub counts: Counts,
+    pub is_final: bool,
+    pub fence: Fence,
+}
+
+/// What a partition last reported about itself, for freshness and lag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionStatus {
+    pub partition: PartitionId,
+    pub generation: Generation,
+    pub epoch: Epoch,
+    pub next_offset: Offset,
+    pub watermark: Watermark,
+    pub stats: adclick_core::snapshot::PartitionStats,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    pub applied: usize,
+    /// Writes older than what the store holds: harmless replays.
+    pub stale: usize,
+}
+
+/// The real-time store: absolute series values fenced per key and per partition.
+#[async_trait]
+pub trait RealtimeStore: Send + Sync {
+    /// Makes the caller the partition's owner with a new generation, fencing off the old one.
+    async fn claim_partition(&self, partition: PartitionId) -> Result<Generation, StoreError>;
+    /// Applies absolute values under `fence`, together with the partition's status.
+    async fn apply(
+        &self,
+        partition: PartitionId,
+        fence: Fence,
+        updates: &[SeriesUpdate],
+        status: PartitionStatus,
+    ) -> Result<ApplyOutcome, StoreError>;
+    async fn get(&self, series: Series, lane: Lane) -> Result<Option<StoredCounts>, StoreError>;
+    /// Every stored series, sorted. For checks and small deployments; production scans by key.
+    async fn scan(&self) -> Result<Vec<(Series, Lane, StoredCounts)>, StoreError>;
+    async fn partition_status(&self) -> Result<Vec<PartitionStatus>, StoreError>;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob store unavailable at {key}: {message}")]
+    Unavailable { key: String, message: String },
+}
+
+/// Object storage: checkpoints and cold files. Puts are atomic: a reader sees the whole blob or
+/// nothing.
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), BlobError>;
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError>;
+    /// Keys under `prefix`, sorted.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError>;
+    async fn delete(&self, key: &str) -> Result<(), BlobError>;
+}
+
+/// Cold storage is a blob store; the archiver names its files by partition and offset range.
+pub type ColdStore = dyn BlobStore;
+
+/// Wall-clock time in ms since the Unix epoch. The only way the runtime reads a clock.
+pub trait Clock: Send + Sync {
+    fn now_ms(&self) -> u64;
+}
