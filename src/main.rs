@@ -1,1 +1,74 @@
-fn main() {}
+//! The `adclick` command: run scenarios on the embedded engine, and aggregate click files.
+
+mod cli;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "adclick",
+    version,
+    about = "Counts ad clicks exactly once, fast, and provably"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs a scenario end to end on embedded defaults (no services) and checks every invariant.
+    Run {
+        /// The scenario file, e.g. scenarios/quickstart.toml.
+        scenario: PathBuf,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Hide the progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Aggregates a file of JSON clicks (one per line) through the same operator chain and prints
+    /// per-window counts as CSV. Event time comes from the file; the end of input closes every window.
+    Aggregate {
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long, value_enum, default_value = "ndjson")]
+        format: cli::aggregate::InputFormat,
+        /// A fraud list file (`version N`, then `ip ...` / `ua ...` lines).
+        #[arg(long)]
+        fraud_list: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let result = match args.command {
+        Command::Run {
+            scenario,
+            json,
+            no_progress,
+        } => cli::run::main(&scenario, json.as_deref(), !no_progress),
+        Command::Aggregate {
+            input,
+            format,
+            fraud_list,
+        } => cli::aggregate::main(&input, format, fraud_list.as_deref()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -71,6 +71,27 @@ pub struct WorkerEnv {
     pub canary: Option<Canary>,
 }
 
+impl WorkerEnv {
+    pub fn new(
+        log: Arc<dyn Log>,
+        store: Arc<dyn RealtimeStore>,
+        checkpoints: CheckpointStore,
+        clock: Arc<dyn Clock>,
+        fraud: Arc<RwLock<FraudRegistry>>,
+    ) -> WorkerEnv {
+        WorkerEnv {
+            log,
+            store,
+            checkpoints,
+            clock,
+            fraud,
+            crash_hook: None,
+            #[cfg(feature = "test-canaries")]
+            canary: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("partition {partition}: {source}")]

@@ -1,0 +1,300 @@
+//! The oracle: what the counts must be, recomputed independently from the log, and the checks
+//! of the invariants in DESIGN.md.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasher;
+
+use adclick_core::codec;
+use adclick_core::event::ClickView;
+use adclick_core::fraud::{FraudList, FraudVerdict, ip_key};
+use adclick_core::ids::*;
+use adclick_core::limits::{HOUR_MS, RATE_RULE_WINDOW_MS};
+use adclick_core::operator::{AggregatorConfig, Series};
+use adclick_core::window::{Counts, HourKey, Lane, WindowKey};
+use adclick_engine::seams::{Log, PartitionStatus, StoredCounts};
+use serde::Serialize;
+
+/// An order-independent fingerprint of a multiset of clicks: count and wrapping sum of hashes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Ledger {
+    pub count: u64,
+    pub fingerprint: u64,
+}
+
+impl Ledger {
+    pub fn add(&mut self, click: &ClickView<'_>) {
+        let hasher = foldhash::fast::FixedState::with_seed(0x0ac1e);
+        let hash = hasher.hash_one((
+            click.click_id,
+            click.campaign_id,
+            click.ad_id,
+            click.event_time_ms,
+            click.ip,
+        ));
+        self.count += 1;
+        self.fingerprint = self.fingerprint.wrapping_add(hash);
+    }
+}
+
+/// What the log says the store must hold.
+#[derive(Debug, Default)]
+pub struct Expected {
+    pub series: BTreeMap<Series, Counts>,
+    pub log: Ledger,
+    pub undecodable: u64,
+    pub end_offsets: Vec<Offset>,
+}
+
+/// Reads every partition from offset 0 and counts with plain maps.
+pub async fn expected_from_log(
+    log: &dyn Log,
+    fraud_list: &FraudList,
+    config: &AggregatorConfig,
+) -> anyhow::Result<Expected> {
+    let mut expected = Expected::default();
+    for partition in (0..log.partitions()).map(PartitionId) {
+        let end = log.end_offset(partition).await?;
+        expected.end_offsets.push(end);
+        let mut seen: HashSet<u128> = HashSet::new();
+        let mut per_ip_minute: HashMap<(u128, u64), u64> = HashMap::new();
+        let mut offset = Offset(0);
+        while offset < end {
+            let batches = log.read(partition, offset, 65_536).await?;
+            for batch in &batches {
+                for (record_offset, bytes) in batch.iter() {
+                    offset = Offset(record_offset.0 + 1);
+                    let Ok(click) = codec::decode(bytes) else {
+                        expected.undecodable += 1;
+                        continue;
+                    };
+                    expected.log.add(&click);
+                    let delta = if !seen.insert(click.click_id.0) {
+                        Counts {
+                            clicks: 1,
+                            unique: 0,
+                            fraud: 0,
+                        }
+                    } else {
+                        let time = click.event_time_ms.0;
+                        let minute = time - time % RATE_RULE_WINDOW_MS;
+                        let rate = per_ip_minute.entry((ip_key(click.ip), minute)).or_default();
+                        *rate += 1;
+                        let listed =
+                            fraud_list.check(click.ip, click.user_agent) != FraudVerdict::Clean;
+                        if listed || *rate > u64::from(config.clicks_per_ip_per_minute_max) {
+                            Counts {
+                                clicks: 1,
+                                unique: 0,
+                                fraud: 1,
+                            }
+                        } else {
+                            Counts {
+                                clicks: 1,
+                                unique: 1,
+                                fraud: 0,
+                            }
+                        }
+                    };
+                    let time = click.event_time_ms.0;
+                    let window = WindowKey {
+                        campaign_id: click.campaign_id,
+                        ad_id: click.ad_id,
+                        salt: click.salt,
+                        window_start_ms: config.window.window_start(time),
+                    };
+                    let hour = HourKey {
+                        campaign_id: click.campaign_id,
+                        salt: click.salt,
+                        hour_start_ms: time - time % HOUR_MS,
+                    };
+                    expected
+                        .series
+                        .entry(Series::Window(window))
+                        .or_default()
+                        .add(delta);
+                    expected
+                        .series
+                        .entry(Series::Hour(hour))
+                        .or_default()
+                        .add(delta);
+                }
+            }
+            if batches.is_empty() {
+                anyhow::bail!(
+                    "partition {partition}: log ends at {} but reads stop at {}",
+                    end.0,
+                    offset.0
+                );
+            }
+        }
+    }
+    Ok(expected)
+}
+
+/// One invariant's verdict.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    pub invariant: &'static str,
+    pub holds: bool,
+    /// False for an invariant this kind of run cannot check; it then neither passes nor fails.
+    pub checked: bool,
+    pub detail: String,
+}
+
+impl Verdict {
+    pub fn skipped(invariant: &'static str, detail: &str) -> Verdict {
+        Verdict {
+            invariant,
+            holds: true,
+            checked: false,
+            detail: detail.to_owned(),
+        }
+    }
+}
+
+/// Sums a store scan over lanes: on-time plus late.
+pub fn store_totals(scan: &[(Series, Lane, StoredCounts)]) -> BTreeMap<Series, Counts> {
+    let mut totals: BTreeMap<Series, Counts> = BTreeMap::new();
+    for (series, _, stored) in scan {
+        totals.entry(*series).or_default().add(stored.counts);
+    }
+    totals
+}
+
+/// Exactly-once: for every series, store (on time + late) == the log's unique non-fraud clicks,
+/// fraud clicks and raw clicks. Never above, never below.
+pub fn check_exactly_once(expected: &Expected, scan: &[(Series, Lane, StoredCounts)]) -> Verdict {
+    let totals = store_totals(scan);
+    let mut mismatches = Vec::new();
+    for (series, want) in &expected.series {
+        let got = totals.get(series).copied().unwrap_or_default();
+        if got != *want {
+            mismatches.push(format!("{series:?}: store {got:?}, log says {want:?}"));
+        }
+    }
+    for series in totals
+        .keys()
+        .filter(|series| !expected.series.contains_key(series))
+    {
+        mismatches.push(format!("{series:?}: in the store but not in the log"));
+    }
+    let unique: u64 = expected
+        .series
+        .iter()
+        .filter(|(s, _)| matches!(s, Series::Window(_)))
+        .map(|(_, c)| c.unique)
+        .sum();
+    Verdict {
+        invariant: "exactly_once",
+        holds: mismatches.is_empty(),
+        checked: true,
+        detail: if mismatches.is_empty() {
+            format!(
+                "{} series match the log exactly ({unique} unique billable clicks)",
+                expected.series.len()
+            )
+        } else {
+            format!(
+                "{} of {} series differ; first: {}",
+                mismatches.len(),
+                expected.series.len(),
+                mismatches[..mismatches.len().min(3)].join(" | ")
+            )
+        },
+    }
+}
+
+/// No loss: every accepted submission is in the log exactly once, and nothing else is.
+pub fn check_no_loss(accepted: Ledger, expected: &Expected) -> Verdict {
+    let holds = accepted == expected.log && expected.undecodable == 0;
+    Verdict {
+        invariant: "no_loss",
+        holds,
+        checked: true,
+        detail: if holds {
+            format!(
+                "{} accepted clicks are in the log exactly once",
+                accepted.count
+            )
+        } else {
+            format!(
+                "accepted {} clicks (fingerprint {:#x}), log holds {} (fingerprint {:#x}), {} undecodable",
+                accepted.count,
+                accepted.fingerprint,
+                expected.log.count,
+                expected.log.fingerprint,
+                expected.undecodable
+            )
+        },
+    }
+}
+
+/// On-time series that should be final but are not: every window series (after traffic stops
+/// the idle watermark closes them all), and any hour series whose close time its partition's
+/// watermark has passed.
+pub fn unfinished_series(
+    scan: &[(Series, Lane, StoredCounts)],
+    statuses: &[PartitionStatus],
+    config: &AggregatorConfig,
+) -> usize {
+    let partitions = statuses.len().max(1) as u32;
+    scan.iter()
+        .filter(|(_, lane, stored)| *lane == Lane::OnTime && !stored.is_final)
+        .filter(|(series, _, _)| match series {
+            Series::Window(_) => true,
+            Series::Hour(key) => {
+                let owner = adclick_core::partition::partition_for_campaign(
+                    key.campaign_id,
+                    key.salt,
+                    partitions,
+                );
+                let watermark_ms = statuses
+                    .iter()
+                    .find(|status| status.partition == owner)
+                    .map_or(0, |status| status.watermark.watermark_ms);
+                config.window.close_at(key.hour_start_ms, HOUR_MS) <= watermark_ms
+            }
+        })
+        .count()
+}
+
+/// Liveness: every partition consumed to the end of the log and every due window final.
+pub fn check_liveness(
+    expected: &Expected,
+    statuses: &[PartitionStatus],
+    scan: &[(Series, Lane, StoredCounts)],
+    config: &AggregatorConfig,
+    waited_ms: u64,
+) -> Verdict {
+    let mut problems = Vec::new();
+    for (index, end) in expected.end_offsets.iter().enumerate() {
+        let status = statuses
+            .iter()
+            .find(|status| status.partition.0 as usize == index);
+        match status {
+            Some(status) if status.next_offset == *end => {}
+            Some(status) => problems.push(format!(
+                "partition {index} at offset {} of {}",
+                status.next_offset.0, end.0
+            )),
+            None if end.0 == 0 => {}
+            None => problems.push(format!("partition {index} never reported")),
+        }
+    }
+    let open = unfinished_series(scan, statuses, config);
+    if open > 0 {
+        problems.push(format!(
+            "{open} on-time series past their close time are not final"
+        ));
+    }
+    Verdict {
+        invariant: "liveness",
+        holds: problems.is_empty(),
+        checked: true,
+        detail: if problems.is_empty() {
+            format!("lag 0 and every due window final {waited_ms} ms after traffic stopped")
+        } else {
+            format!("after {waited_ms} ms: {}", problems.join("; "))
+        },
+    }
+}

@@ -1,0 +1,330 @@
+//! `adclick run`: a real-time run of the whole engine on embedded defaults. An in-process
+//! generator drives the ingest core, the in-process log, one supervised worker per partition and
+//! the in-memory store; faults are real task kills and store errors. At the end the oracle
+//! recomputes every count from the log and the invariants are checked.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use adclick_core::fraud::{FraudList, FraudRegistry};
+use adclick_core::ids::PartitionId;
+use adclick_engine::checkpoint::CheckpointStore;
+use adclick_engine::clock::SystemClock;
+use adclick_engine::embedded::{MemoryBlobStore, MemoryLog, MemoryRealtimeStore};
+use adclick_engine::ingest::{Ack, IngestCore, IngestError};
+use adclick_engine::scenario::{Invariant, Scenario};
+use adclick_engine::seams::{Clock, Log, RealtimeStore};
+use adclick_engine::worker::{WorkerEnv, supervise};
+use adclick_loadgen::Generator;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::faults::FlakyStore;
+use crate::oracle::{self, Ledger, Verdict};
+
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    pub progress: bool,
+    /// A deliberately broken engine, for tests that prove the checks catch it.
+    #[cfg(feature = "canaries")]
+    pub canary: Option<adclick_engine::worker::Canary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    pub scenario: String,
+    pub seed: u64,
+    pub partitions: u32,
+    pub target_rate_per_s: u64,
+    pub traffic_s: f64,
+    pub generated: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub busy_answers: u64,
+    pub achieved_rate_per_s: f64,
+    pub duplicates_dropped: u64,
+    pub late_clicks: u64,
+    pub fraud_clicks: u64,
+    pub unique_billable_clicks: u64,
+    pub worker_crashes_injected: u64,
+    pub worker_restarts: u64,
+    pub store_errors_injected: u64,
+    pub drain_ms: u64,
+    pub verdicts: Vec<Verdict>,
+    pub passed: bool,
+}
+
+/// Worker kills planned for the run: (ms from start, partition), sorted.
+fn crash_schedule(scenario: &Scenario) -> Vec<(u64, PartitionId)> {
+    let mut crashes: Vec<(u64, PartitionId)> = scenario
+        .faults
+        .worker_crashes
+        .iter()
+        .map(|crash| ((crash.at_s * 1000.0) as u64, PartitionId(crash.partition)))
+        .collect();
+    let per_min = scenario.faults.worker_crashes_per_min;
+    if per_min > 0.0 {
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(scenario.seed ^ 0xc4a5);
+        let count = (per_min * scenario.traffic.duration_s / 60.0).ceil() as u64;
+        let duration_ms = (scenario.traffic.duration_s * 1000.0) as u64;
+        for _ in 0..count {
+            let at = rng.random_range(0..duration_ms.max(1));
+            crashes.push((
+                at,
+                PartitionId(rng.random_range(0..scenario.engine.partitions)),
+            ));
+        }
+    }
+    crashes.sort();
+    crashes
+}
+
+pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::Result<RunReport> {
+    let partitions = scenario.engine.partitions;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let log: Arc<MemoryLog> = Arc::new(MemoryLog::new(partitions));
+    let memory_store: Arc<dyn RealtimeStore> = Arc::new(MemoryRealtimeStore::new());
+    let flaky = (scenario.faults.store_error_rate > 0.0).then(|| {
+        Arc::new(FlakyStore::new(
+            memory_store.clone(),
+            scenario.faults.store_error_rate,
+            scenario.seed,
+        ))
+    });
+    let store: Arc<dyn RealtimeStore> = match &flaky {
+        Some(flaky) => flaky.clone(),
+        None => memory_store.clone(),
+    };
+    let mut generator = Generator::new(scenario);
+    let fraud_list = FraudList::parse(&generator.fraud_list_text())?;
+    let mut registry = FraudRegistry::new();
+    let fraud_list = registry.register(fraud_list)?;
+    #[allow(unused_mut)]
+    let mut env = WorkerEnv::new(
+        log.clone(),
+        store.clone(),
+        CheckpointStore::new(Arc::new(MemoryBlobStore::new())),
+        clock.clone(),
+        Arc::new(RwLock::new(registry)),
+    );
+    #[cfg(feature = "canaries")]
+    {
+        env.canary = options.canary;
+    }
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    let restarts = Arc::new(AtomicU64::new(0));
+    let spawn_worker = |partition: PartitionId| {
+        tokio::spawn(supervise(
+            partition,
+            scenario.worker_config(),
+            scenario.aggregator_config(),
+            env.clone(),
+            stop.clone(),
+            restarts.clone(),
+        ))
+    };
+    let mut workers: Vec<_> = (0..partitions)
+        .map(|p| spawn_worker(PartitionId(p)))
+        .collect();
+    let (ingest, flusher) = IngestCore::start(log.clone(), clock.clone(), scenario.ingest_config());
+
+    let progress = progress_bar(scenario, options.progress);
+    let mut crashes = crash_schedule(scenario).into_iter().peekable();
+    let mut crashes_injected = 0;
+    let mut ledger = Ledger::default();
+    let mut rejected = 0u64;
+    let mut busy_answers = 0u64;
+    let mut batch = Vec::with_capacity(scenario.traffic.batch_events);
+    let mut events = Vec::with_capacity(scenario.traffic.batch_events);
+    let started = Instant::now();
+    let duration = Duration::from_secs_f64(scenario.traffic.duration_s);
+    let total_events = (scenario.traffic.rate_per_s as f64 * scenario.traffic.duration_s) as u64;
+    let mut sent = 0u64;
+    while sent < total_events {
+        let elapsed = started.elapsed();
+        while let Some((at_ms, partition)) =
+            crashes.next_if(|(at_ms, _)| *at_ms <= elapsed.as_millis() as u64)
+        {
+            tracing::info!(partition = partition.0, at_ms, "killing worker");
+            let worker = &mut workers[partition.0 as usize];
+            worker.abort();
+            let _ = (&mut *worker).await;
+            *worker = spawn_worker(partition);
+            crashes_injected += 1;
+        }
+        let due =
+            ((scenario.traffic.rate_per_s as f64 * elapsed.as_secs_f64()) as u64).min(total_events);
+        if sent >= due {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            continue;
+        }
+        let count = ((due - sent) as usize).min(scenario.traffic.batch_events);
+        batch.clear();
+        let now_ms = clock.now_ms();
+        generator.next_batch(now_ms, elapsed.as_millis() as u64, count, &mut batch);
+        events.clear();
+        events.extend(batch.iter().map(|(event, _)| event.clone()));
+        let outcome = loop {
+            match ingest.submit(&events, Ack::Buffered).await {
+                Ok(outcome) => break outcome,
+                Err(IngestError::Busy { retry_after_ms, .. }) => {
+                    busy_answers += 1;
+                    tokio::time::sleep(Duration::from_millis(retry_after_ms.min(10))).await;
+                }
+                Err(error) => anyhow::bail!("ingest failed: {error}"),
+            }
+        };
+        rejected += outcome.rejected.len() as u64;
+        let mut rejected_indexes = outcome.rejected.iter().map(|(index, _)| *index).peekable();
+        for (index, event) in events.iter().enumerate() {
+            if rejected_indexes.next_if_eq(&index).is_none() {
+                ledger.add(&event.view(adclick_core::ids::Salt(0)));
+            }
+        }
+        sent += count as u64;
+        progress.set_position(sent);
+    }
+    let traffic_elapsed = started.elapsed().max(duration.min(started.elapsed()));
+    progress.finish_and_clear();
+    ingest.close(flusher).await;
+
+    let drain_started = Instant::now();
+    let liveness_timeout = Duration::from_secs_f64(scenario.expect.liveness_timeout_s);
+    let drained = wait_until_drained(
+        log.as_ref(),
+        memory_store.as_ref(),
+        &scenario.aggregator_config(),
+        liveness_timeout,
+    )
+    .await?;
+    let drain_ms = drain_started.elapsed().as_millis() as u64;
+    let _ = stop_sender.send(true);
+    for worker in workers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+    }
+
+    let scan = memory_store.scan().await?;
+    let statuses = memory_store.partition_status().await?;
+    let expected =
+        oracle::expected_from_log(log.as_ref(), &fraud_list, &scenario.aggregator_config()).await?;
+    let mut verdicts = Vec::new();
+    for invariant in &scenario.expect.invariants {
+        verdicts.push(match invariant {
+            Invariant::ExactlyOnce => oracle::check_exactly_once(&expected, &scan),
+            Invariant::NoLoss => oracle::check_no_loss(ledger, &expected),
+            Invariant::Liveness => {
+                let mut verdict = oracle::check_liveness(
+                    &expected,
+                    &drained,
+                    &scan,
+                    &scenario.aggregator_config(),
+                    drain_ms,
+                );
+                verdict.holds &= !drained.is_empty() || expected.log.count == 0;
+                verdict
+            }
+            Invariant::Determinism => Verdict::skipped(
+                "determinism",
+                "checked by the simulator, not by real-time runs",
+            ),
+            Invariant::BillingEquality => {
+                Verdict::skipped("billing_equality", "needs the billing job (not built yet)")
+            }
+        });
+    }
+    let achieved_rate_per_s = sent as f64 / traffic_elapsed.as_secs_f64().max(1e-9);
+    if scenario.expect.min_rate_fraction > 0.0 {
+        let needed = scenario.expect.min_rate_fraction * scenario.traffic.rate_per_s as f64;
+        verdicts.push(Verdict {
+            invariant: "rate",
+            holds: achieved_rate_per_s >= needed,
+            checked: true,
+            detail: format!("sustained {achieved_rate_per_s:.0}/s, needed {needed:.0}/s"),
+        });
+    }
+    let stats = statuses.iter().fold(
+        adclick_core::snapshot::PartitionStats::default(),
+        |mut sum, status| {
+            sum.duplicates += status.stats.duplicates;
+            sum.late += status.stats.late;
+            sum.fraud_known_ip += status.stats.fraud_known_ip
+                + status.stats.fraud_known_user_agent
+                + status.stats.fraud_rate;
+            sum
+        },
+    );
+    let totals = oracle::store_totals(&scan);
+    let unique_billable_clicks = totals
+        .iter()
+        .filter(|(series, _)| matches!(series, adclick_core::operator::Series::Window(_)))
+        .map(|(_, counts)| counts.unique)
+        .sum();
+    let passed = verdicts.iter().all(|verdict| verdict.holds);
+    Ok(RunReport {
+        scenario: scenario.name.clone(),
+        seed: scenario.seed,
+        partitions,
+        target_rate_per_s: scenario.traffic.rate_per_s,
+        traffic_s: traffic_elapsed.as_secs_f64(),
+        generated: generator.generated(),
+        accepted: ledger.count,
+        rejected,
+        busy_answers,
+        achieved_rate_per_s,
+        duplicates_dropped: stats.duplicates,
+        late_clicks: stats.late,
+        fraud_clicks: stats.fraud_known_ip,
+        unique_billable_clicks,
+        worker_crashes_injected: crashes_injected,
+        worker_restarts: restarts.load(Ordering::Relaxed),
+        store_errors_injected: flaky.map_or(0, |flaky| flaky.injected.load(Ordering::Relaxed)),
+        drain_ms,
+        verdicts,
+        passed,
+    })
+}
+
+/// Waits until every partition has consumed the log and every on-time window is final, or the
+/// timeout passes. Returns the last partition statuses seen.
+async fn wait_until_drained(
+    log: &dyn Log,
+    store: &dyn RealtimeStore,
+    config: &adclick_core::operator::AggregatorConfig,
+    timeout: Duration,
+) -> anyhow::Result<Vec<adclick_engine::seams::PartitionStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let statuses = store.partition_status().await?;
+        let mut caught_up = true;
+        for partition in (0..log.partitions()).map(PartitionId) {
+            let end = log.end_offset(partition).await?;
+            let at = statuses
+                .iter()
+                .find(|s| s.partition == partition)
+                .map_or(adclick_core::ids::Offset(0), |s| s.next_offset);
+            caught_up &= at == end;
+        }
+        let open = oracle::unfinished_series(&store.scan().await?, &statuses, config);
+        if (caught_up && open == 0) || Instant::now() >= deadline {
+            return Ok(statuses);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn progress_bar(scenario: &Scenario, enabled: bool) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let total = (scenario.traffic.rate_per_s as f64 * scenario.traffic.duration_s) as u64;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {elapsed_precise} [{bar:40}] {human_pos}/{human_len} clicks ({per_sec})",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar
+}

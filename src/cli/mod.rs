@@ -1,0 +1,4 @@
+//! One module per subcommand. Each is a thin shell over the engine and sim crates.
+
+pub mod aggregate;
+pub mod run;

@@ -1,0 +1,88 @@
+//! `adclick run SCENARIO`: exit code 0 only if every expected invariant holds.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use adclick_engine::scenario::Scenario;
+use adclick_sim::run::{RunOptions, RunReport, run_scenario};
+use anyhow::Context;
+
+pub fn main(path: &Path, json: Option<&Path>, progress: bool) -> anyhow::Result<ExitCode> {
+    let scenario = Scenario::load(path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    eprintln!(
+        "running {} ({}): {} clicks/s for {} s on {} partitions, seed {}",
+        scenario.name,
+        path.display(),
+        scenario.traffic.rate_per_s,
+        scenario.traffic.duration_s,
+        scenario.engine.partitions,
+        scenario.seed
+    );
+    let options = RunOptions {
+        progress,
+        ..RunOptions::default()
+    };
+    let report = runtime.block_on(run_scenario(&scenario, options))?;
+    print_summary(&report);
+    if let Some(json) = json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(json, text).with_context(|| format!("writing {}", json.display()))?;
+    }
+    Ok(if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_summary(report: &RunReport) {
+    let rows: [(&str, String); 14] = [
+        ("target rate", format!("{}/s", report.target_rate_per_s)),
+        (
+            "achieved rate",
+            format!(
+                "{:.0}/s over {:.1} s",
+                report.achieved_rate_per_s, report.traffic_s
+            ),
+        ),
+        ("clicks accepted", report.accepted.to_string()),
+        ("clicks rejected", report.rejected.to_string()),
+        ("busy answers (retried)", report.busy_answers.to_string()),
+        ("duplicates dropped", report.duplicates_dropped.to_string()),
+        ("late clicks", report.late_clicks.to_string()),
+        ("fraud clicks", report.fraud_clicks.to_string()),
+        (
+            "unique billable clicks",
+            report.unique_billable_clicks.to_string(),
+        ),
+        (
+            "worker kills injected",
+            report.worker_crashes_injected.to_string(),
+        ),
+        ("worker restarts", report.worker_restarts.to_string()),
+        (
+            "store errors injected",
+            report.store_errors_injected.to_string(),
+        ),
+        ("drain after traffic", format!("{} ms", report.drain_ms)),
+        ("partitions", report.partitions.to_string()),
+    ];
+    println!();
+    for (name, value) in rows {
+        println!("  {name:<24} {value}");
+    }
+    println!();
+    for verdict in &report.verdicts {
+        let status = match (verdict.checked, verdict.holds) {
+            (false, _) => "SKIP",
+            (true, true) => "PASS",
+            (true, false) => "FAIL",
+        };
+        println!("  {status}  {:<14} {}", verdict.invariant, verdict.detail);
+    }
+    println!();
+    println!("verdict: {}", if report.passed { "PASS" } else { "FAIL" });
+}
