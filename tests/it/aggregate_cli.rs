@@ -1,0 +1,81 @@
+//! `adclick aggregate` through the real binary: CSV out, and bad input named by file and line.
+
+use std::process::Command;
+
+fn adclick() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_adclick"))
+}
+
+const CLICK: &str = r#"{"click_id":"UUID","campaign_id":7,"ad_id":1,"user_id":1,"ip":"10.0.0.1","user_agent":"Mozilla","country":"US","event_time_ms":TIME}"#;
+
+fn click(uuid_tail: u32, time: u64) -> String {
+    CLICK
+        .replace("UUID", &format!("6f1c1a4e-8a2b-4c3d-9e0f-{uuid_tail:012}"))
+        .replace("TIME", &time.to_string())
+}
+
+#[test]
+fn aggregates_a_historical_file_into_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("clicks.ndjson");
+    let lines = [
+        click(1, 1_000),
+        click(2, 2_000),
+        click(1, 1_000), // a resend
+        click(3, 61_000),
+        click(4, 500_000),
+        click(5, 30_000), // past the window's lateness once time reached 500 s: late
+    ];
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let output = adclick()
+        .args(["aggregate", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let csv = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(
+        csv,
+        "window_start_ms,campaign_id,ad_id,clicks,unique,fraud,late\n\
+         0,7,1,4,2,0,1\n\
+         60000,7,1,1,1,0,0\n\
+         480000,7,1,1,1,0,0\n"
+    );
+}
+
+#[test]
+fn bad_input_names_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bad.ndjson");
+    std::fs::write(&input, format!("{}\n{{\"campaign_id\":1}}\n", click(1, 5))).unwrap();
+    let output = adclick()
+        .args(["aggregate", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bad.ndjson: line 2: missing field `click_id`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_scenarios_name_the_key_and_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.toml");
+    let text = std::fs::read_to_string("scenarios/quickstart.toml")
+        .unwrap()
+        .replace("partitions = 4", "partitions = 0");
+    std::fs::write(&path, text).unwrap();
+    let output = adclick().arg("run").arg(&path).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("broken.toml"), "{stderr}");
+    assert!(stderr.contains("partitions"), "{stderr}");
+}
