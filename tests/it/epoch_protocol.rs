@@ -162,11 +162,11 @@ async fn run(crash_at: Vec<(EpochStep, Epoch)>) -> (oracle::Verdict, oracle::Ver
             harness.append_traffic();
         }
         harness.clock.advance(if round < 8 { 500 } else { 3_000 });
-        for partition in 0..PARTITIONS as usize {
+        for (partition, worker) in workers.iter_mut().enumerate() {
             loop {
                 let result = async {
-                    while workers[partition].poll().await? > 0 {}
-                    workers[partition].barrier().await
+                    while worker.poll().await? > 0 {}
+                    worker.barrier().await
                 }
                 .await;
                 match result {
@@ -180,7 +180,7 @@ async fn run(crash_at: Vec<(EpochStep, Epoch)>) -> (oracle::Verdict, oracle::Ver
                             crashes += 1;
                             replacement = harness.worker(partition as u32);
                         }
-                        workers[partition] = replacement;
+                        *worker = replacement;
                     }
                     Err(error) => panic!("unexpected worker error: {error}"),
                 }
@@ -260,12 +260,12 @@ async fn the_checks_catch_a_worker_that_writes_increments() {
             harness.append_traffic();
         }
         harness.clock.advance(if round < 8 { 500 } else { 3_000 });
-        for partition in 0..PARTITIONS as usize {
-            while workers[partition].poll().await.unwrap() > 0 {}
-            if let Err(WorkerError::InjectedCrash { .. }) = workers[partition].barrier().await {
+        for (partition, worker) in workers.iter_mut().enumerate() {
+            while worker.poll().await.unwrap() > 0 {}
+            if let Err(WorkerError::InjectedCrash { .. }) = worker.barrier().await {
                 let mut replacement = harness.worker(partition as u32);
                 replacement.recover().await.unwrap();
-                workers[partition] = replacement;
+                *worker = replacement;
             }
         }
     }
