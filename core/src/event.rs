@@ -424,6 +424,18 @@ mod tests {
         assert!(check_event_time(1, TimeBound::None).is_ok());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parsing_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = parse_json_click(&bytes, TimeBound::live(1_700_000_000_000));
+        }
+
+        #[test]
+        fn parsing_json_like_text_never_panics(text in r#"\{("[a-z_]{1,14}":("[ -~]{0,40}"|-?[0-9]{1,22}|null|true|\[\]),?){0,10}\}"#) {
+            let _ = parse_json_click(text.as_bytes(), TimeBound::None);
+        }
+    }
+
     #[test]
     fn nil_uuid_and_wrong_types_are_rejected() {
         assert!(ClickId::parse("00000000-0000-0000-0000-000000000000").is_none());
