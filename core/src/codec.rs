@@ -60,6 +60,8 @@ pub enum CodecError {
     UserAgentNotUtf8,
     #[error("country bytes {bytes:?} are not two uppercase ascii letters")]
     InvalidCountry { bytes: [u8; 2] },
+    #[error("publisher id bytes are {value} but the publisher flag is clear; they must be 0")]
+    NonCanonicalPublisher { value: u64 },
 }
 
 /// The encoded size of a click.
@@ -165,6 +167,14 @@ pub fn decode(bytes: &[u8]) -> Result<ClickView<'_>, CodecError> {
             extra_bytes: bytes.len() - needed_bytes,
         });
     }
+    // One click has one encoding, so that equal records are equal bytes (dedup and checksums
+    // of archived files rely on it).
+    let publisher_bytes = u64_at(bytes, 56);
+    if flags & FLAG_PUBLISHER == 0 && publisher_bytes != 0 {
+        return Err(CodecError::NonCanonicalPublisher {
+            value: publisher_bytes,
+        });
+    }
     let click_id = ClickId(u128::from_le_bytes(
         bytes[8..24].try_into().expect("length checked"),
     ));
@@ -184,7 +194,7 @@ pub fn decode(bytes: &[u8]) -> Result<ClickView<'_>, CodecError> {
         ad_id: AdId(u64_at(bytes, 32)),
         user_id: UserId(u64_at(bytes, 40)),
         event_time_ms: EventTimeMs(u64_at(bytes, 48)),
-        publisher_id: (flags & FLAG_PUBLISHER != 0).then(|| PublisherId(u64_at(bytes, 56))),
+        publisher_id: (flags & FLAG_PUBLISHER != 0).then_some(PublisherId(publisher_bytes)),
         ip,
         user_agent,
         country,
@@ -247,6 +257,18 @@ mod tests {
         assert_eq!(
             decode(&longer),
             Err(CodecError::TrailingBytes { extra_bytes: 1 })
+        );
+    }
+
+    /// Regression: a record whose publisher flag was cleared but whose publisher bytes were not
+    /// decoded fine and re-encoded to different bytes (found by the mutation property test).
+    #[test]
+    fn regression_publisher_bytes_without_the_flag_are_rejected() {
+        let mut bytes = encode(&sample("2001:db8::1".parse().unwrap(), Some(1)), Salt(1));
+        bytes[1] &= !FLAG_PUBLISHER;
+        assert_eq!(
+            decode(&bytes),
+            Err(CodecError::NonCanonicalPublisher { value: 1 })
         );
     }
 
