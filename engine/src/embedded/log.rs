@@ -56,6 +56,18 @@ impl MemoryLog {
         partition: PartitionId,
         batch: AppendBatch,
     ) -> Result<Offset, LogError> {
+        self.append_persisted(partition, batch, |_, _| Ok(()))
+    }
+
+    /// Appends a batch, calling `persist` with the batch's first offset before the batch becomes
+    /// visible to readers. A duplicate batch is not persisted again; a failed `persist` appends
+    /// nothing. `persist` runs under the partition's lock, so batches persist in offset order.
+    pub fn append_persisted(
+        &self,
+        partition: PartitionId,
+        batch: AppendBatch,
+        persist: impl FnOnce(Offset, &AppendBatch) -> Result<(), LogError>,
+    ) -> Result<Offset, LogError> {
         let mut state = self.partition(partition)?.lock().expect("log lock");
         let producer = state.producers.entry(batch.producer_id).or_default();
         if batch.first_sequence < producer.next_sequence {
@@ -74,22 +86,46 @@ impl MemoryLog {
                 expected: producer.next_sequence,
             });
         }
-        let count = batch.records.len() as u64;
-        producer.next_sequence += count;
         let first = Offset(state.end);
-        let producer = state
-            .producers
-            .get_mut(&batch.producer_id)
-            .expect("inserted above");
+        persist(first, &batch)?;
+        state.commit(first, batch);
+        Ok(first)
+    }
+
+    /// Reloads a batch read back from disk at `first_offset`, which must continue the partition.
+    pub fn restore_batch(
+        &self,
+        partition: PartitionId,
+        first_offset: Offset,
+        batch: AppendBatch,
+    ) -> Result<(), LogError> {
+        let mut state = self.partition(partition)?.lock().expect("log lock");
+        if first_offset.0 != state.end {
+            return Err(LogError::Unavailable {
+                message: format!(
+                    "partition {partition}: stored batch starts at offset {} but the log ends at {}",
+                    first_offset.0, state.end
+                ),
+            });
+        }
+        state.commit(first_offset, batch);
+        Ok(())
+    }
+}
+
+impl Partition {
+    fn commit(&mut self, first: Offset, batch: AppendBatch) {
+        let count = batch.records.len() as u64;
+        let producer = self.producers.entry(batch.producer_id).or_default();
+        producer.next_sequence = producer.next_sequence.max(batch.first_sequence + count);
         producer.recent.push((batch.first_sequence, first));
         if producer.recent.len() > RECENT_BATCHES_KEPT {
             producer.recent.remove(0);
         }
         if count > 0 {
-            state.blocks.push((first, Arc::new(batch.records)));
-            state.end += count;
+            self.blocks.push((first, Arc::new(batch.records)));
+            self.end += count;
         }
-        Ok(first)
     }
 }
 

@@ -3,9 +3,11 @@
 //! (idempotent appends, fencing, atomic puts) as the production implementations.
 
 pub mod blob;
+pub mod file_log;
 pub mod log;
 pub mod realtime;
 
 pub use blob::{LocalDirBlobStore, MemoryBlobStore};
+pub use file_log::{FileLog, FileLogConfig};
 pub use log::MemoryLog;
 pub use realtime::MemoryRealtimeStore;
