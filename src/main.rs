@@ -30,6 +30,10 @@ enum Command {
         /// Hide the progress bar.
         #[arg(long)]
         no_progress: bool,
+        /// Keep the log in segment files under this directory (it must be empty or absent)
+        /// instead of in memory.
+        #[arg(long)]
+        log_dir: Option<PathBuf>,
     },
     /// Aggregates a file of JSON clicks (one per line) through the same operator chain and prints
     /// per-window counts as CSV. Event time comes from the file; the end of input closes every window.
@@ -57,7 +61,8 @@ fn main() -> ExitCode {
             scenario,
             json,
             no_progress,
-        } => cli::run::main(&scenario, json.as_deref(), !no_progress),
+            log_dir,
+        } => cli::run::main(&scenario, json.as_deref(), !no_progress, log_dir),
         Command::Aggregate {
             input,
             format,

@@ -11,7 +11,9 @@ use adclick_core::fraud::{FraudList, FraudRegistry};
 use adclick_core::ids::PartitionId;
 use adclick_engine::checkpoint::CheckpointStore;
 use adclick_engine::clock::SystemClock;
-use adclick_engine::embedded::{MemoryBlobStore, MemoryLog, MemoryRealtimeStore};
+use adclick_engine::embedded::{
+    FileLog, FileLogConfig, MemoryBlobStore, MemoryLog, MemoryRealtimeStore,
+};
 use adclick_engine::ingest::{Ack, IngestCore, IngestError};
 use adclick_engine::scenario::{Invariant, Scenario};
 use adclick_engine::seams::{Clock, Log, RealtimeStore};
@@ -26,6 +28,8 @@ use crate::oracle::{self, Ledger, Verdict};
 #[derive(Clone, Default)]
 pub struct RunOptions {
     pub progress: bool,
+    /// Run on the file-backed log in this directory instead of the in-memory one.
+    pub log_dir: Option<std::path::PathBuf>,
     /// A deliberately broken engine, for tests that prove the checks catch it.
     #[cfg(feature = "canaries")]
     pub canary: Option<adclick_engine::worker::Canary>,
@@ -83,7 +87,10 @@ fn crash_schedule(scenario: &Scenario) -> Vec<(u64, PartitionId)> {
 pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::Result<RunReport> {
     let partitions = scenario.engine.partitions;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let log: Arc<MemoryLog> = Arc::new(MemoryLog::new(partitions));
+    let log: Arc<dyn Log> = match &options.log_dir {
+        Some(dir) => Arc::new(FileLog::open(dir, partitions, FileLogConfig::default())?),
+        None => Arc::new(MemoryLog::new(partitions)),
+    };
     let memory_store: Arc<dyn RealtimeStore> = Arc::new(MemoryRealtimeStore::new());
     let flaky = (scenario.faults.store_error_rate > 0.0).then(|| {
         Arc::new(FlakyStore::new(

@@ -7,8 +7,19 @@ use adclick_engine::scenario::Scenario;
 use adclick_sim::run::{RunOptions, RunReport, run_scenario};
 use anyhow::Context;
 
-pub fn main(path: &Path, json: Option<&Path>, progress: bool) -> anyhow::Result<ExitCode> {
+pub fn main(
+    path: &Path,
+    json: Option<&Path>,
+    progress: bool,
+    log_dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let scenario = Scenario::load(path)?;
+    if let Some(dir) = &log_dir
+        && std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
+    {
+        // The oracle checks the run's clicks against the whole log, so the log must start empty.
+        anyhow::bail!("--log-dir {}: must be empty or absent", dir.display());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -23,6 +34,7 @@ pub fn main(path: &Path, json: Option<&Path>, progress: bool) -> anyhow::Result<
     );
     let options = RunOptions {
         progress,
+        log_dir,
         ..RunOptions::default()
     };
     let report = runtime.block_on(run_scenario(&scenario, options))?;
