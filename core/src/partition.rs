@@ -41,16 +41,32 @@ pub fn partition_for_key(key: &[u8], partitions: u32) -> PartitionId {
     PartitionId((murmur2(key) as u32 & 0x7fff_ffff) % partitions)
 }
 
-/// Writes the log key of a campaign (and salt) into `out` without allocating, and returns it.
-pub fn campaign_key(campaign: CampaignId, salt: Salt, out: &mut [u8; 32]) -> &[u8] {
-    use std::io::Write;
-    let mut cursor = std::io::Cursor::new(&mut out[..]);
-    if salt.0 == 0 {
-        write!(cursor, "{}", campaign.0).expect("a u64 fits in 32 bytes");
-    } else {
-        write!(cursor, "{}#{}", campaign.0, salt.0).expect("a u64 and a u16 fit in 32 bytes");
+/// Writes `value` in decimal at `out[at..]` and returns the position after it.
+fn write_decimal(mut value: u64, out: &mut [u8; 32], at: usize) -> usize {
+    let mut digits = [0u8; 20];
+    let mut count = 0;
+    loop {
+        digits[count] = b'0' + (value % 10) as u8;
+        count += 1;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
     }
-    let length = cursor.position() as usize;
+    for index in 0..count {
+        out[at + index] = digits[count - 1 - index];
+    }
+    at + count
+}
+
+/// Writes the log key of a campaign (and salt) into `out` without allocating, and returns it.
+/// On the ingest hot path, so no `fmt` machinery.
+pub fn campaign_key(campaign: CampaignId, salt: Salt, out: &mut [u8; 32]) -> &[u8] {
+    let mut length = write_decimal(campaign.0, out, 0);
+    if salt.0 != 0 {
+        out[length] = b'#';
+        length = write_decimal(u64::from(salt.0), out, length + 1);
+    }
     &out[..length]
 }
 
@@ -107,5 +123,13 @@ mod tests {
             campaign_key(CampaignId(u64::MAX), Salt(u16::MAX), &mut buffer),
             b"18446744073709551615#65535"
         );
+        assert_eq!(campaign_key(CampaignId(0), Salt(10), &mut buffer), b"0#10");
+        for campaign in [1u64, 9, 10, 99, 100, 12345, 1 << 40] {
+            let text = campaign.to_string();
+            assert_eq!(
+                campaign_key(CampaignId(campaign), Salt(0), &mut buffer),
+                text.as_bytes()
+            );
+        }
     }
 }

@@ -264,11 +264,10 @@ impl IngestCore {
             .filter(|(_, events)| !events.is_empty())
         {
             let mut buffer = inner.buffers[partition].lock().expect("buffer lock");
-            let mut scratch = Vec::with_capacity(256);
             for event in events {
-                scratch.clear();
-                codec::encode_into(&event.view(Salt(0)), &mut scratch);
-                buffer.block.push(&scratch);
+                buffer
+                    .block
+                    .push_with(|out| codec::encode_into(&event.view(Salt(0)), out));
             }
             if ack == Ack::Durable {
                 let (sender, receiver) = oneshot::channel();
@@ -317,7 +316,12 @@ async fn flush_partition(inner: &Inner, partition: PartitionId) {
         if buffer.block.is_empty() {
             return;
         }
-        let block = std::mem::take(&mut buffer.block);
+        // The next batch will likely be as large: reserve that, so that encoding never regrows.
+        let (records, bytes) = (buffer.block.len(), buffer.block.data.len());
+        let block = std::mem::replace(
+            &mut buffer.block,
+            RecordBlock::with_capacity(records, bytes),
+        );
         let first_sequence = buffer.next_sequence;
         buffer.next_sequence += block.len() as u64;
         (block, std::mem::take(&mut buffer.waiters), first_sequence)

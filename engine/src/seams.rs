@@ -64,6 +64,20 @@ pub struct RecordBlock {
 }
 
 impl RecordBlock {
+    pub fn with_capacity(records: usize, bytes: usize) -> RecordBlock {
+        RecordBlock {
+            data: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(records),
+        }
+    }
+
+    /// Appends one record written in place by `write`, with no intermediate copy.
+    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        write(&mut self.data);
+        self.ends
+            .push(u32::try_from(self.data.len()).expect("a block stays under 4 GiB"));
+    }
+
     pub fn push(&mut self, record: &[u8]) {
         self.data.extend_from_slice(record);
         self.ends

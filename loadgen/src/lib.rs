@@ -33,6 +33,30 @@ pub enum ClickKind {
     HighRate,
 }
 
+/// Clicks and what the generator meant each to be, side by side, so that the clicks can be
+/// submitted as one slice without copying.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GeneratedBatch {
+    pub events: Vec<ClickEvent>,
+    pub kinds: Vec<ClickKind>,
+}
+
+impl GeneratedBatch {
+    pub fn clear(&mut self) {
+        self.events.clear();
+        self.kinds.clear();
+    }
+
+    fn push(&mut self, event: ClickEvent, kind: ClickKind) {
+        self.events.push(event);
+        self.kinds.push(kind);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&ClickEvent, ClickKind)> {
+        self.events.iter().zip(self.kinds.iter().copied())
+    }
+}
+
 pub struct Generator {
     scenario: Scenario,
     rng: Pcg64Mcg,
@@ -97,14 +121,14 @@ impl Generator {
         now_ms: u64,
         elapsed_ms: u64,
         count: usize,
-        out: &mut Vec<(ClickEvent, ClickKind)>,
+        out: &mut GeneratedBatch,
     ) {
         let mut remaining = count;
         while remaining > 0 {
             match self.resends.front() {
                 Some((due, _)) if *due <= now_ms => {
                     let (_, event) = self.resends.pop_front().expect("front exists");
-                    out.push((event, ClickKind::Resend));
+                    out.push(event, ClickKind::Resend);
                     remaining -= 1;
                 }
                 _ => break,
@@ -119,7 +143,7 @@ impl Generator {
                 let due = now_ms + self.scenario.anomalies.duplicate_delay_ms;
                 self.resends.push_back((due, event.clone()));
             }
-            out.push((event, kind));
+            out.push(event, kind);
         }
         self.generated += count as u64;
     }
@@ -206,11 +230,13 @@ mod tests {
     }
 
     fn run(generator: &mut Generator) -> Vec<(ClickEvent, ClickKind)> {
-        let mut out = Vec::new();
+        let mut out = GeneratedBatch::default();
         for step in 0..50u64 {
             generator.next_batch(1_700_000_000_000 + step * 5, step * 5, 100, &mut out);
         }
-        out
+        out.iter()
+            .map(|(event, kind)| (event.clone(), kind))
+            .collect()
     }
 
     #[test]

@@ -142,8 +142,7 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
     let mut ledger = Ledger::default();
     let mut rejected = 0u64;
     let mut busy_answers = 0u64;
-    let mut batch = Vec::with_capacity(scenario.traffic.batch_events);
-    let mut events = Vec::with_capacity(scenario.traffic.batch_events);
+    let mut batch = adclick_loadgen::GeneratedBatch::default();
     let started = Instant::now();
     let duration = Duration::from_secs_f64(scenario.traffic.duration_s);
     let total_events = (scenario.traffic.rate_per_s as f64 * scenario.traffic.duration_s) as u64;
@@ -170,10 +169,8 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
         batch.clear();
         let now_ms = clock.now_ms();
         generator.next_batch(now_ms, elapsed.as_millis() as u64, count, &mut batch);
-        events.clear();
-        events.extend(batch.iter().map(|(event, _)| event.clone()));
         let outcome = loop {
-            match ingest.submit(&events, Ack::Buffered).await {
+            match ingest.submit(&batch.events, Ack::Buffered).await {
                 Ok(outcome) => break outcome,
                 Err(IngestError::Busy { retry_after_ms, .. }) => {
                     busy_answers += 1;
@@ -184,7 +181,7 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
         };
         rejected += outcome.rejected.len() as u64;
         let mut rejected_indexes = outcome.rejected.iter().map(|(index, _)| *index).peekable();
-        for (index, event) in events.iter().enumerate() {
+        for (index, event) in batch.events.iter().enumerate() {
             if rejected_indexes.next_if_eq(&index).is_none() {
                 ledger.add(&event.view(adclick_core::ids::Salt(0)));
             }

@@ -113,12 +113,12 @@ impl Harness {
     /// Appends 200 generated clicks at the current time.
     fn append_traffic(&mut self) {
         let now_ms = self.clock.now_ms();
-        let mut clicks = Vec::new();
+        let mut clicks = adclick_loadgen::GeneratedBatch::default();
         self.generator
             .next_batch(now_ms, now_ms - START_MS, 200, &mut clicks);
         let mut blocks: Vec<RecordBlock> =
             (0..PARTITIONS).map(|_| RecordBlock::default()).collect();
-        for (event, _) in &clicks {
+        for event in &clicks.events {
             let partition = partition_for_campaign(event.campaign_id, Salt(0), PARTITIONS);
             blocks[partition.0 as usize].push(&codec::encode(event, Salt(0)));
         }
