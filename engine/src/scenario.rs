@@ -44,6 +44,29 @@ pub struct Scenario {
     pub engine: Engine,
     #[serde(default)]
     pub expect: Expect,
+    #[serde(default)]
+    pub sim: SimSettings,
+}
+
+/// How the simulator runs the scenario in virtual time: smaller traffic than a real-time run, so
+/// that hundreds of seeds fit in CI.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimSettings {
+    pub rate_per_s: u64,
+    pub duration_s: f64,
+    /// Seeds CI sweeps for this scenario.
+    pub seeds: u64,
+}
+
+impl Default for SimSettings {
+    fn default() -> Self {
+        SimSettings {
+            rate_per_s: 2_000,
+            duration_s: 20.0,
+            seeds: 25,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -117,6 +140,21 @@ pub struct Faults {
     pub worker_crashes_per_min: f64,
     /// Fraction of real-time store writes that fail.
     pub store_error_rate: f64,
+    /// Simulator only: store calls take up to this long (latency spikes).
+    pub store_latency_ms_max: u64,
+    /// Simulator only: fraction of log appends and reads that fail (outages).
+    pub log_error_rate: f64,
+    /// Simulator only: fraction of appends a non-idempotent producer retry writes twice.
+    pub duplicate_append_rate: f64,
+    /// Simulator only: fraction of checkpoint store calls that fail.
+    pub checkpoint_error_rate: f64,
+    /// Simulator only: worker nodes paused (and resumed) per minute.
+    pub node_pauses_per_min: f64,
+    /// Simulator only: partitions taken over by another worker per minute (generation bump;
+    /// the old owner, paused meanwhile, is fenced when it wakes).
+    pub takeovers_per_min: f64,
+    /// Simulator only: each seed draws its own fault rates, up to the ones above.
+    pub swarm: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -371,6 +409,32 @@ impl Scenario {
         }
         let faults = &self.faults;
         fraction("faults.store_error_rate", faults.store_error_rate)?;
+        fraction("faults.log_error_rate", faults.log_error_rate)?;
+        fraction("faults.duplicate_append_rate", faults.duplicate_append_rate)?;
+        fraction("faults.checkpoint_error_rate", faults.checkpoint_error_rate)?;
+        for (key, rate) in [
+            ("faults.node_pauses_per_min", faults.node_pauses_per_min),
+            ("faults.takeovers_per_min", faults.takeovers_per_min),
+        ] {
+            if rate.is_nan() || !(0.0..=600.0).contains(&rate) {
+                return Err(invalid(key, rate.to_string(), "must be between 0 and 600"));
+            }
+        }
+        let sim = &self.sim;
+        if sim.rate_per_s == 0 || sim.rate_per_s > 1_000_000 {
+            return Err(invalid(
+                "sim.rate_per_s",
+                sim.rate_per_s.to_string(),
+                "must be between 1 and 1000000",
+            ));
+        }
+        if !(sim.duration_s > 0.0 && sim.duration_s <= 3_600.0) {
+            return Err(invalid(
+                "sim.duration_s",
+                sim.duration_s.to_string(),
+                "must be above 0 and at most 3600",
+            ));
+        }
         if let Some(crash) = faults
             .worker_crashes
             .iter()

@@ -326,6 +326,16 @@ impl PartitionWorker {
             .map_err(|e| self.checkpoint_error(e))?;
         self.crash_point(EpochStep::AfterComplete, epoch)?;
         self.aggregator().on_commit(epoch);
+        let aggregator = self.aggregator.as_ref().expect("recovered before use");
+        tracing::trace!(
+            partition = self.partition.0,
+            generation = self.generation.0,
+            epoch = epoch.0,
+            watermark_ms = aggregator.watermark().watermark_ms,
+            next_offset = aggregator.next_offset().0,
+            updates = updates.len(),
+            "epoch committed"
+        );
         Ok(epoch)
     }
 
@@ -357,6 +367,13 @@ impl PartitionWorker {
         if read == 0 {
             self.aggregator().on_idle(now_ms);
         }
+        tracing::trace!(
+            partition = partition.0,
+            generation = self.generation.0,
+            from = from.0,
+            read,
+            "polled"
+        );
         Ok(read)
     }
 
@@ -397,8 +414,21 @@ impl PartitionWorker {
     }
 }
 
+/// Whether a partition is (still) assigned to this worker process: the consumer group's
+/// assignment in production, always true on a single node, the owners table in the simulator.
+pub type Assignment = Arc<dyn Fn(PartitionId) -> bool + Send + Sync>;
+
+/// An assignment that never changes: every partition stays with this process.
+pub fn assigned_forever() -> Assignment {
+    Arc::new(|_| true)
+}
+
 /// Runs a partition's worker until stopped, restarting it after every failure (a crash, a store
 /// outage) with a short back-off. Each restart is a recovery: new generation, restore, replay.
+///
+/// Claims follow the assignment: a worker (re)claims a partition only while it is assigned to
+/// it. A worker fenced off by a newer generation stops if the partition went to someone else,
+/// and reclaims it if it is still the assignee (the fencer was a zombie that woke up mid-claim).
 pub async fn supervise(
     partition: PartitionId,
     config: WorkerConfig,
@@ -406,12 +436,30 @@ pub async fn supervise(
     env: WorkerEnv,
     stop: tokio::sync::watch::Receiver<bool>,
     restarts: Arc<std::sync::atomic::AtomicU64>,
-) {
+    assigned: Assignment,
+) -> SupervisorExit {
     const BACKOFF_MS: u64 = 50;
     loop {
+        if !assigned(partition) {
+            tracing::info!(
+                partition = partition.0,
+                "partition no longer assigned here, stopping"
+            );
+            return SupervisorExit::LostOwnership;
+        }
         let worker = PartitionWorker::new(partition, config, aggregator_config, env.clone());
         match worker.run(stop.clone()).await {
-            Ok(()) => return,
+            Ok(()) => return SupervisorExit::Stopped,
+            Err(WorkerError::Store {
+                source: StoreError::Fenced { current, .. },
+                ..
+            }) => {
+                tracing::info!(
+                    partition = partition.0,
+                    owner = current.0,
+                    "fenced off by a newer generation"
+                );
+            }
             Err(error) => {
                 restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(partition = partition.0, %error, "worker failed, restarting");
@@ -419,4 +467,11 @@ pub async fn supervise(
             }
         }
     }
+}
+
+/// Why a supervisor returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SupervisorExit {
+    Stopped,
+    LostOwnership,
 }

@@ -12,3 +12,5 @@
 pub mod faults;
 pub mod oracle;
 pub mod run;
+#[cfg(madsim)]
+pub mod simulation;

@@ -22,6 +22,14 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    /// The multiset union of two ledgers.
+    pub fn merged(self, other: Ledger) -> Ledger {
+        Ledger {
+            count: self.count + other.count,
+            fingerprint: self.fingerprint.wrapping_add(other.fingerprint),
+        }
+    }
+
     pub fn add(&mut self, click: &ClickView<'_>) {
         let hasher = foldhash::fast::FixedState::with_seed(0x0ac1e);
         let hash = hasher.hash_one((
@@ -236,7 +244,7 @@ pub fn unfinished_series(
     scan: &[(Series, Lane, StoredCounts)],
     statuses: &[PartitionStatus],
     config: &AggregatorConfig,
-) -> usize {
+) -> Vec<Series> {
     let partitions = statuses.len().max(1) as u32;
     scan.iter()
         .filter(|(_, lane, stored)| *lane == Lane::OnTime && !stored.is_final)
@@ -255,7 +263,8 @@ pub fn unfinished_series(
                 config.window.close_at(key.hour_start_ms, HOUR_MS) <= watermark_ms
             }
         })
-        .count()
+        .map(|(series, _, _)| *series)
+        .collect()
 }
 
 /// Liveness: every partition consumed to the end of the log and every due window final.
@@ -282,9 +291,11 @@ pub fn check_liveness(
         }
     }
     let open = unfinished_series(scan, statuses, config);
-    if open > 0 {
+    if !open.is_empty() {
         problems.push(format!(
-            "{open} on-time series past their close time are not final"
+            "{} on-time series past their close time are not final, first {:?}",
+            open.len(),
+            &open[..open.len().min(2)]
         ));
     }
     Verdict {

@@ -129,6 +129,7 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
             env.clone(),
             stop.clone(),
             restarts.clone(),
+            adclick_engine::worker::assigned_forever(),
         ))
     };
     let mut workers: Vec<_> = (0..partitions)
@@ -310,7 +311,7 @@ async fn wait_until_drained(
             caught_up &= at == end;
         }
         let open = oracle::unfinished_series(&store.scan().await?, &statuses, config);
-        if (caught_up && open == 0) || Instant::now() >= deadline {
+        if (caught_up && open.is_empty()) || Instant::now() >= deadline {
             return Ok(statuses);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -1,0 +1,758 @@
+//! The deterministic simulator: the production ingest core, partition workers and checkpoint
+//! protocol under madsim, in virtual time, with injected faults, judged by the oracle.
+//!
+//! One seed fixes everything: the traffic, which faults fire when (in swarm mode, even which
+//! faults are on and how hard), and madsim's scheduling. A run has a *safety phase* (traffic
+//! with faults) and a *liveness phase* (faults healed, every killed node restarted, the pipeline
+//! must drain and close every window within the scenario's timeout). Every run ends with a trace
+//! hash over the final store, the partitions' state and the fault trace: the same seed must give
+//! the same hash.
+//!
+//! The cluster: the main node runs the traffic generator and the ingest core; each worker node
+//! runs supervised workers for the partitions it owns. Faults: worker node kills (dropping every
+//! task at whatever await point it was), pauses, partition takeovers (a new generation while the
+//! old owner is paused; it is fenced when it wakes), store errors (before or after the write is
+//! applied) and latency, log outages (before or after an append, so the idempotent retry path
+//! runs), non-idempotent duplicate appends, and checkpoint store errors.
+
+use std::collections::BTreeSet;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use adclick_core::codec;
+use adclick_core::fraud::{FraudList, FraudRegistry};
+use adclick_core::ids::*;
+use adclick_core::operator::{Series, SeriesUpdate};
+use adclick_core::window::Lane;
+use adclick_engine::checkpoint::CheckpointStore;
+use adclick_engine::clock::SystemClock;
+use adclick_engine::embedded::{MemoryBlobStore, MemoryLog, MemoryRealtimeStore};
+use adclick_engine::fencing::Fence;
+use adclick_engine::ingest::{Ack, IngestCore, IngestError};
+use adclick_engine::scenario::{Invariant, Scenario};
+use adclick_engine::seams::*;
+use adclick_engine::worker::{WorkerEnv, supervise};
+use adclick_loadgen::{GeneratedBatch, Generator};
+use async_trait::async_trait;
+use rand::{Rng, SeedableRng};
+use rand_pcg::Pcg64Mcg;
+use serde::Serialize;
+
+use crate::oracle::{self, Ledger, Verdict};
+
+#[derive(Clone, Debug, Default)]
+pub struct SimOptions {
+    pub seed: u64,
+    #[cfg(feature = "canaries")]
+    pub canary: Option<adclick_engine::worker::Canary>,
+}
+
+/// The fault rates of one run: the scenario's, or in swarm mode a per-seed draw below them.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct FaultRates {
+    pub store_error_rate: f64,
+    pub store_latency_ms_max: u64,
+    pub log_error_rate: f64,
+    pub duplicate_append_rate: f64,
+    pub checkpoint_error_rate: f64,
+    pub worker_kills_per_min: f64,
+    pub node_pauses_per_min: f64,
+    pub takeovers_per_min: f64,
+}
+
+impl FaultRates {
+    fn draw(scenario: &Scenario, rng: &mut Pcg64Mcg) -> FaultRates {
+        let faults = &scenario.faults;
+        let mut rates = FaultRates {
+            store_error_rate: faults.store_error_rate,
+            store_latency_ms_max: faults.store_latency_ms_max,
+            log_error_rate: faults.log_error_rate,
+            duplicate_append_rate: faults.duplicate_append_rate,
+            checkpoint_error_rate: faults.checkpoint_error_rate,
+            worker_kills_per_min: faults.worker_crashes_per_min,
+            node_pauses_per_min: faults.node_pauses_per_min,
+            takeovers_per_min: faults.takeovers_per_min,
+        };
+        if faults.swarm {
+            // Swarm testing: each fault is on for about half the seeds, at a random intensity,
+            // so that some seeds hammer one fault and others combine several.
+            let mut scale = |value: f64| {
+                if rng.random_bool(0.5) {
+                    value * rng.random::<f64>()
+                } else {
+                    0.0
+                }
+            };
+            rates.store_error_rate = scale(rates.store_error_rate);
+            rates.log_error_rate = scale(rates.log_error_rate);
+            rates.duplicate_append_rate = scale(rates.duplicate_append_rate);
+            rates.checkpoint_error_rate = scale(rates.checkpoint_error_rate);
+            rates.worker_kills_per_min = scale(rates.worker_kills_per_min);
+            rates.node_pauses_per_min = scale(rates.node_pauses_per_min);
+            rates.takeovers_per_min = scale(rates.takeovers_per_min);
+            rates.store_latency_ms_max = scale(rates.store_latency_ms_max as f64) as u64;
+        }
+        rates
+    }
+}
+
+/// What the faults did, for the report and the trace hash.
+#[derive(Clone, Copy, Debug, Default, Serialize, Hash)]
+pub struct FaultCounts {
+    pub store_errors: u64,
+    pub log_errors: u64,
+    pub duplicate_appended_records: u64,
+    pub checkpoint_errors: u64,
+    pub worker_kills: u64,
+    pub node_pauses: u64,
+    pub takeovers: u64,
+}
+
+/// The switchboard every faulty seam consults. Healing zeroes the rates.
+struct Faults {
+    rates: Mutex<FaultRates>,
+    rng: Mutex<Pcg64Mcg>,
+    counts: Mutex<FaultCounts>,
+    trace: Mutex<Vec<String>>,
+}
+
+impl Faults {
+    fn roll(&self, rate: impl Fn(&FaultRates) -> f64) -> bool {
+        let rate = rate(&self.rates.lock().expect("rates lock"));
+        rate > 0.0
+            && self
+                .rng
+                .lock()
+                .expect("rng lock")
+                .random_bool(rate.min(1.0))
+    }
+
+    fn coin(&self) -> bool {
+        self.rng.lock().expect("rng lock").random_bool(0.5)
+    }
+
+    fn latency(&self) -> Duration {
+        let max = self.rates.lock().expect("rates lock").store_latency_ms_max;
+        if max == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(self.rng.lock().expect("rng lock").random_range(0..=max))
+    }
+
+    fn count(&self, update: impl FnOnce(&mut FaultCounts)) {
+        update(&mut self.counts.lock().expect("counts lock"));
+    }
+
+    fn note(&self, event: String) {
+        let now_ms = SystemClock.now_ms();
+        self.trace
+            .lock()
+            .expect("trace lock")
+            .push(format!("{now_ms} {event}"));
+    }
+
+    fn heal(&self) {
+        *self.rates.lock().expect("rates lock") = FaultRates::default();
+    }
+}
+
+/// The sim log node: keyed partitions and offsets (the in-process log), outages, lost acks and
+/// duplicate appends from a non-idempotent producer.
+struct SimLog {
+    inner: Arc<MemoryLog>,
+    faults: Arc<Faults>,
+    duplicates: Mutex<(Ledger, Vec<u64>)>,
+}
+
+const DUPLICATING_PRODUCER_ID: u64 = u64::MAX;
+
+#[async_trait]
+impl Log for SimLog {
+    fn partitions(&self) -> u32 {
+        self.inner.partitions()
+    }
+
+    async fn append(&self, partition: PartitionId, batch: AppendBatch) -> Result<Offset, LogError> {
+        let outage = || LogError::Unavailable {
+            message: "injected log outage".into(),
+        };
+        let fail = self.faults.roll(|rates| rates.log_error_rate);
+        let fail_after_append = fail && self.faults.coin();
+        if fail && !fail_after_append {
+            self.faults.count(|counts| counts.log_errors += 1);
+            return Err(outage());
+        }
+        let duplicate = self.faults.roll(|rates| rates.duplicate_append_rate);
+        let records = duplicate.then(|| batch.records.clone());
+        let first = self.inner.append(partition, batch).await?;
+        if let Some(records) = records {
+            // A producer without idempotence retried a batch whose ack it lost.
+            let mut duplicates = self.duplicates.lock().expect("duplicates lock");
+            let (ledger, sequences) = &mut *duplicates;
+            sequences.resize(self.inner.partitions() as usize, 0);
+            let sequence = &mut sequences[partition.0 as usize];
+            for record in records.iter() {
+                ledger.add(&codec::decode(record).expect("ingest encodes valid records"));
+            }
+            let count = records.len() as u64;
+            let retry = AppendBatch {
+                producer_id: DUPLICATING_PRODUCER_ID,
+                first_sequence: *sequence,
+                records,
+            };
+            self.inner.append_now(partition, retry)?;
+            *sequence += count;
+            self.faults
+                .count(|counts| counts.duplicate_appended_records += count);
+        }
+        if fail_after_append {
+            self.faults.count(|counts| counts.log_errors += 1);
+            return Err(outage());
+        }
+        Ok(first)
+    }
+
+    async fn read(
+        &self,
+        partition: PartitionId,
+        from: Offset,
+        records_max: usize,
+    ) -> Result<Vec<ReadBatch>, LogError> {
+        if self.faults.roll(|rates| rates.log_error_rate) {
+            self.faults.count(|counts| counts.log_errors += 1);
+            return Err(LogError::Unavailable {
+                message: "injected log outage".into(),
+            });
+        }
+        self.inner.read(partition, from, records_max).await
+    }
+
+    async fn end_offset(&self, partition: PartitionId) -> Result<Offset, LogError> {
+        self.inner.end_offset(partition).await
+    }
+}
+
+/// The real-time store node: the embedded store's fencing, with latency and errors that strike
+/// before or after a write is applied (a timeout whose write went through).
+struct SimStore {
+    inner: Arc<MemoryRealtimeStore>,
+    faults: Arc<Faults>,
+}
+
+impl SimStore {
+    fn unavailable() -> StoreError {
+        StoreError::Unavailable {
+            message: "injected store error".into(),
+        }
+    }
+}
+
+#[async_trait]
+impl RealtimeStore for SimStore {
+    async fn claim_partition(&self, partition: PartitionId) -> Result<Generation, StoreError> {
+        tokio::time::sleep(self.faults.latency()).await;
+        self.inner.claim_partition(partition).await
+    }
+
+    async fn apply(
+        &self,
+        partition: PartitionId,
+        fence: Fence,
+        updates: &[SeriesUpdate],
+        status: PartitionStatus,
+    ) -> Result<ApplyOutcome, StoreError> {
+        tokio::time::sleep(self.faults.latency()).await;
+        let fail = self.faults.roll(|rates| rates.store_error_rate);
+        if fail {
+            self.faults.count(|counts| counts.store_errors += 1);
+            if self.faults.coin() {
+                return Err(SimStore::unavailable());
+            }
+        }
+        let outcome = self.inner.apply(partition, fence, updates, status).await?;
+        if fail {
+            return Err(SimStore::unavailable());
+        }
+        Ok(outcome)
+    }
+
+    async fn get(&self, series: Series, lane: Lane) -> Result<Option<StoredCounts>, StoreError> {
+        self.inner.get(series, lane).await
+    }
+
+    async fn scan(&self) -> Result<Vec<(Series, Lane, StoredCounts)>, StoreError> {
+        self.inner.scan().await
+    }
+
+    async fn partition_status(&self) -> Result<Vec<PartitionStatus>, StoreError> {
+        self.inner.partition_status().await
+    }
+}
+
+/// The checkpoint store with errors.
+struct SimBlobs {
+    inner: MemoryBlobStore,
+    faults: Arc<Faults>,
+}
+
+impl SimBlobs {
+    fn check(&self, key: &str) -> Result<(), BlobError> {
+        if self.faults.roll(|rates| rates.checkpoint_error_rate) {
+            self.faults.count(|counts| counts.checkpoint_errors += 1);
+            return Err(BlobError::Unavailable {
+                key: key.to_owned(),
+                message: "injected checkpoint store error".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BlobStore for SimBlobs {
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), BlobError> {
+        self.check(key)?;
+        self.inner.put(key, bytes).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
+        self.check(key)?;
+        self.inner.get(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
+        self.check(prefix)?;
+        self.inner.list(prefix).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), BlobError> {
+        self.inner.delete(key).await
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct SimReport {
+    pub scenario: String,
+    pub seed: u64,
+    pub trace_hash: String,
+    pub virtual_s: f64,
+    pub accepted: u64,
+    pub log_records: u64,
+    pub unique_billable_clicks: u64,
+    pub rates: FaultRates,
+    pub faults: FaultCounts,
+    pub worker_restarts: u64,
+    pub verdicts: Vec<Verdict>,
+    pub passed: bool,
+    /// Fault events in virtual time (ms since the epoch), for the trace file.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trace: Vec<String>,
+}
+
+/// Who runs which partition, and the nodes.
+struct Cluster {
+    nodes: Vec<madsim::runtime::NodeHandle>,
+    owners: Arc<Mutex<Vec<usize>>>,
+}
+
+const WORKER_NODES_MAX: u32 = 3;
+
+/// Runs one seed of a scenario. Call inside a madsim runtime seeded with `options.seed`.
+pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Result<SimReport> {
+    let mut rng = Pcg64Mcg::seed_from_u64(options.seed);
+    let rates = FaultRates::draw(scenario, &mut rng);
+    let faults = Arc::new(Faults {
+        rates: Mutex::new(rates),
+        rng: Mutex::new(Pcg64Mcg::seed_from_u64(rng.random())),
+        counts: Mutex::new(FaultCounts::default()),
+        trace: Mutex::new(Vec::new()),
+    });
+    let mut traffic_scenario = scenario.clone();
+    traffic_scenario.seed = options.seed;
+    traffic_scenario.traffic.rate_per_s = scenario.sim.rate_per_s;
+    traffic_scenario.traffic.duration_s = scenario.sim.duration_s;
+    let mut generator = Generator::new(&traffic_scenario);
+    let mut registry = FraudRegistry::new();
+    let fraud_list: Arc<FraudList> =
+        registry.register(FraudList::parse(&generator.fraud_list_text())?)?;
+
+    let partitions = scenario.engine.partitions;
+    let memory_log = Arc::new(MemoryLog::new(partitions));
+    let log = Arc::new(SimLog {
+        inner: memory_log.clone(),
+        faults: faults.clone(),
+        duplicates: Mutex::default(),
+    });
+    let memory_store = Arc::new(MemoryRealtimeStore::new());
+    let store = Arc::new(SimStore {
+        inner: memory_store.clone(),
+        faults: faults.clone(),
+    });
+    let blobs = Arc::new(SimBlobs {
+        inner: MemoryBlobStore::new(),
+        faults: faults.clone(),
+    });
+    #[allow(unused_mut)]
+    let mut env = WorkerEnv::new(
+        log.clone(),
+        store.clone(),
+        CheckpointStore::new(blobs),
+        Arc::new(SystemClock),
+        Arc::new(RwLock::new(registry)),
+    );
+    #[cfg(feature = "canaries")]
+    {
+        env.canary = options.canary;
+    }
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    let restarts = Arc::new(AtomicU64::new(0));
+    let cluster = start_workers(scenario, &env, &stop, &restarts);
+
+    let (ingest, flusher) = IngestCore::start(
+        log.clone(),
+        Arc::new(SystemClock),
+        traffic_scenario.ingest_config(),
+    );
+    let started_ms = SystemClock.now_ms();
+    let chaos = tokio::spawn(run_chaos(
+        faults.clone(),
+        cluster.nodes.iter().map(|n| n.id()).collect(),
+        cluster.owners.clone(),
+        env.clone(),
+        scenario.clone(),
+        stop.clone(),
+        restarts.clone(),
+        rng.random(),
+        scenario.sim.duration_s,
+    ));
+    let accepted = drive_traffic(&traffic_scenario, &mut generator, &ingest).await?;
+
+    // Liveness phase: heal everything and demand a full drain.
+    faults.heal();
+    let _ = chaos.await;
+    let handle = madsim::runtime::Handle::current();
+    for node in &cluster.nodes {
+        handle.resume(node.id());
+    }
+    ingest.close(flusher).await;
+    let config = scenario.aggregator_config();
+    let timeout = Duration::from_secs_f64(scenario.expect.liveness_timeout_s);
+    let drain_started_ms = SystemClock.now_ms();
+    let statuses =
+        wait_until_drained(memory_log.as_ref(), memory_store.as_ref(), &config, timeout).await?;
+    let drain_ms = SystemClock.now_ms() - drain_started_ms;
+    let _ = stop_sender.send(true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let scan = memory_store.scan().await?;
+    let expected = oracle::expected_from_log(memory_log.as_ref(), &fraud_list, &config).await?;
+    let duplicates = log.duplicates.lock().expect("duplicates lock").0;
+    let mut verdicts = Vec::new();
+    for invariant in &scenario.expect.invariants {
+        verdicts.push(match invariant {
+            Invariant::ExactlyOnce => oracle::check_exactly_once(&expected, &scan),
+            Invariant::NoLoss => oracle::check_no_loss(accepted.merged(duplicates), &expected),
+            Invariant::Liveness => {
+                oracle::check_liveness(&expected, &statuses, &scan, &config, drain_ms)
+            }
+            Invariant::Determinism => Verdict::skipped(
+                "determinism",
+                "checked by running the seed twice (--check-determinism)",
+            ),
+            Invariant::BillingEquality => {
+                Verdict::skipped("billing_equality", "needs the billing job (not built yet)")
+            }
+        });
+    }
+    let counts = *faults.counts.lock().expect("counts lock");
+    let trace = std::mem::take(&mut *faults.trace.lock().expect("trace lock"));
+    let trace_hash = trace_hash(&scan, &statuses, &expected.log, &counts, &trace);
+    let unique_billable_clicks = expected
+        .series
+        .iter()
+        .filter(|(s, _)| matches!(s, Series::Window(_)))
+        .map(|(_, c)| c.unique)
+        .sum();
+    let passed = verdicts.iter().all(|verdict| verdict.holds);
+    Ok(SimReport {
+        scenario: scenario.name.clone(),
+        seed: options.seed,
+        trace_hash: format!("{trace_hash:016x}"),
+        virtual_s: (SystemClock.now_ms() - started_ms) as f64 / 1000.0,
+        accepted: accepted.count,
+        log_records: expected.log.count,
+        unique_billable_clicks,
+        rates,
+        faults: counts,
+        worker_restarts: restarts.load(std::sync::atomic::Ordering::Relaxed),
+        verdicts,
+        passed,
+        trace,
+    })
+}
+
+/// The owners table as one node's assignment.
+fn assignment(
+    owners: Arc<Mutex<Vec<usize>>>,
+    node_index: usize,
+) -> adclick_engine::worker::Assignment {
+    Arc::new(move |partition: PartitionId| {
+        owners.lock().expect("owners lock")[partition.0 as usize] == node_index
+    })
+}
+
+/// One node per group of partitions; a node's init (re)starts a supervisor for every partition
+/// it owns at that moment, so a restarted node picks up exactly its partitions.
+fn start_workers(
+    scenario: &Scenario,
+    env: &WorkerEnv,
+    stop: &tokio::sync::watch::Receiver<bool>,
+    restarts: &Arc<AtomicU64>,
+) -> Cluster {
+    let partitions = scenario.engine.partitions;
+    let node_count = partitions.min(WORKER_NODES_MAX) as usize;
+    let owners = Arc::new(Mutex::new(
+        (0..partitions as usize)
+            .map(|p| p % node_count)
+            .collect::<Vec<_>>(),
+    ));
+    let handle = madsim::runtime::Handle::current();
+    let nodes = (0..node_count)
+        .map(|node_index| {
+            let env = env.clone();
+            let stop = stop.clone();
+            let restarts = restarts.clone();
+            let owners = owners.clone();
+            let worker_config = scenario.worker_config();
+            let aggregator_config = scenario.aggregator_config();
+            handle
+                .create_node()
+                .name(format!("worker-{node_index}"))
+                .init(move || {
+                    let owned: Vec<u32> = owners
+                        .lock()
+                        .expect("owners lock")
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, owner)| **owner == node_index)
+                        .map(|(partition, _)| partition as u32)
+                        .collect();
+                    let (env, stop, restarts) = (env.clone(), stop.clone(), restarts.clone());
+                    let assigned = assignment(owners.clone(), node_index);
+                    async move {
+                        for partition in owned {
+                            tokio::spawn(supervise(
+                                PartitionId(partition),
+                                worker_config,
+                                aggregator_config,
+                                env.clone(),
+                                stop.clone(),
+                                restarts.clone(),
+                                assigned.clone(),
+                            ));
+                        }
+                        // A node whose init future returns counts as exited, and madsim drops
+                        // its tasks, including owners spawned onto it later by a takeover.
+                        std::future::pending::<()>().await;
+                    }
+                })
+                .build()
+        })
+        .collect();
+    Cluster { nodes, owners }
+}
+
+/// Fires node faults at the configured rates until the safety phase ends, then restarts and
+/// resumes every node it took down.
+#[allow(clippy::too_many_arguments)]
+async fn run_chaos(
+    faults: Arc<Faults>,
+    nodes: Vec<madsim::task::NodeId>,
+    owners: Arc<Mutex<Vec<usize>>>,
+    env: WorkerEnv,
+    scenario: Scenario,
+    stop: tokio::sync::watch::Receiver<bool>,
+    restarts: Arc<AtomicU64>,
+    seed: u64,
+    duration_s: f64,
+) {
+    let handle = madsim::runtime::Handle::current();
+    let mut rng = Pcg64Mcg::seed_from_u64(seed);
+    let rates = *faults.rates.lock().expect("rates lock");
+    let per_s =
+        (rates.worker_kills_per_min + rates.node_pauses_per_min + rates.takeovers_per_min) / 60.0;
+    let end_ms = SystemClock.now_ms() + (duration_s * 1000.0) as u64;
+    let mut down: BTreeSet<usize> = BTreeSet::new();
+    let mut paused: BTreeSet<usize> = BTreeSet::new();
+    loop {
+        if per_s <= 0.0 {
+            // No node faults at all: nothing to schedule.
+            break;
+        }
+        let wait_ms = (-(1.0 - rng.random::<f64>()).ln() / per_s * 1000.0) as u64;
+        tokio::time::sleep(Duration::from_millis(wait_ms.max(1))).await;
+        if SystemClock.now_ms() >= end_ms {
+            break;
+        }
+        // Bring back what an earlier fault took down, before the next one.
+        for node in std::mem::take(&mut down) {
+            handle.restart(nodes[node]);
+            faults.note(format!("restart worker-{node}"));
+        }
+        for node in std::mem::take(&mut paused) {
+            handle.resume(nodes[node]);
+            faults.note(format!("resume worker-{node}"));
+        }
+        let node = rng.random_range(0..nodes.len());
+        let pick = rng.random::<f64>() * per_s * 60.0;
+        if pick < rates.worker_kills_per_min {
+            handle.kill(nodes[node]);
+            down.insert(node);
+            faults.count(|counts| counts.worker_kills += 1);
+            faults.note(format!("kill worker-{node}"));
+        } else if pick < rates.worker_kills_per_min + rates.node_pauses_per_min {
+            handle.pause(nodes[node]);
+            paused.insert(node);
+            faults.count(|counts| counts.node_pauses += 1);
+            faults.note(format!("pause worker-{node}"));
+        } else if nodes.len() > 1 {
+            // Takeover: pause a partition's owner, start a new owner for it elsewhere.
+            let partition = rng.random_range(0..scenario.engine.partitions) as usize;
+            let old_owner = owners.lock().expect("owners lock")[partition];
+            let new_owner = (old_owner + 1 + rng.random_range(0..nodes.len() - 1)) % nodes.len();
+            handle.pause(nodes[old_owner]);
+            paused.insert(old_owner);
+            owners.lock().expect("owners lock")[partition] = new_owner;
+            if let Some(node) = handle.get_node(nodes[new_owner]) {
+                node.spawn(supervise(
+                    PartitionId(partition as u32),
+                    scenario.worker_config(),
+                    scenario.aggregator_config(),
+                    env.clone(),
+                    stop.clone(),
+                    restarts.clone(),
+                    assignment(owners.clone(), new_owner),
+                ));
+            }
+            faults.count(|counts| counts.takeovers += 1);
+            faults.note(format!(
+                "takeover p{partition} worker-{old_owner} -> worker-{new_owner}"
+            ));
+        }
+        let hold_ms = rng.random_range(100..2_000);
+        tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+    }
+    for node in down {
+        handle.restart(nodes[node]);
+        faults.note(format!("restart worker-{node}"));
+    }
+    for node in paused {
+        handle.resume(nodes[node]);
+        faults.note(format!("resume worker-{node}"));
+    }
+}
+
+/// Open-loop traffic in virtual time: every 10 ms, the clicks that are due.
+async fn drive_traffic(
+    scenario: &Scenario,
+    generator: &mut Generator,
+    ingest: &IngestCore,
+) -> anyhow::Result<Ledger> {
+    let rate = scenario.traffic.rate_per_s as f64;
+    let total = (rate * scenario.traffic.duration_s) as u64;
+    let started_ms = SystemClock.now_ms();
+    let mut batch = GeneratedBatch::default();
+    let mut ledger = Ledger::default();
+    let mut sent = 0u64;
+    while sent < total {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let now_ms = SystemClock.now_ms();
+        let elapsed_ms = now_ms - started_ms;
+        let due = ((rate * elapsed_ms as f64 / 1000.0) as u64).min(total);
+        while sent < due {
+            let count = ((due - sent) as usize).min(scenario.traffic.batch_events);
+            batch.clear();
+            generator.next_batch(now_ms, elapsed_ms, count, &mut batch);
+            let outcome = loop {
+                match ingest.submit(&batch.events, Ack::Buffered).await {
+                    Ok(outcome) => break outcome,
+                    Err(IngestError::Busy { retry_after_ms, .. }) => {
+                        tokio::time::sleep(Duration::from_millis(retry_after_ms)).await;
+                    }
+                    Err(error) => anyhow::bail!("ingest failed: {error}"),
+                }
+            };
+            let mut rejected = outcome.rejected.iter().map(|(index, _)| *index).peekable();
+            for (index, event) in batch.events.iter().enumerate() {
+                if rejected.next_if_eq(&index).is_none() {
+                    ledger.add(&event.view(Salt(0)));
+                }
+            }
+            sent += count as u64;
+        }
+    }
+    Ok(ledger)
+}
+
+async fn wait_until_drained(
+    log: &MemoryLog,
+    store: &MemoryRealtimeStore,
+    config: &adclick_core::operator::AggregatorConfig,
+    timeout: Duration,
+) -> anyhow::Result<Vec<PartitionStatus>> {
+    let deadline_ms = SystemClock.now_ms() + timeout.as_millis() as u64;
+    loop {
+        let statuses = store.partition_status().await?;
+        let mut caught_up = true;
+        for partition in (0..log.partitions()).map(PartitionId) {
+            let end = log.end_offset(partition).await?;
+            let at = statuses
+                .iter()
+                .find(|s| s.partition == partition)
+                .map_or(Offset(0), |s| s.next_offset);
+            caught_up &= at == end;
+        }
+        let open = oracle::unfinished_series(&store.scan().await?, &statuses, config);
+        if (caught_up && open.is_empty()) || SystemClock.now_ms() >= deadline_ms {
+            return Ok(statuses);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A hash of everything a run produced. Equal seeds must give equal hashes.
+fn trace_hash(
+    scan: &[(Series, Lane, StoredCounts)],
+    statuses: &[PartitionStatus],
+    log: &Ledger,
+    counts: &FaultCounts,
+    trace: &[String],
+) -> u64 {
+    let mut hasher = foldhash::fast::FixedState::with_seed(0x7ace).build_hasher();
+    for (series, lane, stored) in scan {
+        (
+            series,
+            lane,
+            stored.counts.clicks,
+            stored.counts.unique,
+            stored.counts.fraud,
+            stored.is_final,
+        )
+            .hash(&mut hasher);
+        (stored.fence.generation, stored.fence.epoch).hash(&mut hasher);
+    }
+    for status in statuses {
+        (
+            status.partition,
+            status.generation,
+            status.epoch,
+            status.next_offset,
+            status.watermark.watermark_ms,
+        )
+            .hash(&mut hasher);
+    }
+    (log.count, log.fingerprint, counts, trace).hash(&mut hasher);
+    hasher.finish()
+}
