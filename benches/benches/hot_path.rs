@@ -1136,6 +1136,8 @@ impl ChainDriver {
             dedup_ids,
             dedup_cutoff_bucket: self.aggregator.dedup().cutoff_bucket(),
             dedup_stats: self.aggregator.dedup().stats(),
+            window_ms: chain_config().window.window_ms,
+            dedup_bucket_ms: chain_config().dedup.bucket_ms,
         };
         let bytes = encode_checkpoint(&checkpoint);
         let encoded = now();

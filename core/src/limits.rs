@@ -16,8 +16,10 @@ pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 /// How long after its event time a click id is remembered for dedup: window plus lateness plus a
 /// client retry window of one minute.
 pub const DEDUP_HORIZON_MS_DEFAULT: u64 = 180_000;
-/// Dedup expiry granularity: ids expire a bucket at a time.
-pub const DEDUP_BUCKET_MS_DEFAULT: u64 = 10_000;
+/// Dedup expiry granularity: ids expire a bucket at a time, in one scan of the whole table. At
+/// 10 s the scans cost about 150 ns per insert at 7M ids; at 30 s about 58 ns, for ids kept up to
+/// 20 s longer (measured in reports/2026-11-28-rust-svc/criterion-hot-path.md).
+pub const DEDUP_BUCKET_MS_DEFAULT: u64 = 30_000;
 /// Retained click ids per partition. 2^24 * 7/8 fills a power-of-two table to its max load.
 pub const DEDUP_IDS_PER_PARTITION_MAX_DEFAULT: usize = (1 << 24) / 8 * 7;
 /// Late-event counts per window are kept (and rewritten absolutely) for this long.

@@ -126,6 +126,15 @@ pub enum RestoreError {
     },
     #[error("checkpoint names fraud list version {version}, which is not registered")]
     MissingFraudList { version: FraudListVersion },
+    #[error(
+        "checkpoint at epoch {epoch} was written with {setting} = {checkpoint}, but the config says {config}; restore with the old setting or start the partition afresh"
+    )]
+    SettingChanged {
+        epoch: Epoch,
+        setting: &'static str,
+        checkpoint: u64,
+        config: u64,
+    },
 }
 
 pub struct PartitionAggregator {
@@ -477,6 +486,8 @@ impl PartitionAggregator {
             dedup_ids: Vec::new(),
             dedup_cutoff_bucket: self.dedup.cutoff_bucket(),
             dedup_stats: self.dedup.stats(),
+            window_ms: self.config.window.window_ms,
+            dedup_bucket_ms: self.config.dedup.bucket_ms,
         }
     }
 
@@ -524,6 +535,23 @@ impl PartitionAggregator {
         let mut aggregator = PartitionAggregator::new(config, partition, fraud_list);
         let mut previous: Option<Epoch> = None;
         for checkpoint in chain {
+            for (setting, written, configured) in [
+                ("window_ms", checkpoint.window_ms, config.window.window_ms),
+                (
+                    "dedup_bucket_ms",
+                    checkpoint.dedup_bucket_ms,
+                    config.dedup.bucket_ms,
+                ),
+            ] {
+                if written != configured {
+                    return Err(RestoreError::SettingChanged {
+                        epoch: checkpoint.epoch,
+                        setting,
+                        checkpoint: written,
+                        config: configured,
+                    });
+                }
+            }
             if checkpoint.partition != partition {
                 return Err(RestoreError::WrongPartition {
                     expected: partition,

@@ -61,6 +61,10 @@ pub struct PartitionCheckpoint {
     pub dedup_ids: Vec<(ClickId, u32)>,
     pub dedup_cutoff_bucket: u32,
     pub dedup_stats: DedupStats,
+    /// The settings that give the stored numbers their meaning: window starts and dedup bucket
+    /// numbers. A restore under other settings is refused rather than misread.
+    pub window_ms: u64,
+    pub dedup_bucket_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -186,6 +190,8 @@ mod tests {
             dedup_ids: vec![(ClickId(77), 0)],
             dedup_cutoff_bucket: 0,
             dedup_stats: DedupStats::default(),
+            window_ms: 60_000,
+            dedup_bucket_ms: 10_000,
         }
     }
 

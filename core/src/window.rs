@@ -222,17 +222,20 @@ impl<K: SeriesStart> Default for CountsTable<K> {
 }
 
 impl<K: SeriesStart> CountsTable<K> {
-    pub fn add(&mut self, key: K, delta: Counts) {
+    /// Adds `delta` to a series and returns its new counts.
+    pub fn add(&mut self, key: K, delta: Counts) -> Counts {
         let entry = self.entries.entry(key).or_insert(Entry {
             counts: Counts::default(),
             dirty: false,
         });
         entry.counts.add(delta);
+        let counts = entry.counts;
         if !entry.dirty {
             entry.dirty = true;
             self.dirty.push(key);
         }
         self.min_start_ms = self.min_start_ms.min(key.start_ms());
+        counts
     }
 
     pub fn get(&self, key: &K) -> Option<Counts> {

@@ -102,3 +102,27 @@ proptest! {
         prop_assert_eq!(restarted.stats, uninterrupted.stats);
     }
 }
+
+/// A checkpoint's window starts and dedup bucket numbers mean something only under the settings
+/// that wrote them: restoring under other settings is refused, naming the setting.
+#[test]
+fn restoring_under_changed_settings_is_refused() {
+    let registry = inputs::registry();
+    let config = inputs::config();
+    let mut aggregator = PartitionAggregator::new(
+        config,
+        PartitionId(0),
+        registry.get(FraudListVersion(0)).unwrap(),
+    );
+    let output = aggregator.on_barrier(Epoch(1));
+    let mut changed = config;
+    changed.dedup.bucket_ms = 2_000;
+    let error =
+        PartitionAggregator::restore(changed, PartitionId(0), &[output.checkpoint], &registry)
+            .err()
+            .unwrap();
+    assert_eq!(
+        error.to_string(),
+        "checkpoint at epoch 1 was written with dedup_bucket_ms = 1000, but the config says 2000; restore with the old setting or start the partition afresh"
+    );
+}
