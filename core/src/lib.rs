@@ -14,7 +14,6 @@ pub mod codec;
 pub mod dedup;
 pub mod event;
 pub mod fraud;
-pub mod id_table;
 pub mod ids;
 pub mod limits;
 pub mod operator;
