@@ -11,7 +11,8 @@ use adclick_core::ids::*;
 use adclick_core::limits::{HOUR_MS, RATE_RULE_WINDOW_MS};
 use adclick_core::operator::{AggregatorConfig, Series};
 use adclick_core::window::{Counts, HourKey, Lane, WindowKey};
-use adclick_engine::seams::{Log, PartitionStatus, StoredCounts};
+use adclick_engine::clock::SystemClock;
+use adclick_engine::seams::{Clock, Log, PartitionStatus, RealtimeStore, StoredCounts};
 use serde::Serialize;
 
 /// An order-independent fingerprint of a multiset of clicks: count and wrapping sum of hashes.
@@ -307,5 +308,34 @@ pub fn check_liveness(
         } else {
             format!("after {waited_ms} ms: {}", problems.join("; "))
         },
+    }
+}
+
+/// Waits until every partition has consumed the log and every due window is final, or the
+/// timeout passes (real or virtual time, whichever the clock runs on). Returns the last
+/// partition statuses seen.
+pub async fn wait_until_drained(
+    log: &dyn Log,
+    store: &dyn RealtimeStore,
+    config: &AggregatorConfig,
+    timeout: std::time::Duration,
+) -> anyhow::Result<Vec<PartitionStatus>> {
+    let deadline_ms = SystemClock.now_ms() + timeout.as_millis() as u64;
+    loop {
+        let statuses = store.partition_status().await?;
+        let mut caught_up = true;
+        for partition in (0..log.partitions()).map(PartitionId) {
+            let end = log.end_offset(partition).await?;
+            let at = statuses
+                .iter()
+                .find(|s| s.partition == partition)
+                .map_or(Offset(0), |s| s.next_offset);
+            caught_up &= at == end;
+        }
+        let open = unfinished_series(&store.scan().await?, &statuses, config);
+        if (caught_up && open.is_empty()) || SystemClock.now_ms() >= deadline_ms {
+            return Ok(statuses);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

@@ -22,7 +22,7 @@ use adclick_loadgen::Generator;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::faults::FlakyStore;
+use crate::faults::{FaultRates, Faults, SimStore};
 use crate::oracle::{self, Ledger, Verdict};
 
 #[derive(Clone, Default)]
@@ -92,15 +92,19 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
         None => Arc::new(MemoryLog::new(partitions)),
     };
     let memory_store: Arc<dyn RealtimeStore> = Arc::new(MemoryRealtimeStore::new());
-    let flaky = (scenario.faults.store_error_rate > 0.0).then(|| {
-        Arc::new(FlakyStore::new(
-            memory_store.clone(),
-            scenario.faults.store_error_rate,
-            scenario.seed,
-        ))
+    // Real-time runs inject store errors only; the other faults are the simulator's.
+    let store_faults = (scenario.faults.store_error_rate > 0.0).then(|| {
+        let rates = FaultRates {
+            store_error_rate: scenario.faults.store_error_rate,
+            ..FaultRates::default()
+        };
+        Arc::new(Faults::new(rates, scenario.seed))
     });
-    let store: Arc<dyn RealtimeStore> = match &flaky {
-        Some(flaky) => flaky.clone(),
+    let store: Arc<dyn RealtimeStore> = match &store_faults {
+        Some(faults) => Arc::new(SimStore {
+            inner: memory_store.clone(),
+            faults: faults.clone(),
+        }),
         None => memory_store.clone(),
     };
     let mut generator = Generator::new(scenario);
@@ -196,7 +200,7 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
 
     let drain_started = Instant::now();
     let liveness_timeout = Duration::from_secs_f64(scenario.expect.liveness_timeout_s);
-    let drained = wait_until_drained(
+    let drained = oracle::wait_until_drained(
         log.as_ref(),
         memory_store.as_ref(),
         &scenario.aggregator_config(),
@@ -283,39 +287,13 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
         unique_billable_clicks,
         worker_crashes_injected: crashes_injected,
         worker_restarts: restarts.load(Ordering::Relaxed),
-        store_errors_injected: flaky.map_or(0, |flaky| flaky.injected.load(Ordering::Relaxed)),
+        store_errors_injected: store_faults.map_or(0, |faults| {
+            faults.counts.lock().expect("counts lock").store_errors
+        }),
         drain_ms,
         verdicts,
         passed,
     })
-}
-
-/// Waits until every partition has consumed the log and every on-time window is final, or the
-/// timeout passes. Returns the last partition statuses seen.
-async fn wait_until_drained(
-    log: &dyn Log,
-    store: &dyn RealtimeStore,
-    config: &adclick_core::operator::AggregatorConfig,
-    timeout: Duration,
-) -> anyhow::Result<Vec<adclick_engine::seams::PartitionStatus>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let statuses = store.partition_status().await?;
-        let mut caught_up = true;
-        for partition in (0..log.partitions()).map(PartitionId) {
-            let end = log.end_offset(partition).await?;
-            let at = statuses
-                .iter()
-                .find(|s| s.partition == partition)
-                .map_or(adclick_core::ids::Offset(0), |s| s.next_offset);
-            caught_up &= at == end;
-        }
-        let open = oracle::unfinished_series(&store.scan().await?, &statuses, config);
-        if (caught_up && open.is_empty()) || Instant::now() >= deadline {
-            return Ok(statuses);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn progress_bar(scenario: &Scenario, enabled: bool) -> indicatif::ProgressBar {

@@ -21,25 +21,23 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use adclick_core::codec;
 use adclick_core::fraud::{FraudList, FraudRegistry};
 use adclick_core::ids::*;
-use adclick_core::operator::{Series, SeriesUpdate};
+use adclick_core::operator::Series;
 use adclick_core::window::Lane;
 use adclick_engine::checkpoint::CheckpointStore;
 use adclick_engine::clock::SystemClock;
 use adclick_engine::embedded::{MemoryBlobStore, MemoryLog, MemoryRealtimeStore};
-use adclick_engine::fencing::Fence;
 use adclick_engine::ingest::{Ack, IngestCore, IngestError};
 use adclick_engine::scenario::{Invariant, Scenario};
 use adclick_engine::seams::*;
 use adclick_engine::worker::{WorkerEnv, supervise};
 use adclick_loadgen::{GeneratedBatch, Generator};
-use async_trait::async_trait;
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use serde::Serialize;
 
+use crate::faults::{FaultCounts, FaultRates, Faults, SimBlobs, SimLog, SimStore};
 use crate::oracle::{self, Ledger, Verdict};
 
 #[derive(Clone, Debug, Default)]
@@ -47,289 +45,6 @@ pub struct SimOptions {
     pub seed: u64,
     #[cfg(feature = "canaries")]
     pub canary: Option<adclick_engine::worker::Canary>,
-}
-
-/// The fault rates of one run: the scenario's, or in swarm mode a per-seed draw below them.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct FaultRates {
-    pub store_error_rate: f64,
-    pub store_latency_ms_max: u64,
-    pub log_error_rate: f64,
-    pub duplicate_append_rate: f64,
-    pub checkpoint_error_rate: f64,
-    pub worker_kills_per_min: f64,
-    pub node_pauses_per_min: f64,
-    pub takeovers_per_min: f64,
-}
-
-impl FaultRates {
-    fn draw(scenario: &Scenario, rng: &mut Pcg64Mcg) -> FaultRates {
-        let faults = &scenario.faults;
-        let mut rates = FaultRates {
-            store_error_rate: faults.store_error_rate,
-            store_latency_ms_max: faults.store_latency_ms_max,
-            log_error_rate: faults.log_error_rate,
-            duplicate_append_rate: faults.duplicate_append_rate,
-            checkpoint_error_rate: faults.checkpoint_error_rate,
-            worker_kills_per_min: faults.worker_crashes_per_min,
-            node_pauses_per_min: faults.node_pauses_per_min,
-            takeovers_per_min: faults.takeovers_per_min,
-        };
-        if faults.swarm {
-            // Swarm testing: each fault is on for about half the seeds, at a random intensity,
-            // so that some seeds hammer one fault and others combine several.
-            let mut scale = |value: f64| {
-                if rng.random_bool(0.5) {
-                    value * rng.random::<f64>()
-                } else {
-                    0.0
-                }
-            };
-            rates.store_error_rate = scale(rates.store_error_rate);
-            rates.log_error_rate = scale(rates.log_error_rate);
-            rates.duplicate_append_rate = scale(rates.duplicate_append_rate);
-            rates.checkpoint_error_rate = scale(rates.checkpoint_error_rate);
-            rates.worker_kills_per_min = scale(rates.worker_kills_per_min);
-            rates.node_pauses_per_min = scale(rates.node_pauses_per_min);
-            rates.takeovers_per_min = scale(rates.takeovers_per_min);
-            rates.store_latency_ms_max = scale(rates.store_latency_ms_max as f64) as u64;
-        }
-        rates
-    }
-}
-
-/// What the faults did, for the report and the trace hash.
-#[derive(Clone, Copy, Debug, Default, Serialize, Hash)]
-pub struct FaultCounts {
-    pub store_errors: u64,
-    pub log_errors: u64,
-    pub duplicate_appended_records: u64,
-    pub checkpoint_errors: u64,
-    pub worker_kills: u64,
-    pub node_pauses: u64,
-    pub takeovers: u64,
-}
-
-/// The switchboard every faulty seam consults. Healing zeroes the rates.
-struct Faults {
-    rates: Mutex<FaultRates>,
-    rng: Mutex<Pcg64Mcg>,
-    counts: Mutex<FaultCounts>,
-    trace: Mutex<Vec<String>>,
-}
-
-impl Faults {
-    fn roll(&self, rate: impl Fn(&FaultRates) -> f64) -> bool {
-        let rate = rate(&self.rates.lock().expect("rates lock"));
-        rate > 0.0
-            && self
-                .rng
-                .lock()
-                .expect("rng lock")
-                .random_bool(rate.min(1.0))
-    }
-
-    fn coin(&self) -> bool {
-        self.rng.lock().expect("rng lock").random_bool(0.5)
-    }
-
-    fn latency(&self) -> Duration {
-        let max = self.rates.lock().expect("rates lock").store_latency_ms_max;
-        if max == 0 {
-            return Duration::ZERO;
-        }
-        Duration::from_millis(self.rng.lock().expect("rng lock").random_range(0..=max))
-    }
-
-    fn count(&self, update: impl FnOnce(&mut FaultCounts)) {
-        update(&mut self.counts.lock().expect("counts lock"));
-    }
-
-    fn note(&self, event: String) {
-        let now_ms = SystemClock.now_ms();
-        self.trace
-            .lock()
-            .expect("trace lock")
-            .push(format!("{now_ms} {event}"));
-    }
-
-    fn heal(&self) {
-        *self.rates.lock().expect("rates lock") = FaultRates::default();
-    }
-}
-
-/// The sim log node: keyed partitions and offsets (the in-process log), outages, lost acks and
-/// duplicate appends from a non-idempotent producer.
-struct SimLog {
-    inner: Arc<MemoryLog>,
-    faults: Arc<Faults>,
-    duplicates: Mutex<(Ledger, Vec<u64>)>,
-}
-
-const DUPLICATING_PRODUCER_ID: u64 = u64::MAX;
-
-#[async_trait]
-impl Log for SimLog {
-    fn partitions(&self) -> u32 {
-        self.inner.partitions()
-    }
-
-    async fn append(&self, partition: PartitionId, batch: AppendBatch) -> Result<Offset, LogError> {
-        let outage = || LogError::Unavailable {
-            message: "injected log outage".into(),
-        };
-        let fail = self.faults.roll(|rates| rates.log_error_rate);
-        let fail_after_append = fail && self.faults.coin();
-        if fail && !fail_after_append {
-            self.faults.count(|counts| counts.log_errors += 1);
-            return Err(outage());
-        }
-        let duplicate = self.faults.roll(|rates| rates.duplicate_append_rate);
-        let records = duplicate.then(|| batch.records.clone());
-        let first = self.inner.append(partition, batch).await?;
-        if let Some(records) = records {
-            // A producer without idempotence retried a batch whose ack it lost.
-            let mut duplicates = self.duplicates.lock().expect("duplicates lock");
-            let (ledger, sequences) = &mut *duplicates;
-            sequences.resize(self.inner.partitions() as usize, 0);
-            let sequence = &mut sequences[partition.0 as usize];
-            for record in records.iter() {
-                ledger.add(&codec::decode(record).expect("ingest encodes valid records"));
-            }
-            let count = records.len() as u64;
-            let retry = AppendBatch {
-                producer_id: DUPLICATING_PRODUCER_ID,
-                first_sequence: *sequence,
-                records,
-            };
-            self.inner.append_now(partition, retry)?;
-            *sequence += count;
-            self.faults
-                .count(|counts| counts.duplicate_appended_records += count);
-        }
-        if fail_after_append {
-            self.faults.count(|counts| counts.log_errors += 1);
-            return Err(outage());
-        }
-        Ok(first)
-    }
-
-    async fn read(
-        &self,
-        partition: PartitionId,
-        from: Offset,
-        records_max: usize,
-    ) -> Result<Vec<ReadBatch>, LogError> {
-        if self.faults.roll(|rates| rates.log_error_rate) {
-            self.faults.count(|counts| counts.log_errors += 1);
-            return Err(LogError::Unavailable {
-                message: "injected log outage".into(),
-            });
-        }
-        self.inner.read(partition, from, records_max).await
-    }
-
-    async fn end_offset(&self, partition: PartitionId) -> Result<Offset, LogError> {
-        self.inner.end_offset(partition).await
-    }
-}
-
-/// The real-time store node: the embedded store's fencing, with latency and errors that strike
-/// before or after a write is applied (a timeout whose write went through).
-struct SimStore {
-    inner: Arc<MemoryRealtimeStore>,
-    faults: Arc<Faults>,
-}
-
-impl SimStore {
-    fn unavailable() -> StoreError {
-        StoreError::Unavailable {
-            message: "injected store error".into(),
-        }
-    }
-}
-
-#[async_trait]
-impl RealtimeStore for SimStore {
-    async fn claim_partition(&self, partition: PartitionId) -> Result<Generation, StoreError> {
-        tokio::time::sleep(self.faults.latency()).await;
-        self.inner.claim_partition(partition).await
-    }
-
-    async fn apply(
-        &self,
-        partition: PartitionId,
-        fence: Fence,
-        updates: &[SeriesUpdate],
-        status: PartitionStatus,
-    ) -> Result<ApplyOutcome, StoreError> {
-        tokio::time::sleep(self.faults.latency()).await;
-        let fail = self.faults.roll(|rates| rates.store_error_rate);
-        if fail {
-            self.faults.count(|counts| counts.store_errors += 1);
-            if self.faults.coin() {
-                return Err(SimStore::unavailable());
-            }
-        }
-        let outcome = self.inner.apply(partition, fence, updates, status).await?;
-        if fail {
-            return Err(SimStore::unavailable());
-        }
-        Ok(outcome)
-    }
-
-    async fn get(&self, series: Series, lane: Lane) -> Result<Option<StoredCounts>, StoreError> {
-        self.inner.get(series, lane).await
-    }
-
-    async fn scan(&self) -> Result<Vec<(Series, Lane, StoredCounts)>, StoreError> {
-        self.inner.scan().await
-    }
-
-    async fn partition_status(&self) -> Result<Vec<PartitionStatus>, StoreError> {
-        self.inner.partition_status().await
-    }
-}
-
-/// The checkpoint store with errors.
-struct SimBlobs {
-    inner: MemoryBlobStore,
-    faults: Arc<Faults>,
-}
-
-impl SimBlobs {
-    fn check(&self, key: &str) -> Result<(), BlobError> {
-        if self.faults.roll(|rates| rates.checkpoint_error_rate) {
-            self.faults.count(|counts| counts.checkpoint_errors += 1);
-            return Err(BlobError::Unavailable {
-                key: key.to_owned(),
-                message: "injected checkpoint store error".into(),
-            });
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl BlobStore for SimBlobs {
-    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), BlobError> {
-        self.check(key)?;
-        self.inner.put(key, bytes).await
-    }
-
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
-        self.check(key)?;
-        self.inner.get(key).await
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
-        self.check(prefix)?;
-        self.inner.list(prefix).await
-    }
-
-    async fn delete(&self, key: &str) -> Result<(), BlobError> {
-        self.inner.delete(key).await
-    }
 }
 
 #[derive(Debug, Serialize)]
@@ -363,12 +78,7 @@ const WORKER_NODES_MAX: u32 = 3;
 pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Result<SimReport> {
     let mut rng = Pcg64Mcg::seed_from_u64(options.seed);
     let rates = FaultRates::draw(scenario, &mut rng);
-    let faults = Arc::new(Faults {
-        rates: Mutex::new(rates),
-        rng: Mutex::new(Pcg64Mcg::seed_from_u64(rng.random())),
-        counts: Mutex::new(FaultCounts::default()),
-        trace: Mutex::new(Vec::new()),
-    });
+    let faults = Arc::new(Faults::new(rates, rng.random()));
     let mut traffic_scenario = scenario.clone();
     traffic_scenario.seed = options.seed;
     traffic_scenario.traffic.rate_per_s = scenario.sim.rate_per_s;
@@ -441,7 +151,8 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
     let timeout = Duration::from_secs_f64(scenario.expect.liveness_timeout_s);
     let drain_started_ms = SystemClock.now_ms();
     let statuses =
-        wait_until_drained(memory_log.as_ref(), memory_store.as_ref(), &config, timeout).await?;
+        oracle::wait_until_drained(memory_log.as_ref(), memory_store.as_ref(), &config, timeout)
+            .await?;
     let drain_ms = SystemClock.now_ms() - drain_started_ms;
     let _ = stop_sender.send(true);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -694,32 +405,6 @@ async fn drive_traffic(
         }
     }
     Ok(ledger)
-}
-
-async fn wait_until_drained(
-    log: &MemoryLog,
-    store: &MemoryRealtimeStore,
-    config: &adclick_core::operator::AggregatorConfig,
-    timeout: Duration,
-) -> anyhow::Result<Vec<PartitionStatus>> {
-    let deadline_ms = SystemClock.now_ms() + timeout.as_millis() as u64;
-    loop {
-        let statuses = store.partition_status().await?;
-        let mut caught_up = true;
-        for partition in (0..log.partitions()).map(PartitionId) {
-            let end = log.end_offset(partition).await?;
-            let at = statuses
-                .iter()
-                .find(|s| s.partition == partition)
-                .map_or(Offset(0), |s| s.next_offset);
-            caught_up &= at == end;
-        }
-        let open = oracle::unfinished_series(&store.scan().await?, &statuses, config);
-        if (caught_up && open.is_empty()) || SystemClock.now_ms() >= deadline_ms {
-            return Ok(statuses);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// A hash of everything a run produced. Equal seeds must give equal hashes.
