@@ -148,6 +148,8 @@ pub struct Faults {
     pub duplicate_append_rate: f64,
     /// Simulator only: fraction of checkpoint store calls that fail.
     pub checkpoint_error_rate: f64,
+    /// Simulator only: the ingest node crashes (losing its unflushed buffer) this often.
+    pub ingest_crashes_per_min: f64,
     /// Simulator only: worker nodes paused (and resumed) per minute.
     pub node_pauses_per_min: f64,
     /// Simulator only: partitions taken over by another worker per minute (generation bump;
@@ -415,6 +417,10 @@ impl Scenario {
         for (key, rate) in [
             ("faults.node_pauses_per_min", faults.node_pauses_per_min),
             ("faults.takeovers_per_min", faults.takeovers_per_min),
+            (
+                "faults.ingest_crashes_per_min",
+                faults.ingest_crashes_per_min,
+            ),
         ] {
             if rate.is_nan() || !(0.0..=600.0).contains(&rate) {
                 return Err(invalid(key, rate.to_string(), "must be between 0 and 600"));

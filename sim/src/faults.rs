@@ -22,7 +22,15 @@ use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use serde::Serialize;
 
-use crate::oracle::Ledger;
+use crate::oracle::{ClickMultiset, Ledger};
+
+/// What the duplicating producer appended.
+#[derive(Debug, Default)]
+pub struct DuplicateAppends {
+    pub ledger: Ledger,
+    pub clicks: ClickMultiset,
+    sequences: Vec<u64>,
+}
 
 /// The fault rates of one run: the scenario's, or in swarm mode a per-seed draw below them.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -32,6 +40,7 @@ pub struct FaultRates {
     pub log_error_rate: f64,
     pub duplicate_append_rate: f64,
     pub checkpoint_error_rate: f64,
+    pub ingest_crashes_per_min: f64,
     pub worker_kills_per_min: f64,
     pub node_pauses_per_min: f64,
     pub takeovers_per_min: f64,
@@ -46,6 +55,7 @@ impl FaultRates {
             log_error_rate: faults.log_error_rate,
             duplicate_append_rate: faults.duplicate_append_rate,
             checkpoint_error_rate: faults.checkpoint_error_rate,
+            ingest_crashes_per_min: faults.ingest_crashes_per_min,
             worker_kills_per_min: faults.worker_crashes_per_min,
             node_pauses_per_min: faults.node_pauses_per_min,
             takeovers_per_min: faults.takeovers_per_min,
@@ -64,6 +74,7 @@ impl FaultRates {
             rates.log_error_rate = scale(rates.log_error_rate);
             rates.duplicate_append_rate = scale(rates.duplicate_append_rate);
             rates.checkpoint_error_rate = scale(rates.checkpoint_error_rate);
+            rates.ingest_crashes_per_min = scale(rates.ingest_crashes_per_min);
             rates.worker_kills_per_min = scale(rates.worker_kills_per_min);
             rates.node_pauses_per_min = scale(rates.node_pauses_per_min);
             rates.takeovers_per_min = scale(rates.takeovers_per_min);
@@ -80,6 +91,7 @@ pub struct FaultCounts {
     pub log_errors: u64,
     pub duplicate_appended_records: u64,
     pub checkpoint_errors: u64,
+    pub ingest_crashes: u64,
     pub worker_kills: u64,
     pub node_pauses: u64,
     pub takeovers: u64,
@@ -148,7 +160,7 @@ pub struct SimLog {
     pub inner: Arc<MemoryLog>,
     pub faults: Arc<Faults>,
     /// Records the duplicating producer appended: the no-loss check adds them to the accepted.
-    pub duplicates: Mutex<(Ledger, Vec<u64>)>,
+    pub duplicates: Mutex<DuplicateAppends>,
 }
 
 const DUPLICATING_PRODUCER_ID: u64 = u64::MAX;
@@ -175,11 +187,17 @@ impl Log for SimLog {
         if let Some(records) = records {
             // A producer without idempotence retried a batch whose ack it lost.
             let mut duplicates = self.duplicates.lock().expect("duplicates lock");
-            let (ledger, sequences) = &mut *duplicates;
+            let DuplicateAppends {
+                ledger,
+                clicks,
+                sequences,
+            } = &mut *duplicates;
             sequences.resize(self.inner.partitions() as usize, 0);
             let sequence = &mut sequences[partition.0 as usize];
             for record in records.iter() {
-                ledger.add(&codec::decode(record).expect("ingest encodes valid records"));
+                let click = codec::decode(record).expect("ingest encodes valid records");
+                ledger.add(&click);
+                clicks.add(&click);
             }
             let count = records.len() as u64;
             let retry = AppendBatch {

@@ -215,8 +215,13 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
 
     let scan = memory_store.scan().await?;
     let statuses = memory_store.partition_status().await?;
-    let expected =
-        oracle::expected_from_log(log.as_ref(), &fraud_list, &scenario.aggregator_config()).await?;
+    let expected = oracle::expected_from_log(
+        log.as_ref(),
+        &fraud_list,
+        &scenario.aggregator_config(),
+        false,
+    )
+    .await?;
     let mut verdicts = Vec::new();
     for invariant in &scenario.expect.invariants {
         verdicts.push(match invariant {

@@ -28,7 +28,7 @@ use adclick_core::window::Lane;
 use adclick_engine::checkpoint::CheckpointStore;
 use adclick_engine::clock::SystemClock;
 use adclick_engine::embedded::{MemoryBlobStore, MemoryLog, MemoryRealtimeStore};
-use adclick_engine::ingest::{Ack, IngestCore, IngestError};
+use adclick_engine::ingest::{Ack, IngestConfig, IngestCore, IngestError};
 use adclick_engine::scenario::{Invariant, Scenario};
 use adclick_engine::seams::*;
 use adclick_engine::worker::{WorkerEnv, supervise};
@@ -120,24 +120,23 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
     let restarts = Arc::new(AtomicU64::new(0));
     let cluster = start_workers(scenario, &env, &stop, &restarts);
 
-    let (ingest, flusher) = IngestCore::start(
-        log.clone(),
-        Arc::new(SystemClock),
-        traffic_scenario.ingest_config(),
-    );
+    let ingest_slot: IngestSlot = Arc::default();
+    let ingest_config = traffic_scenario.ingest_config();
+    let ingest_node = start_ingest(log.clone(), ingest_config, ingest_slot.clone());
     let started_ms = SystemClock.now_ms();
-    let chaos = tokio::spawn(run_chaos(
-        faults.clone(),
-        cluster.nodes.iter().map(|n| n.id()).collect(),
-        cluster.owners.clone(),
-        env.clone(),
-        scenario.clone(),
-        stop.clone(),
-        restarts.clone(),
-        rng.random(),
-        scenario.sim.duration_s,
-    ));
-    let accepted = drive_traffic(&traffic_scenario, &mut generator, &ingest).await?;
+    let chaos = tokio::spawn(run_chaos(Chaos {
+        faults: faults.clone(),
+        nodes: cluster.nodes.iter().map(|n| n.id()).collect(),
+        owners: cluster.owners.clone(),
+        ingest_node: ingest_node.id(),
+        ingest_slot: ingest_slot.clone(),
+        env: env.clone(),
+        scenario: scenario.clone(),
+        stop: stop.clone(),
+        restarts: restarts.clone(),
+        seed: rng.random(),
+    }));
+    let accepted = drive_traffic(&traffic_scenario, &mut generator, &ingest_slot).await?;
 
     // Liveness phase: heal everything and demand a full drain.
     faults.heal();
@@ -146,7 +145,10 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
     for node in &cluster.nodes {
         handle.resume(node.id());
     }
-    ingest.close(flusher).await;
+    let live_ingest = ingest_slot.lock().expect("ingest slot lock").take();
+    if let Some((core, flusher)) = live_ingest {
+        core.close(flusher).await;
+    }
     let config = scenario.aggregator_config();
     let timeout = Duration::from_secs_f64(scenario.expect.liveness_timeout_s);
     let drain_started_ms = SystemClock.now_ms();
@@ -158,13 +160,26 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let scan = memory_store.scan().await?;
-    let expected = oracle::expected_from_log(memory_log.as_ref(), &fraud_list, &config).await?;
-    let duplicates = log.duplicates.lock().expect("duplicates lock").0;
+    let expected =
+        oracle::expected_from_log(memory_log.as_ref(), &fraud_list, &config, true).await?;
+    let counts = *faults.counts.lock().expect("counts lock");
+    let appended_again = log
+        .duplicates
+        .lock()
+        .expect("duplicates lock")
+        .clicks
+        .clone();
     let mut verdicts = Vec::new();
     for invariant in &scenario.expect.invariants {
         verdicts.push(match invariant {
             Invariant::ExactlyOnce => oracle::check_exactly_once(&expected, &scan),
-            Invariant::NoLoss => oracle::check_no_loss(accepted.merged(duplicates), &expected),
+            Invariant::NoLoss => oracle::check_no_loss_exact(
+                &accepted.clicks,
+                &appended_again,
+                &expected,
+                counts.ingest_crashes,
+                ingest_config.producer_buffer_events_max,
+            ),
             Invariant::Liveness => {
                 oracle::check_liveness(&expected, &statuses, &scan, &config, drain_ms)
             }
@@ -177,7 +192,6 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
             }
         });
     }
-    let counts = *faults.counts.lock().expect("counts lock");
     let trace = std::mem::take(&mut *faults.trace.lock().expect("trace lock"));
     let trace_hash = trace_hash(&scan, &statuses, &expected.log, &counts, &trace);
     let unique_billable_clicks = expected
@@ -192,7 +206,7 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
         seed: options.seed,
         trace_hash: format!("{trace_hash:016x}"),
         virtual_s: (SystemClock.now_ms() - started_ms) as f64 / 1000.0,
-        accepted: accepted.count,
+        accepted: accepted.ledger.count,
         log_records: expected.log.count,
         unique_billable_clicks,
         rates,
@@ -202,6 +216,37 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
         passed,
         trace,
     })
+}
+
+/// The ingest node's live incarnation (its core and flusher), or none while the node is down.
+type IngestSlot = Arc<Mutex<Option<(IngestCore, tokio::task::JoinHandle<()>)>>>;
+
+/// The ingest node: each (re)start is a new incarnation with a new idempotent producer id and an
+/// empty buffer. Killing it loses whatever its buffer held that the log had not yet taken.
+fn start_ingest(
+    log: Arc<SimLog>,
+    config: IngestConfig,
+    slot: IngestSlot,
+) -> madsim::runtime::NodeHandle {
+    let incarnations = Arc::new(AtomicU64::new(0));
+    madsim::runtime::Handle::current()
+        .create_node()
+        .name("ingest")
+        .init(move || {
+            let (log, slot, incarnations) = (log.clone(), slot.clone(), incarnations.clone());
+            async move {
+                let incarnation =
+                    incarnations.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                let config = IngestConfig {
+                    producer_id: incarnation,
+                    ..config
+                };
+                let started = IngestCore::start(log, Arc::new(SystemClock), config);
+                *slot.lock().expect("ingest slot lock") = Some(started);
+                std::future::pending::<()>().await;
+            }
+        })
+        .build()
 }
 
 /// The owners table as one node's assignment.
@@ -275,25 +320,45 @@ fn start_workers(
     Cluster { nodes, owners }
 }
 
-/// Fires node faults at the configured rates until the safety phase ends, then restarts and
-/// resumes every node it took down.
-#[allow(clippy::too_many_arguments)]
-async fn run_chaos(
+/// Everything the chaos task may break.
+struct Chaos {
     faults: Arc<Faults>,
     nodes: Vec<madsim::task::NodeId>,
     owners: Arc<Mutex<Vec<usize>>>,
+    ingest_node: madsim::task::NodeId,
+    ingest_slot: IngestSlot,
     env: WorkerEnv,
     scenario: Scenario,
     stop: tokio::sync::watch::Receiver<bool>,
     restarts: Arc<AtomicU64>,
     seed: u64,
-    duration_s: f64,
-) {
+}
+
+/// Fires node faults at the configured rates until the safety phase ends, then restarts and
+/// resumes every node it took down.
+async fn run_chaos(chaos: Chaos) {
+    let Chaos {
+        faults,
+        nodes,
+        owners,
+        ingest_node,
+        ingest_slot,
+        env,
+        scenario,
+        stop,
+        restarts,
+        seed,
+    } = chaos;
+    let duration_s = scenario.sim.duration_s;
     let handle = madsim::runtime::Handle::current();
     let mut rng = Pcg64Mcg::seed_from_u64(seed);
     let rates = *faults.rates.lock().expect("rates lock");
-    let per_s =
-        (rates.worker_kills_per_min + rates.node_pauses_per_min + rates.takeovers_per_min) / 60.0;
+    let per_s = (rates.worker_kills_per_min
+        + rates.node_pauses_per_min
+        + rates.takeovers_per_min
+        + rates.ingest_crashes_per_min)
+        / 60.0;
+    let mut ingest_down = false;
     let end_ms = SystemClock.now_ms() + (duration_s * 1000.0) as u64;
     let mut down: BTreeSet<usize> = BTreeSet::new();
     let mut paused: BTreeSet<usize> = BTreeSet::new();
@@ -316,6 +381,10 @@ async fn run_chaos(
             handle.resume(nodes[node]);
             faults.note(format!("resume worker-{node}"));
         }
+        if std::mem::take(&mut ingest_down) {
+            handle.restart(ingest_node);
+            faults.note("restart ingest".into());
+        }
         let node = rng.random_range(0..nodes.len());
         let pick = rng.random::<f64>() * per_s * 60.0;
         if pick < rates.worker_kills_per_min {
@@ -323,7 +392,16 @@ async fn run_chaos(
             down.insert(node);
             faults.count(|counts| counts.worker_kills += 1);
             faults.note(format!("kill worker-{node}"));
-        } else if pick < rates.worker_kills_per_min + rates.node_pauses_per_min {
+        } else if pick < rates.worker_kills_per_min + rates.ingest_crashes_per_min {
+            // Clients see the node go away at once; its unflushed buffer is lost.
+            ingest_slot.lock().expect("ingest slot lock").take();
+            handle.kill(ingest_node);
+            ingest_down = true;
+            faults.count(|counts| counts.ingest_crashes += 1);
+            faults.note("kill ingest".into());
+        } else if pick
+            < rates.worker_kills_per_min + rates.ingest_crashes_per_min + rates.node_pauses_per_min
+        {
             handle.pause(nodes[node]);
             paused.insert(node);
             faults.count(|counts| counts.node_pauses += 1);
@@ -363,19 +441,42 @@ async fn run_chaos(
         handle.resume(nodes[node]);
         faults.note(format!("resume worker-{node}"));
     }
+    if ingest_down {
+        handle.restart(ingest_node);
+        faults.note("restart ingest".into());
+    }
+}
+
+/// What the clients were told was accepted.
+struct Accepted {
+    ledger: Ledger,
+    clicks: oracle::ClickMultiset,
+}
+
+/// The live ingest core, waiting while the ingest node is down (clients retry).
+async fn live_ingest(slot: &IngestSlot) -> IngestCore {
+    loop {
+        if let Some((core, _)) = slot.lock().expect("ingest slot lock").as_ref() {
+            return core.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Open-loop traffic in virtual time: every 10 ms, the clicks that are due.
 async fn drive_traffic(
     scenario: &Scenario,
     generator: &mut Generator,
-    ingest: &IngestCore,
-) -> anyhow::Result<Ledger> {
+    ingest: &IngestSlot,
+) -> anyhow::Result<Accepted> {
     let rate = scenario.traffic.rate_per_s as f64;
     let total = (rate * scenario.traffic.duration_s) as u64;
     let started_ms = SystemClock.now_ms();
     let mut batch = GeneratedBatch::default();
-    let mut ledger = Ledger::default();
+    let mut accepted = Accepted {
+        ledger: Ledger::default(),
+        clicks: oracle::ClickMultiset::default(),
+    };
     let mut sent = 0u64;
     while sent < total {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -387,10 +488,17 @@ async fn drive_traffic(
             batch.clear();
             generator.next_batch(now_ms, elapsed_ms, count, &mut batch);
             let outcome = loop {
-                match ingest.submit(&batch.events, Ack::Buffered).await {
+                match live_ingest(ingest)
+                    .await
+                    .submit(&batch.events, Ack::Buffered)
+                    .await
+                {
                     Ok(outcome) => break outcome,
                     Err(IngestError::Busy { retry_after_ms, .. }) => {
                         tokio::time::sleep(Duration::from_millis(retry_after_ms)).await;
+                    }
+                    Err(IngestError::ShuttingDown) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     Err(error) => anyhow::bail!("ingest failed: {error}"),
                 }
@@ -398,13 +506,15 @@ async fn drive_traffic(
             let mut rejected = outcome.rejected.iter().map(|(index, _)| *index).peekable();
             for (index, event) in batch.events.iter().enumerate() {
                 if rejected.next_if_eq(&index).is_none() {
-                    ledger.add(&event.view(Salt(0)));
+                    let view = event.view(Salt(0));
+                    accepted.ledger.add(&view);
+                    accepted.clicks.add(&view);
                 }
             }
             sent += count as u64;
         }
     }
-    Ok(ledger)
+    Ok(accepted)
 }
 
 /// A hash of everything a run produced. Equal seeds must give equal hashes.

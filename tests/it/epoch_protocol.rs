@@ -189,10 +189,14 @@ async fn run(crash_at: Vec<(EpochStep, Epoch)>) -> (oracle::Verdict, oracle::Ver
     }
     let scan = harness.store.scan().await.unwrap();
     let statuses = harness.store.partition_status().await.unwrap();
-    let expected =
-        oracle::expected_from_log(harness.log.as_ref(), &harness.fraud_list, &harness.config)
-            .await
-            .unwrap();
+    let expected = oracle::expected_from_log(
+        harness.log.as_ref(),
+        &harness.fraud_list,
+        &harness.config,
+        false,
+    )
+    .await
+    .unwrap();
     assert!(expected.log.count >= 1_600, "the test generated traffic");
     let exactly_once = oracle::check_exactly_once(&expected, &scan);
     let liveness = oracle::check_liveness(&expected, &statuses, &scan, &harness.config, 0);
@@ -270,10 +274,14 @@ async fn the_checks_catch_a_worker_that_writes_increments() {
         }
     }
     let scan = harness.store.scan().await.unwrap();
-    let expected =
-        oracle::expected_from_log(harness.log.as_ref(), &harness.fraud_list, &harness.config)
-            .await
-            .unwrap();
+    let expected = oracle::expected_from_log(
+        harness.log.as_ref(),
+        &harness.fraud_list,
+        &harness.config,
+        false,
+    )
+    .await
+    .unwrap();
     let verdict = oracle::check_exactly_once(&expected, &scan);
     assert!(
         !verdict.holds,
