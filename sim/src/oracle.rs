@@ -221,7 +221,16 @@ pub fn check_exactly_once(expected: &Expected, scan: &[(Series, Lane, StoredCoun
     for (series, want) in &expected.series {
         let got = totals.get(series).copied().unwrap_or_default();
         if got != *want {
-            mismatches.push(format!("{series:?}: store {got:?}, log says {want:?}"));
+            // More first sightings than the log has unique clicks: a resend got past dedup, which
+            // happens by design when it arrives beyond the dedup horizon (billing catches it).
+            let hint = if got.unique + got.fraud > want.unique + want.fraud {
+                " (duplicate past the dedup horizon?)"
+            } else {
+                ""
+            };
+            mismatches.push(format!(
+                "{series:?}: store {got:?}, log says {want:?}{hint}"
+            ));
         }
     }
     for series in totals

@@ -372,19 +372,6 @@ async fn run_chaos(chaos: Chaos) {
         if SystemClock.now_ms() >= end_ms {
             break;
         }
-        // Bring back what an earlier fault took down, before the next one.
-        for node in std::mem::take(&mut down) {
-            handle.restart(nodes[node]);
-            faults.note(format!("restart worker-{node}"));
-        }
-        for node in std::mem::take(&mut paused) {
-            handle.resume(nodes[node]);
-            faults.note(format!("resume worker-{node}"));
-        }
-        if std::mem::take(&mut ingest_down) {
-            handle.restart(ingest_node);
-            faults.note("restart ingest".into());
-        }
         let node = rng.random_range(0..nodes.len());
         let pick = rng.random::<f64>() * per_s * 60.0;
         if pick < rates.worker_kills_per_min {
@@ -432,6 +419,21 @@ async fn run_chaos(chaos: Chaos) {
         }
         let hold_ms = rng.random_range(100..2_000);
         tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+        // Bring back what this fault took down once its hold is over, so that every outage is
+        // bounded by the hold (a longer one would push resends past the dedup horizon, which is
+        // billing's to catch, not the fast path's).
+        for node in std::mem::take(&mut down) {
+            handle.restart(nodes[node]);
+            faults.note(format!("restart worker-{node}"));
+        }
+        for node in std::mem::take(&mut paused) {
+            handle.resume(nodes[node]);
+            faults.note(format!("resume worker-{node}"));
+        }
+        if std::mem::take(&mut ingest_down) {
+            handle.restart(ingest_node);
+            faults.note("restart ingest".into());
+        }
     }
     for node in down {
         handle.restart(nodes[node]);
