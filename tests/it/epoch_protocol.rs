@@ -149,7 +149,15 @@ impl Harness {
 /// Runs 8 epochs of traffic and 6 idle epochs; a crashed worker is replaced by a new one that
 /// recovers. Returns the exactly-once verdict and how many crashes happened.
 async fn run(crash_at: Vec<(EpochStep, Epoch)>) -> (oracle::Verdict, oracle::Verdict, u32) {
+    run_variant(crash_at, None).await
+}
+
+async fn run_variant(
+    crash_at: Vec<(EpochStep, Epoch)>,
+    canary: Option<adclick_engine::worker::Canary>,
+) -> (oracle::Verdict, oracle::Verdict, u32) {
     let mut harness = Harness::new(crash_at);
+    harness.env.canary = canary;
     let mut workers = Vec::new();
     let mut crashes = 0;
     for partition in 0..PARTITIONS {
@@ -251,38 +259,10 @@ async fn a_crash_while_recommitting_a_pending_epoch_is_recovered_too() {
 async fn the_checks_catch_a_worker_that_writes_increments() {
     // Canary: HINCRBY-style increments instead of fenced absolute values. A crash after the sink
     // write re-commits the epoch and the increments land twice.
-    let mut harness = Harness::new(vec![(EpochStep::AfterSinkWrite, Epoch(3))]);
-    harness.env.canary = Some(adclick_engine::worker::Canary::UnfencedIncrements);
-    let mut workers: Vec<PartitionWorker> = Vec::new();
-    for partition in 0..PARTITIONS {
-        let mut worker = harness.worker(partition);
-        worker.recover().await.unwrap();
-        workers.push(worker);
-    }
-    for round in 0..12 {
-        if round < 8 {
-            harness.append_traffic();
-        }
-        harness.clock.advance(if round < 8 { 500 } else { 3_000 });
-        for (partition, worker) in workers.iter_mut().enumerate() {
-            while worker.poll().await.unwrap() > 0 {}
-            if let Err(WorkerError::InjectedCrash { .. }) = worker.barrier().await {
-                let mut replacement = harness.worker(partition as u32);
-                replacement.recover().await.unwrap();
-                *worker = replacement;
-            }
-        }
-    }
-    let scan = harness.store.scan().await.unwrap();
-    let expected = oracle::expected_from_log(
-        harness.log.as_ref(),
-        &harness.fraud_list,
-        &harness.config,
-        false,
-    )
-    .await
-    .unwrap();
-    let verdict = oracle::check_exactly_once(&expected, &scan);
+    let canary = Some(adclick_engine::worker::Canary::UnfencedIncrements);
+    let (verdict, _, crashes) =
+        run_variant(vec![(EpochStep::AfterSinkWrite, Epoch(3))], canary).await;
+    assert_eq!(crashes, 1);
     assert!(
         !verdict.holds,
         "the increments canary must be caught, got: {}",
