@@ -56,6 +56,21 @@ pub struct AppendBatch {
     pub records: RecordBlock,
 }
 
+impl AppendBatch {
+    /// A batch of the given records, copied into one block.
+    pub fn from_records(producer_id: u64, first_sequence: u64, records: &[&[u8]]) -> AppendBatch {
+        let mut block = RecordBlock::default();
+        for record in records {
+            block.push(record);
+        }
+        AppendBatch {
+            producer_id,
+            first_sequence,
+            records: block,
+        }
+    }
+}
+
 /// Records packed in one buffer: record `i` is `data[ends[i-1]..ends[i]]`.
 #[derive(Clone, Debug, Default)]
 pub struct RecordBlock {

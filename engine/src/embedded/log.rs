@@ -182,15 +182,7 @@ mod tests {
     use super::*;
 
     fn batch(producer_id: u64, first_sequence: u64, records: &[&[u8]]) -> AppendBatch {
-        let mut block = RecordBlock::default();
-        for record in records {
-            block.push(record);
-        }
-        AppendBatch {
-            producer_id,
-            first_sequence,
-            records: block,
-        }
+        AppendBatch::from_records(producer_id, first_sequence, records)
     }
 
     #[tokio::test]
