@@ -234,6 +234,53 @@ pub trait RealtimeStore: Send + Sync {
     /// Every stored series, sorted. For checks and small deployments; production scans by key.
     async fn scan(&self) -> Result<Vec<(Series, Lane, StoredCounts)>, StoreError>;
     async fn partition_status(&self) -> Result<Vec<PartitionStatus>, StoreError>;
+
+    /// One campaign's series (every ad and salt, both lanes) of one granularity, whose window
+    /// or hour starts in `[from_ms, to_ms)`, sorted. The query API reads through this.
+    async fn campaign_series(
+        &self,
+        campaign: CampaignId,
+        granularity: Granularity,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<(Series, Lane, StoredCounts)>, StoreError> {
+        let mut found = self.scan().await?;
+        found.retain(|(series, _, _)| {
+            let (series_campaign, start_ms) = match series {
+                Series::Window(key) if granularity == Granularity::Window => {
+                    (key.campaign_id, key.window_start_ms)
+                }
+                Series::Hour(key) if granularity == Granularity::Hour => {
+                    (key.campaign_id, key.hour_start_ms)
+                }
+                _ => return false,
+            };
+            series_campaign == campaign && (from_ms..to_ms).contains(&start_ms)
+        });
+        Ok(found)
+    }
+
+    /// Every window series (all campaigns, ads, salts and lanes) of the window starting at
+    /// `window_start_ms`, sorted. The top-N query reads through this.
+    async fn window_series(
+        &self,
+        window_start_ms: u64,
+    ) -> Result<Vec<(Series, Lane, StoredCounts)>, StoreError> {
+        let mut found = self.scan().await?;
+        found.retain(|(series, _, _)| {
+            matches!(series, Series::Window(key) if key.window_start_ms == window_start_ms)
+        });
+        Ok(found)
+    }
+}
+
+/// The two series granularities: the aggregator's windows (1 minute by default) and the hour
+/// rollups kept for billing reconciliation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    Window,
+    Hour,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

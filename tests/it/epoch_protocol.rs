@@ -56,7 +56,7 @@ full_checkpoint_every_epochs = 3
 
 struct Harness {
     log: Arc<MemoryLog>,
-    store: Arc<MemoryRealtimeStore>,
+    store: Arc<dyn RealtimeStore>,
     env: WorkerEnv,
     clock: Arc<ManualClock>,
     config: AggregatorConfig,
@@ -66,7 +66,7 @@ struct Harness {
 }
 
 impl Harness {
-    fn new(crash_at: Vec<(EpochStep, Epoch)>) -> Harness {
+    fn new(crash_at: Vec<(EpochStep, Epoch)>, store: Arc<dyn RealtimeStore>) -> Harness {
         let scenario = scenario();
         let generator = Generator::new(&scenario);
         let mut registry = FraudRegistry::new();
@@ -74,7 +74,6 @@ impl Harness {
             .register(FraudList::parse(&generator.fraud_list_text()).unwrap())
             .unwrap();
         let log = Arc::new(MemoryLog::new(PARTITIONS));
-        let store = Arc::new(MemoryRealtimeStore::new());
         let clock = Arc::new(ManualClock::new(START_MS));
         let mut env = WorkerEnv::new(
             log.clone(),
@@ -149,14 +148,15 @@ impl Harness {
 /// Runs 8 epochs of traffic and 6 idle epochs; a crashed worker is replaced by a new one that
 /// recovers. Returns the exactly-once verdict and how many crashes happened.
 async fn run(crash_at: Vec<(EpochStep, Epoch)>) -> (oracle::Verdict, oracle::Verdict, u32) {
-    run_variant(crash_at, None).await
+    run_variant(crash_at, None, Arc::new(MemoryRealtimeStore::new())).await
 }
 
 async fn run_variant(
     crash_at: Vec<(EpochStep, Epoch)>,
     canary: Option<adclick_engine::worker::Canary>,
+    store: Arc<dyn RealtimeStore>,
 ) -> (oracle::Verdict, oracle::Verdict, u32) {
-    let mut harness = Harness::new(crash_at);
+    let mut harness = Harness::new(crash_at, store);
     harness.env.canary = canary;
     let mut workers = Vec::new();
     let mut crashes = 0;
@@ -211,19 +211,58 @@ async fn run_variant(
     (exactly_once, liveness, crashes)
 }
 
+/// Every step of the epoch protocol, in early and late epochs.
+const CRASH_STEPS: [EpochStep; 4] = [
+    EpochStep::BeforePreCommit,
+    EpochStep::AfterPreCommit,
+    EpochStep::AfterSinkWrite,
+    EpochStep::AfterComplete,
+];
+
+#[tokio::test]
+async fn against_real_redis_a_crash_at_any_step_never_loses_or_doubles_a_count() {
+    use adclick_io::redis_store::{KeySpace, RedisConfig, RedisStore};
+    let url =
+        std::env::var("ADCLICK_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    for step in CRASH_STEPS {
+        for epoch in [1, 3, 9] {
+            let mut config = RedisConfig::new(url.clone());
+            config.prefix = format!("adclick-test-epoch-{}", std::process::id());
+            let keys = KeySpace {
+                partitions: PARTITIONS,
+                window_ms: 1000,
+                salts_max: 1,
+            };
+            let store = RedisStore::connect(config, keys)
+                .await
+                .unwrap_or_else(|error| panic!("this test needs Redis at {url}: {error:#}"));
+            store.delete_all().await.unwrap();
+            let store = Arc::new(store);
+            let (verdict, liveness, crashes) =
+                run_variant(vec![(step, Epoch(epoch))], None, store.clone()).await;
+            store.delete_all().await.unwrap();
+            assert_eq!(crashes, 1, "{step:?} in epoch {epoch} fired once");
+            assert!(
+                verdict.holds,
+                "redis, {step:?} in epoch {epoch}: {}",
+                verdict.detail
+            );
+            assert!(
+                liveness.holds,
+                "redis, {step:?} in epoch {epoch}: {}",
+                liveness.detail
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_crash_at_any_step_of_any_epoch_never_loses_or_doubles_a_count() {
     let (baseline, liveness, crashes) = run(Vec::new()).await;
     assert!(baseline.holds, "{}", baseline.detail);
     assert!(liveness.holds, "{}", liveness.detail);
     assert_eq!(crashes, 0);
-    let steps = [
-        EpochStep::BeforePreCommit,
-        EpochStep::AfterPreCommit,
-        EpochStep::AfterSinkWrite,
-        EpochStep::AfterComplete,
-    ];
-    for step in steps {
+    for step in CRASH_STEPS {
         for epoch in [1, 2, 3, 4, 5, 9] {
             let (verdict, liveness, crashes) = run(vec![(step, Epoch(epoch))]).await;
             assert_eq!(crashes, 1, "{step:?} in epoch {epoch} fired once");
@@ -260,8 +299,12 @@ async fn the_checks_catch_a_worker_that_writes_increments() {
     // Canary: HINCRBY-style increments instead of fenced absolute values. A crash after the sink
     // write re-commits the epoch and the increments land twice.
     let canary = Some(adclick_engine::worker::Canary::UnfencedIncrements);
-    let (verdict, _, crashes) =
-        run_variant(vec![(EpochStep::AfterSinkWrite, Epoch(3))], canary).await;
+    let (verdict, _, crashes) = run_variant(
+        vec![(EpochStep::AfterSinkWrite, Epoch(3))],
+        canary,
+        Arc::new(MemoryRealtimeStore::new()),
+    )
+    .await;
     assert_eq!(crashes, 1);
     assert!(
         !verdict.holds,
