@@ -35,6 +35,16 @@ enum Command {
         #[arg(long)]
         log_dir: Option<PathBuf>,
     },
+    /// Runs the engine as a service: HTTP ingest and query, and the workers. With no config,
+    /// every role in one process on embedded defaults (no services needed).
+    Serve {
+        /// The server config (adclick.toml); README.md has an example for Kafka + Redis + S3.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overrides `http.listen`, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Aggregates a file of JSON clicks (one per line) through the same operator chain and prints
     /// per-window counts as CSV. Event time comes from the file; the end of input closes every window.
     Aggregate {
@@ -63,6 +73,7 @@ fn main() -> ExitCode {
             no_progress,
             log_dir,
         } => cli::run::main(&scenario, json.as_deref(), !no_progress, log_dir),
+        Command::Serve { config, listen } => cli::serve::main(config.as_deref(), listen),
         Command::Aggregate {
             input,
             format,

@@ -160,6 +160,11 @@ impl IngestCore {
         self.inner.config.producer_buffer_events_max - self.inner.permits.available_permits()
     }
 
+    /// The buffer's bound in events (`engine.producer_buffer_events_max`).
+    pub fn buffer_limit(&self) -> usize {
+        self.inner.config.producer_buffer_events_max
+    }
+
     fn validate(&self, event: &ClickEvent, bound: TimeBound) -> Result<(), Rejection> {
         let mut reasons = Vec::new();
         if event.user_agent.len() > core_limits::USER_AGENT_BYTES_MAX {
@@ -294,8 +299,14 @@ async fn run_flusher(inner: Arc<Inner>) {
     let linger = std::time::Duration::from_millis(inner.config.producer_linger_ms);
     loop {
         let closing = inner.closed.load(Ordering::Acquire);
+        // Closing: drain at once instead of waiting out the linger.
+        let wait = if closing {
+            std::time::Duration::from_millis(1)
+        } else {
+            linger
+        };
         tokio::select! {
-            _ = tokio::time::sleep(linger) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = inner.flush_now.notified() => {}
         }
         for partition in 0..inner.partitions {

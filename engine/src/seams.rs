@@ -208,6 +208,17 @@ pub struct PartitionStatus {
     pub next_offset: Offset,
     pub watermark: Watermark,
     pub stats: adclick_core::snapshot::PartitionStats,
+    /// Resource figures for operators (metrics); not part of any invariant.
+    #[serde(default)]
+    pub health: PartitionHealth,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionHealth {
+    pub dedup_ids: u64,
+    pub dedup_bytes: u64,
+    /// How long the previous epoch's barrier (pre-commit, sink write, complete) took.
+    pub last_barrier_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

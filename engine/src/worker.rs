@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{CheckpointError, CheckpointStore};
 use crate::fencing::Fence;
 use crate::limits;
-use crate::seams::{Clock, Log, LogError, PartitionStatus, RealtimeStore, StoreError};
+use crate::seams::{
+    Clock, Log, LogError, PartitionHealth, PartitionStatus, RealtimeStore, StoreError,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerConfig {
@@ -129,6 +131,7 @@ pub struct PartitionWorker {
     env: WorkerEnv,
     generation: Generation,
     aggregator: Option<PartitionAggregator>,
+    last_barrier_ms: u64,
     #[cfg(feature = "test-canaries")]
     canary_last_emitted: std::collections::HashMap<
         (adclick_core::operator::Series, adclick_core::window::Lane),
@@ -150,6 +153,7 @@ impl PartitionWorker {
             env,
             generation: Generation(0),
             aggregator: None,
+            last_barrier_ms: 0,
             #[cfg(feature = "test-canaries")]
             canary_last_emitted: Default::default(),
         }
@@ -231,6 +235,7 @@ impl PartitionWorker {
 
     fn status(&mut self) -> PartitionStatus {
         let generation = self.generation;
+        let last_barrier_ms = self.last_barrier_ms;
         let aggregator = self.aggregator();
         PartitionStatus {
             partition: aggregator.partition(),
@@ -239,6 +244,11 @@ impl PartitionWorker {
             next_offset: aggregator.next_offset(),
             watermark: aggregator.watermark(),
             stats: aggregator.stats(),
+            health: PartitionHealth {
+                dedup_ids: aggregator.dedup().len() as u64,
+                dedup_bytes: aggregator.dedup().allocated_bytes() as u64,
+                last_barrier_ms,
+            },
         }
     }
 
@@ -300,6 +310,7 @@ impl PartitionWorker {
 
     /// One epoch of the protocol: pre-commit, sink write, complete.
     pub async fn barrier(&mut self) -> Result<Epoch, WorkerError> {
+        let started_ms = self.env.clock.now_ms();
         let registry_latest = self.env.fraud.read().expect("fraud registry lock").latest();
         let aggregator = self.aggregator();
         aggregator.stage_fraud_list(registry_latest);
@@ -326,6 +337,7 @@ impl PartitionWorker {
             .map_err(|e| self.checkpoint_error(e))?;
         self.crash_point(EpochStep::AfterComplete, epoch)?;
         self.aggregator().on_commit(epoch);
+        self.last_barrier_ms = self.env.clock.now_ms().saturating_sub(started_ms);
         let aggregator = self.aggregator.as_ref().expect("recovered before use");
         tracing::trace!(
             partition = self.partition.0,

@@ -69,6 +69,7 @@ fn status(partition: PartitionId, generation: Generation, epoch: u64) -> Partiti
         next_offset: Offset(epoch * 10),
         watermark: Default::default(),
         stats: Default::default(),
+        health: Default::default(),
     }
 }
 

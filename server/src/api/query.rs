@@ -1,0 +1,329 @@
+//! The query API. It reads only the real-time store and the log's end offsets, and sums a
+//! campaign's salted sub-keys, so a hot campaign reads as one.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use adclick_core::ids::{CampaignId, PartitionId};
+use adclick_core::operator::Series;
+use adclick_core::window::{Counts, Lane};
+use adclick_engine::seams::{Granularity, PartitionStatus, StoredCounts};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::{AppState, error_response};
+
+const HOUR_MS: u64 = 3_600_000;
+
+#[derive(Deserialize)]
+pub struct RangeParams {
+    from: Option<u64>,
+    to: Option<u64>,
+    granularity: Option<String>,
+}
+
+/// One window (or hour) of one campaign, summed over ads and salts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowCounts {
+    pub start_ms: u64,
+    pub end_ms: u64,
+    /// Every valid click, duplicates and fraud included.
+    pub clicks: u64,
+    /// Unique non-fraud clicks: the billable count.
+    pub unique: u64,
+    pub fraud: u64,
+    /// Unique non-fraud clicks that arrived after the window closed (the late side output).
+    pub late_unique: u64,
+    pub late_clicks: u64,
+    /// The window closed: its on-time counts will not change.
+    #[serde(rename = "final")]
+    pub is_final: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CampaignClicks {
+    pub campaign_id: u64,
+    pub granularity: String,
+    pub from_ms: u64,
+    pub to_ms: u64,
+    pub windows: Vec<WindowCounts>,
+    pub total: WindowCounts,
+}
+
+pub async fn campaign_clicks(
+    State(state): State<AppState>,
+    Path(campaign_id): Path<u64>,
+    Query(params): Query<RangeParams>,
+) -> Response {
+    state
+        .counters
+        .query_requests
+        .fetch_add(1, Ordering::Relaxed);
+    let (granularity, step_ms) = match params.granularity.as_deref() {
+        None | Some("minute") | Some("window") => (Granularity::Window, state.window_ms),
+        Some("hour") => (Granularity::Hour, HOUR_MS),
+        Some(other) => {
+            return bad_request(format!(
+                "granularity={other:?} is not one of \"minute\", \"hour\""
+            ));
+        }
+    };
+    let now_ms = state.clock.now_ms();
+    let to_ms = params.to.unwrap_or(now_ms + step_ms);
+    let from_ms = params.from.unwrap_or(to_ms.saturating_sub(HOUR_MS));
+    if from_ms >= to_ms {
+        return bad_request(format!("from={from_ms} must be before to={to_ms}"));
+    }
+    let span_max = state.http.query_span_ms_max;
+    if to_ms - from_ms > span_max {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the range spans {} ms, over the limit of {span_max} ms",
+                to_ms - from_ms
+            ),
+            Some("http.query_span_ms_max"),
+        );
+    }
+    let series = match state
+        .store
+        .campaign_series(CampaignId(campaign_id), granularity, from_ms, to_ms)
+        .await
+    {
+        Ok(series) => series,
+        Err(error) => return unavailable(error.to_string()),
+    };
+    let windows = merge_windows(&series, step_ms);
+    let mut total = WindowCounts {
+        start_ms: from_ms,
+        end_ms: to_ms,
+        is_final: windows.iter().all(|window| window.is_final),
+        ..WindowCounts::default()
+    };
+    for window in &windows {
+        total.clicks += window.clicks;
+        total.unique += window.unique;
+        total.fraud += window.fraud;
+        total.late_clicks += window.late_clicks;
+        total.late_unique += window.late_unique;
+    }
+    Json(CampaignClicks {
+        campaign_id,
+        granularity: match granularity {
+            Granularity::Window => "minute".into(),
+            Granularity::Hour => "hour".into(),
+        },
+        from_ms,
+        to_ms,
+        windows,
+        total,
+    })
+    .into_response()
+}
+
+fn start_of(series: &Series) -> u64 {
+    match series {
+        Series::Window(key) => key.window_start_ms,
+        Series::Hour(key) => key.hour_start_ms,
+    }
+}
+
+/// Sums ads and salts per window start. A window is final when every on-time series in it is.
+fn merge_windows(series: &[(Series, Lane, StoredCounts)], step_ms: u64) -> Vec<WindowCounts> {
+    let mut windows: BTreeMap<u64, WindowCounts> = BTreeMap::new();
+    for (series, lane, stored) in series {
+        let start_ms = start_of(series);
+        let window = windows.entry(start_ms).or_insert_with(|| WindowCounts {
+            start_ms,
+            end_ms: start_ms + step_ms,
+            is_final: true,
+            ..WindowCounts::default()
+        });
+        match lane {
+            Lane::OnTime => {
+                window.clicks += stored.counts.clicks;
+                window.unique += stored.counts.unique;
+                window.fraud += stored.counts.fraud;
+                window.is_final &= stored.is_final;
+            }
+            Lane::Late => {
+                window.late_clicks += stored.counts.clicks;
+                window.late_unique += stored.counts.unique;
+            }
+        }
+    }
+    windows.into_values().collect()
+}
+
+#[derive(Deserialize)]
+pub struct TopParams {
+    window: Option<String>,
+    n: Option<usize>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TopAd {
+    pub campaign_id: u64,
+    pub ad_id: u64,
+    pub clicks: u64,
+    pub unique: u64,
+    pub fraud: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TopAds {
+    pub window_start_ms: u64,
+    pub window_end_ms: u64,
+    pub ads: Vec<TopAd>,
+}
+
+/// `GET /v1/top?window=last|current|START_MS&n=10`: the ads with the most unique clicks in a
+/// window (both lanes, all salts). `last` is the newest window every partition's watermark has
+/// passed; `current` the window holding the newest watermark.
+pub async fn top(State(state): State<AppState>, Query(params): Query<TopParams>) -> Response {
+    state
+        .counters
+        .query_requests
+        .fetch_add(1, Ordering::Relaxed);
+    let n = params.n.unwrap_or(10);
+    if n == 0 || n > state.http.top_n_max {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            format!("n={n} must be between 1 and {}", state.http.top_n_max),
+            Some("http.top_n_max"),
+        );
+    }
+    let window_ms = state.window_ms;
+    let window_start_ms = match params.window.as_deref() {
+        None | Some("last") | Some("current") => {
+            let statuses = match state.store.partition_status().await {
+                Ok(statuses) => statuses,
+                Err(error) => return unavailable(error.to_string()),
+            };
+            let watermarks = statuses.iter().map(|status| status.watermark.watermark_ms);
+            if params.window.as_deref() == Some("current") {
+                watermarks.max().unwrap_or(0) / window_ms * window_ms
+            } else {
+                (watermarks.min().unwrap_or(0) / window_ms * window_ms).saturating_sub(window_ms)
+            }
+        }
+        Some(text) => match text.parse::<u64>() {
+            Ok(start_ms) if start_ms % window_ms == 0 => start_ms,
+            _ => {
+                return bad_request(format!(
+                    "window={text:?} is not \"last\", \"current\" or a window start in ms \
+                     (a multiple of {window_ms})"
+                ));
+            }
+        },
+    };
+    let series = match state.store.window_series(window_start_ms).await {
+        Ok(series) => series,
+        Err(error) => return unavailable(error.to_string()),
+    };
+    let mut ads: BTreeMap<(u64, u64), Counts> = BTreeMap::new();
+    for (series, _, stored) in &series {
+        if let Series::Window(key) = series {
+            ads.entry((key.campaign_id.0, key.ad_id.0))
+                .or_default()
+                .add(stored.counts);
+        }
+    }
+    let mut ads: Vec<TopAd> = ads
+        .into_iter()
+        .map(|((campaign_id, ad_id), counts)| TopAd {
+            campaign_id,
+            ad_id,
+            clicks: counts.clicks,
+            unique: counts.unique,
+            fraud: counts.fraud,
+        })
+        .collect();
+    // Ties break by id, so the answer is the same on every call.
+    ads.sort_by(|a, b| {
+        b.unique
+            .cmp(&a.unique)
+            .then(a.campaign_id.cmp(&b.campaign_id))
+            .then(a.ad_id.cmp(&b.ad_id))
+    });
+    ads.truncate(n);
+    Json(TopAds {
+        window_start_ms,
+        window_end_ms: window_start_ms + window_ms,
+        ads,
+    })
+    .into_response()
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PartitionFreshness {
+    pub partition: u32,
+    /// Absent until a worker committed the partition's first epoch.
+    pub status: Option<PartitionStatus>,
+    pub end_offset: Option<u64>,
+    /// Records in the log the worker has not committed yet.
+    pub lag_records: Option<u64>,
+    /// How far the partition's watermark trails this node's clock.
+    pub watermark_delay_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Freshness {
+    pub now_ms: u64,
+    pub partitions: Vec<PartitionFreshness>,
+}
+
+pub async fn freshness(State(state): State<AppState>) -> Response {
+    state
+        .counters
+        .query_requests
+        .fetch_add(1, Ordering::Relaxed);
+    match freshness_of(&state).await {
+        Ok(freshness) => Json(freshness).into_response(),
+        Err(error) => unavailable(error),
+    }
+}
+
+pub(crate) async fn freshness_of(state: &AppState) -> Result<Freshness, String> {
+    let statuses = state
+        .store
+        .partition_status()
+        .await
+        .map_err(|error| error.to_string())?;
+    let by_partition: BTreeMap<u32, PartitionStatus> = statuses
+        .into_iter()
+        .map(|status| (status.partition.0, status))
+        .collect();
+    let now_ms = state.clock.now_ms();
+    let mut partitions = Vec::new();
+    for partition in 0..state.log.partitions() {
+        let end_offset = state.log.end_offset(PartitionId(partition)).await.ok();
+        let status = by_partition.get(&partition).copied();
+        let lag_records = match (end_offset, status) {
+            (Some(end), Some(status)) => Some(end.0.saturating_sub(status.next_offset.0)),
+            (Some(end), None) => Some(end.0),
+            _ => None,
+        };
+        partitions.push(PartitionFreshness {
+            partition,
+            status,
+            end_offset: end_offset.map(|offset| offset.0),
+            lag_records,
+            watermark_delay_ms: status
+                .filter(|status| status.watermark.watermark_ms > 0)
+                .map(|status| now_ms.saturating_sub(status.watermark.watermark_ms)),
+        });
+    }
+    Ok(Freshness { now_ms, partitions })
+}
+
+fn bad_request(error: String) -> Response {
+    error_response(StatusCode::BAD_REQUEST, error, None)
+}
+
+fn unavailable(error: String) -> Response {
+    error_response(StatusCode::SERVICE_UNAVAILABLE, error, None)
+}

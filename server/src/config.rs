@@ -1,0 +1,319 @@
+//! `adclick.toml`: which roles this process runs and which seams they use. Validated at start,
+//! each error naming the key, its value and the rule it broke. With no file, every role runs in
+//! one process on embedded seams, so a new user can POST clicks and query counts with no
+//! services.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use adclick_core::dedup::DedupConfig;
+use adclick_core::operator::AggregatorConfig;
+use adclick_core::window::WindowConfig;
+use adclick_engine::ingest::IngestConfig;
+use adclick_engine::scenario::Engine;
+use adclick_engine::worker::WorkerConfig;
+use adclick_io::blobs::BlobConfig;
+use adclick_io::redis_store::RedisConfig;
+use serde::Deserialize;
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Ingest,
+    Worker,
+    Query,
+    All,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    pub roles: Vec<Role>,
+    pub http: HttpConfig,
+    /// The aggregation settings: the same `[engine]` table as a scenario file.
+    pub engine: Engine,
+    pub log: LogConfig,
+    pub store: StoreConfig,
+    pub checkpoints: CheckpointsConfig,
+    pub fraud: FraudConfig,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            roles: vec![Role::All],
+            http: HttpConfig::default(),
+            engine: Engine {
+                // Production-sized windows; scenario files use small ones to finish fast.
+                window_ms: 60_000,
+                ..Engine::default()
+            },
+            log: LogConfig::default(),
+            store: StoreConfig::default(),
+            checkpoints: CheckpointsConfig::default(),
+            fraud: FraudConfig::default(),
+        }
+    }
+}
+
+/// HTTP limits, each named with its unit.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub body_bytes_max: usize,
+    pub records_per_request_max: usize,
+    /// The longest time range one query may span.
+    pub query_span_ms_max: u64,
+    /// The most windows or ads one top-N query returns.
+    pub top_n_max: usize,
+    /// The `Retry-After` a busy (503) answer carries.
+    pub busy_retry_after_s: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_bytes_max: 4 * 1024 * 1024,
+            records_per_request_max: adclick_engine::limits::INGEST_RECORDS_PER_REQUEST_MAX,
+            query_span_ms_max: 7 * 24 * 3_600_000,
+            top_n_max: 1_000,
+            busy_retry_after_s: 1,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum LogConfig {
+    /// In process, gone at exit. The embedded default.
+    #[default]
+    Memory,
+    /// Segment files under `dir`: survives restarts of a single-node deployment.
+    File { dir: PathBuf },
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum StoreConfig {
+    /// In process, with the same fencing as Redis. The embedded default.
+    #[default]
+    Memory,
+    Redis(RedisConfig),
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointsConfig {
+    /// `file:///dir` or `s3://bucket/prefix` (with `options`); absent: in memory.
+    pub url: Option<String>,
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+impl CheckpointsConfig {
+    pub fn blob_config(&self) -> Option<BlobConfig> {
+        self.url.as_ref().map(|url| BlobConfig {
+            url: url.clone(),
+            options: self.options.clone(),
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FraudConfig {
+    /// A fraud list file (`version N`, then `ip ...` / `ua ...` lines). Absent: the empty list.
+    pub list: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: `{key}` = {value}: {rule}")]
+    Invalid {
+        path: String,
+        key: &'static str,
+        value: String,
+        rule: String,
+    },
+}
+
+impl ServeConfig {
+    pub fn load(path: &Path) -> Result<ServeConfig, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: origin.clone(),
+            source,
+        })?;
+        ServeConfig::parse(&text, &origin)
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<ServeConfig, ConfigError> {
+        let config: ServeConfig = toml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: error.to_string(),
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, value: String, rule: &str| ConfigError::Invalid {
+            path: origin.to_owned(),
+            key,
+            value,
+            rule: rule.to_owned(),
+        };
+        if self.roles.is_empty() {
+            return Err(invalid(
+                "roles",
+                "[]".into(),
+                "name at least one of \"ingest\", \"worker\", \"query\", \"all\"",
+            ));
+        }
+        let http = &self.http;
+        for (key, value) in [
+            ("http.body_bytes_max", http.body_bytes_max as u64),
+            (
+                "http.records_per_request_max",
+                http.records_per_request_max as u64,
+            ),
+            ("http.query_span_ms_max", http.query_span_ms_max),
+            ("http.top_n_max", http.top_n_max as u64),
+            ("engine.partitions", u64::from(self.engine.partitions)),
+            ("engine.epoch_ms", self.engine.epoch_ms),
+            (
+                "engine.producer_buffer_events_max",
+                self.engine.producer_buffer_events_max as u64,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "0".into(), "must be at least 1"));
+            }
+        }
+        if http.records_per_request_max > adclick_engine::limits::INGEST_RECORDS_PER_REQUEST_MAX {
+            return Err(invalid(
+                "http.records_per_request_max",
+                http.records_per_request_max.to_string(),
+                &format!(
+                    "must be at most {} (the ingest core's limit)",
+                    adclick_engine::limits::INGEST_RECORDS_PER_REQUEST_MAX
+                ),
+            ));
+        }
+        self.aggregator_config().validate().map_err(|error| {
+            invalid(
+                "engine",
+                "(window and dedup settings)".into(),
+                &error.to_string(),
+            )
+        })?;
+        if let StoreConfig::Redis(redis) = &self.store {
+            redis
+                .validate()
+                .map_err(|error| invalid("store", redis.url.clone(), &error))?;
+        }
+        Ok(())
+    }
+
+    pub fn runs(&self, role: Role) -> bool {
+        self.roles.contains(&role) || self.roles.contains(&Role::All)
+    }
+
+    pub fn aggregator_config(&self) -> AggregatorConfig {
+        let engine = &self.engine;
+        AggregatorConfig {
+            window: WindowConfig {
+                window_ms: engine.window_ms,
+                allowed_lateness_ms: engine.allowed_lateness_ms,
+                max_out_of_orderness_ms: engine.max_out_of_orderness_ms,
+                idle_timeout_ms: engine.idle_timeout_ms,
+                late_retention_ms: adclick_core::limits::LATE_RETENTION_MS_DEFAULT,
+            },
+            dedup: DedupConfig {
+                horizon_ms: engine.dedup_horizon_ms,
+                bucket_ms: engine.dedup_bucket_ms,
+                ids_max: engine.dedup_ids_per_partition_max,
+                // Grow on demand: a server does not know its rate in advance.
+                ids_expected: 1024.min(engine.dedup_ids_per_partition_max),
+            },
+            clicks_per_ip_per_minute_max: engine.clicks_per_ip_per_minute_max,
+            full_checkpoint_every_epochs: engine.full_checkpoint_every_epochs,
+        }
+    }
+
+    pub fn worker_config(&self) -> WorkerConfig {
+        WorkerConfig {
+            epoch_ms: self.engine.epoch_ms,
+            ..WorkerConfig::default()
+        }
+    }
+
+    pub fn ingest_config(&self) -> IngestConfig {
+        IngestConfig {
+            producer_buffer_events_max: self.engine.producer_buffer_events_max,
+            producer_linger_ms: self.engine.producer_linger_ms,
+            ..IngestConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_file_means_every_role_on_embedded_seams() {
+        let config = ServeConfig::parse("", "empty").unwrap();
+        assert!(config.runs(Role::Ingest) && config.runs(Role::Worker) && config.runs(Role::Query));
+        assert_eq!(config.log, LogConfig::Memory);
+        assert_eq!(config.store, StoreConfig::Memory);
+    }
+
+    #[test]
+    fn errors_name_the_key_the_value_and_the_rule() {
+        let error = ServeConfig::parse("[http]\nbody_bytes_max = 0\n", "a.toml").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "a.toml: `http.body_bytes_max` = 0: must be at least 1"
+        );
+        let error = ServeConfig::parse("[http]\nbody_byte_max = 10\n", "a.toml").unwrap_err();
+        assert!(error.to_string().contains("body_byte_max"), "{error}");
+        let error = ServeConfig::parse(
+            "[store]\nkind = \"redis\"\nurl = \"redis://x/\"\nprefix = \"a:b\"\n",
+            "a.toml",
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("redis.prefix"), "{error}");
+    }
+
+    #[test]
+    fn a_production_config_parses() {
+        let text = r#"
+roles = ["worker", "query"]
+[http]
+listen = "0.0.0.0:8080"
+[engine]
+partitions = 32
+[log]
+kind = "file"
+dir = "/var/lib/adclick/log"
+[store]
+kind = "redis"
+url = "redis://10.0.0.5:6379/"
+[checkpoints]
+url = "s3://adclick-checkpoints/prod"
+options = { aws_region = "eu-west-1" }
+"#;
+        let config = ServeConfig::parse(text, "prod.toml").unwrap();
+        assert!(!config.runs(Role::Ingest));
+        assert!(matches!(config.store, StoreConfig::Redis(ref redis) if redis.prefix == "adclick"));
+    }
+}

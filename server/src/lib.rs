@@ -1,0 +1,7 @@
+//! `adclick serve`: the HTTP ingest and query API, the workers, and the wiring that picks
+//! production seams (Redis, object storage, file or Kafka log) or embedded ones from the config.
+
+pub mod api;
+pub mod body;
+pub mod config;
+pub mod serve;

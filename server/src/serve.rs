@@ -1,0 +1,197 @@
+//! `adclick serve`: builds the seams the config names, starts the roles, and shuts down
+//! gracefully: stop taking requests, drain the producer buffer into the log, then let every
+//! worker take a final checkpoint.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use adclick_core::fraud::{FraudList, FraudRegistry};
+use adclick_core::ids::PartitionId;
+use adclick_engine::checkpoint::CheckpointStore;
+use adclick_engine::clock::SystemClock;
+use adclick_engine::embedded::{FileLog, MemoryBlobStore, MemoryLog, MemoryRealtimeStore};
+use adclick_engine::ingest::IngestCore;
+use adclick_engine::seams::{BlobStore, Clock, Log, RealtimeStore};
+use adclick_engine::worker::{SupervisorExit, WorkerEnv, assigned_forever, supervise};
+use adclick_io::blobs::ObjectBlobStore;
+use adclick_io::redis_store::{KeySpace, RedisStore};
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{AppState, HttpCounters, router};
+use crate::config::{LogConfig, Role, ServeConfig, StoreConfig};
+
+/// The most salts a hot campaign is split into; the query API sums salts `0..SALTS_MAX`.
+pub const SALTS_MAX: u16 = 8;
+
+/// The seams a server runs on.
+pub struct Seams {
+    pub log: Arc<dyn Log>,
+    pub store: Arc<dyn RealtimeStore>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub clock: Arc<dyn Clock>,
+    pub fraud: Arc<RwLock<FraudRegistry>>,
+}
+
+impl Seams {
+    pub async fn from_config(config: &ServeConfig) -> anyhow::Result<Seams> {
+        let partitions = config.engine.partitions;
+        let log: Arc<dyn Log> = match &config.log {
+            LogConfig::Memory => Arc::new(MemoryLog::new(partitions)),
+            LogConfig::File { dir } => Arc::new(
+                FileLog::open(dir, partitions, Default::default())
+                    .with_context(|| format!("log.dir {}", dir.display()))?,
+            ),
+        };
+        let store: Arc<dyn RealtimeStore> = match &config.store {
+            StoreConfig::Memory => Arc::new(MemoryRealtimeStore::new()),
+            StoreConfig::Redis(redis) => {
+                let keys = KeySpace {
+                    partitions,
+                    window_ms: config.engine.window_ms,
+                    salts_max: SALTS_MAX,
+                };
+                Arc::new(RedisStore::connect(redis.clone(), keys).await?)
+            }
+        };
+        let blobs: Arc<dyn BlobStore> = match config.checkpoints.blob_config() {
+            None => Arc::new(MemoryBlobStore::new()),
+            Some(blob_config) => Arc::new(ObjectBlobStore::open(&blob_config)?),
+        };
+        let mut registry = FraudRegistry::new();
+        if let Some(path) = &config.fraud.list {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("fraud.list {}", path.display()))?;
+            let list = FraudList::parse(&text)
+                .map_err(|error| anyhow::anyhow!("fraud.list {}: {error}", path.display()))?;
+            registry.register(list)?;
+        }
+        Ok(Seams {
+            log,
+            store,
+            blobs,
+            clock: Arc::new(SystemClock),
+            fraud: Arc::new(RwLock::new(registry)),
+        })
+    }
+}
+
+/// A running server. Dropping it does not stop it; call `shutdown`.
+pub struct RunningServer {
+    pub local_addr: SocketAddr,
+    pub state: AppState,
+    http_stop: watch::Sender<bool>,
+    http: JoinHandle<std::io::Result<()>>,
+    flusher: Option<JoinHandle<()>>,
+    worker_stop: watch::Sender<bool>,
+    workers: Vec<JoinHandle<SupervisorExit>>,
+}
+
+pub async fn start(config: ServeConfig, seams: Seams) -> anyhow::Result<RunningServer> {
+    let (http_stop, mut http_stop_receiver) = watch::channel(false);
+    let (worker_stop, worker_stop_receiver) = watch::channel(false);
+    let (ingest, flusher) = if config.runs(Role::Ingest) {
+        let (core, flusher) = IngestCore::start(
+            seams.log.clone(),
+            seams.clock.clone(),
+            config.ingest_config(),
+        );
+        (Some(core), Some(flusher))
+    } else {
+        (None, None)
+    };
+    let mut workers = Vec::new();
+    if config.runs(Role::Worker) {
+        let env = WorkerEnv::new(
+            seams.log.clone(),
+            seams.store.clone(),
+            CheckpointStore::new(seams.blobs.clone()),
+            seams.clock.clone(),
+            seams.fraud.clone(),
+        );
+        let restarts = Arc::new(AtomicU64::new(0));
+        for partition in 0..config.engine.partitions {
+            workers.push(tokio::spawn(supervise(
+                PartitionId(partition),
+                config.worker_config(),
+                config.aggregator_config(),
+                env.clone(),
+                worker_stop_receiver.clone(),
+                restarts.clone(),
+                assigned_forever(),
+            )));
+        }
+    }
+    let state = AppState {
+        http: config.http.clone(),
+        window_ms: config.engine.window_ms,
+        ingest,
+        store: seams.store.clone(),
+        log: seams.log.clone(),
+        clock: seams.clock.clone(),
+        ready: Arc::new(AtomicBool::new(false)),
+        counters: Arc::new(HttpCounters::default()),
+    };
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("http.listen {}", config.http.listen))?;
+    let local_addr = listener.local_addr()?;
+    let app = router(state.clone(), &config);
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop_receiver.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(%local_addr, roles = ?config.roles, "adclick serving");
+    Ok(RunningServer {
+        local_addr,
+        state,
+        http_stop,
+        http,
+        flusher,
+        worker_stop,
+        workers,
+    })
+}
+
+impl RunningServer {
+    /// Stops taking requests, drains the producer buffer into the log, and lets every worker
+    /// take a final checkpoint.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.state.ready.store(false, Ordering::Release);
+        // HTTP first: in-flight requests finish, new ones are refused.
+        let _ = self.http_stop.send(true);
+        self.http.await.context("http task")??;
+        if let (Some(ingest), Some(flusher)) = (&self.state.ingest, self.flusher) {
+            ingest.close(flusher).await;
+        }
+        let _ = self.worker_stop.send(true);
+        for worker in self.workers {
+            let _ = worker.await;
+        }
+        tracing::info!("adclick stopped");
+        Ok(())
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
