@@ -18,6 +18,7 @@ pub mod ids;
 pub mod limits;
 pub mod operator;
 pub mod partition;
+pub mod salt;
 pub mod snapshot;
 pub mod window;
 

@@ -51,3 +51,6 @@ const _: () = assert!(DEDUP_HORIZON_MS_DEFAULT.is_multiple_of(DEDUP_BUCKET_MS_DE
 const _: () = assert!(HOUR_MS.is_multiple_of(WINDOW_MS_DEFAULT));
 const _: () = assert!(LATE_RETENTION_MS_DEFAULT >= HOUR_MS + ALLOWED_LATENESS_MS_DEFAULT);
 const _: () = assert!(EVENT_AGE_MS_MAX <= LATE_RETENTION_MS_DEFAULT);
+
+/// The most salted sub-keys a hot campaign is split into. Queries sum salts `0..SALTS_MAX`.
+pub const SALTS_MAX: u16 = 8;

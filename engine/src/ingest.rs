@@ -15,13 +15,14 @@ use adclick_core::event::{ClickEvent, InvalidReason, Rejection, TimeBound, check
 use adclick_core::ids::{PartitionId, Salt};
 use adclick_core::limits as core_limits;
 use adclick_core::partition::partition_for_campaign;
+use adclick_core::salt::{HotCampaignConfig, HotCampaignDetector, SaltTable};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore, oneshot};
 
 use crate::limits;
 use crate::seams::{AppendBatch, Clock, Log, LogError, RecordBlock, Retry};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IngestConfig {
     pub producer_buffer_events_max: usize,
     pub producer_linger_ms: u64,
@@ -30,6 +31,8 @@ pub struct IngestConfig {
     pub producer_id: u64,
     /// Whether event times are checked against this node's clock (live) or not (replays).
     pub check_event_time: bool,
+    /// Split campaigns above a traffic share into salted keys (`None`: never).
+    pub hot_campaigns: Option<HotCampaignConfig>,
 }
 
 impl Default for IngestConfig {
@@ -40,6 +43,7 @@ impl Default for IngestConfig {
             producer_batch_records_max: limits::PRODUCER_BATCH_RECORDS_MAX,
             producer_id: 1,
             check_event_time: true,
+            hot_campaigns: None,
         }
     }
 }
@@ -96,6 +100,24 @@ struct PartitionBuffer {
     next_sequence: u64,
 }
 
+/// The salt table, shared by every incarnation of an ingest node (it must outlive a crash: a
+/// resend after a restart must be routed as the original was).
+pub type SharedSaltTable = Arc<Mutex<SaltTable>>;
+
+/// How a (re)started ingest node salts hot campaigns.
+#[derive(Clone, Default)]
+pub struct SaltingStart {
+    pub table: SharedSaltTable,
+    /// Every click accepted before this start (by an earlier incarnation) has an event time
+    /// below this: 0 for a fresh log, start time plus the largest allowed clock skew otherwise.
+    pub accepted_event_time_floor_ms: u64,
+}
+
+struct Salting {
+    detector: HotCampaignDetector,
+    table: SharedSaltTable,
+}
+
 struct Inner {
     log: Arc<dyn Log>,
     clock: Arc<dyn Clock>,
@@ -103,6 +125,9 @@ struct Inner {
     partitions: u32,
     permits: Semaphore,
     buffers: Vec<Mutex<PartitionBuffer>>,
+    /// Routing reads the salt table and the detector updates it under this one lock, so a plan
+    /// never lands between routing a click and counting it.
+    salting: Option<Mutex<Salting>>,
     flush_now: Notify,
     closed: AtomicBool,
     accepted: AtomicU64,
@@ -118,13 +143,29 @@ pub struct IngestCore {
 }
 
 impl IngestCore {
-    /// Creates the core and spawns its flusher on the current runtime.
+    /// Creates the core for a fresh log and spawns its flusher on the current runtime.
     pub fn start(
         log: Arc<dyn Log>,
         clock: Arc<dyn Clock>,
         config: IngestConfig,
     ) -> (IngestCore, tokio::task::JoinHandle<()>) {
+        IngestCore::start_with(log, clock, config, SaltingStart::default())
+    }
+
+    /// Creates the core with a salt table that survives restarts.
+    pub fn start_with(
+        log: Arc<dyn Log>,
+        clock: Arc<dyn Clock>,
+        config: IngestConfig,
+        salting: SaltingStart,
+    ) -> (IngestCore, tokio::task::JoinHandle<()>) {
         let partitions = log.partitions();
+        let salting = config.hot_campaigns.map(|hot| {
+            Mutex::new(Salting {
+                detector: HotCampaignDetector::new(hot, salting.accepted_event_time_floor_ms),
+                table: salting.table,
+            })
+        });
         let inner = Arc::new(Inner {
             log,
             clock,
@@ -132,6 +173,7 @@ impl IngestCore {
             partitions,
             permits: Semaphore::new(config.producer_buffer_events_max),
             buffers: (0..partitions).map(|_| Mutex::default()).collect(),
+            salting,
             flush_now: Notify::new(),
             closed: AtomicBool::new(false),
             accepted: AtomicU64::new(0),
@@ -248,18 +290,40 @@ impl IngestCore {
         Ok(outcome)
     }
 
-    fn buffer(
+    fn buffer<'a>(
         &self,
-        events: &[&ClickEvent],
+        events: &[&'a ClickEvent],
         ack: Ack,
     ) -> Vec<oneshot::Receiver<Result<(), IngestError>>> {
         let inner = &self.inner;
-        let mut by_partition: Vec<Vec<&ClickEvent>> = vec![Vec::new(); inner.partitions as usize];
-        for event in events {
-            // Hot-campaign salting arrives with the production ingest; until then every click
-            // goes to its campaign's own key.
-            let partition = partition_for_campaign(event.campaign_id, Salt(0), inner.partitions);
-            by_partition[partition.0 as usize].push(event);
+        let mut by_partition: Vec<Vec<(&ClickEvent, Salt)>> =
+            vec![Vec::new(); inner.partitions as usize];
+        let mut route = |event: &'a ClickEvent, salt: Salt| {
+            let partition = partition_for_campaign(event.campaign_id, salt, inner.partitions);
+            by_partition[partition.0 as usize].push((event, salt));
+        };
+        match &inner.salting {
+            None => events.iter().for_each(|event| route(event, Salt(0))),
+            Some(salting) => {
+                let mut salting = salting.lock().expect("salting lock");
+                let Salting { detector, table } = &mut *salting;
+                let mut table = table.lock().expect("salt table lock");
+                for event in events {
+                    detector.observe(event.campaign_id, event.event_time_ms.0);
+                    let salt =
+                        table.salt_for(event.campaign_id, event.click_id, event.event_time_ms.0);
+                    route(event, salt);
+                }
+                for campaign in detector.decide(inner.clock.now_ms(), &mut table) {
+                    let plan = table.plan(campaign).expect("just planned");
+                    tracing::info!(
+                        campaign = campaign.0,
+                        salts = plan.salts,
+                        from_event_time_ms = plan.from_event_time_ms,
+                        "hot campaign: splitting its key"
+                    );
+                }
+            }
         }
         let mut waiters = Vec::new();
         let mut full = false;
@@ -269,10 +333,10 @@ impl IngestCore {
             .filter(|(_, events)| !events.is_empty())
         {
             let mut buffer = inner.buffers[partition].lock().expect("buffer lock");
-            for event in events {
+            for (event, salt) in events {
                 buffer
                     .block
-                    .push_with(|out| codec::encode_into(&event.view(Salt(0)), out));
+                    .push_with(|out| codec::encode_into(&event.view(*salt), out));
             }
             if ack == Ack::Durable {
                 let (sender, receiver) = oneshot::channel();

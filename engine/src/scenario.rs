@@ -182,6 +182,9 @@ pub struct Engine {
     pub producer_buffer_events_max: usize,
     pub producer_linger_ms: u64,
     pub full_checkpoint_every_epochs: u64,
+    /// Split a campaign above this share of ingest traffic into salted keys (0: never).
+    pub hot_campaign_share: f64,
+    pub hot_campaign_salts: u16,
 }
 
 impl Default for Engine {
@@ -203,7 +206,21 @@ impl Default for Engine {
             producer_buffer_events_max: limits::PRODUCER_BUFFER_EVENTS_MAX_DEFAULT,
             producer_linger_ms: limits::PRODUCER_LINGER_MS_DEFAULT,
             full_checkpoint_every_epochs: aggregator.full_checkpoint_every_epochs,
+            hot_campaign_share: 0.0,
+            hot_campaign_salts: 4,
         }
+    }
+}
+
+impl Engine {
+    /// The hot-campaign detector's settings, when salting is on.
+    pub fn hot_campaigns(&self) -> Option<adclick_core::salt::HotCampaignConfig> {
+        (self.hot_campaign_share > 0.0).then_some(adclick_core::salt::HotCampaignConfig {
+            share_min: self.hot_campaign_share,
+            period_clicks_min: 1_000,
+            salts: self.hot_campaign_salts,
+            period_ms: 1_000,
+        })
     }
 }
 
@@ -377,6 +394,19 @@ impl Scenario {
         fraction("anomalies.duplicate_fraction", anomalies.duplicate_fraction)?;
         fraction("anomalies.late_fraction", anomalies.late_fraction)?;
         fraction("anomalies.bot_fraction", anomalies.bot_fraction)?;
+        fraction("engine.hot_campaign_share", self.engine.hot_campaign_share)?;
+        if self.engine.hot_campaign_share > 0.0
+            && !(2..=adclick_core::limits::SALTS_MAX).contains(&self.engine.hot_campaign_salts)
+        {
+            return Err(invalid(
+                "engine.hot_campaign_salts",
+                self.engine.hot_campaign_salts.to_string(),
+                &format!(
+                    "must be between 2 and {} when hot_campaign_share is on",
+                    adclick_core::limits::SALTS_MAX
+                ),
+            ));
+        }
         fraction(
             "anomalies.high_rate_ip_fraction",
             anomalies.high_rate_ip_fraction,
@@ -531,6 +561,7 @@ impl Scenario {
         IngestConfig {
             producer_buffer_events_max: self.engine.producer_buffer_events_max,
             producer_linger_ms: self.engine.producer_linger_ms,
+            hot_campaigns: self.engine.hot_campaigns(),
             ..IngestConfig::default()
         }
     }

@@ -260,6 +260,7 @@ impl ServeConfig {
         IngestConfig {
             producer_buffer_events_max: self.engine.producer_buffer_events_max,
             producer_linger_ms: self.engine.producer_linger_ms,
+            hot_campaigns: self.engine.hot_campaigns(),
             ..IngestConfig::default()
         }
     }

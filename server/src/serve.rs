@@ -23,8 +23,7 @@ use tokio::task::JoinHandle;
 use crate::api::{AppState, HttpCounters, router};
 use crate::config::{LogConfig, Role, ServeConfig, StoreConfig};
 
-/// The most salts a hot campaign is split into; the query API sums salts `0..SALTS_MAX`.
-pub const SALTS_MAX: u16 = 8;
+use adclick_core::limits::SALTS_MAX;
 
 /// The seams a server runs on.
 pub struct Seams {

@@ -101,10 +101,13 @@ pub async fn expected_from_log(
         log_clicks: keep_clicks.then(ClickMultiset::default),
         ..Expected::default()
     };
+    // Dedup is by (campaign, click id) over the whole log, not per partition: the engine's
+    // per-partition dedup equals it only if every resend lands where its original did, which is
+    // exactly what hot-campaign salting must not break (DESIGN.md, "salting vs dedup").
+    let mut seen: HashSet<(u64, u128)> = HashSet::new();
     for partition in (0..log.partitions()).map(PartitionId) {
         let end = log.end_offset(partition).await?;
         expected.end_offsets.push(end);
-        let mut seen: HashSet<u128> = HashSet::new();
         let mut per_ip_minute: HashMap<(u128, u64), u64> = HashMap::new();
         let mut offset = Offset(0);
         while offset < end {
@@ -120,7 +123,7 @@ pub async fn expected_from_log(
                     if let Some(clicks) = &mut expected.log_clicks {
                         clicks.add(&click);
                     }
-                    let delta = if !seen.insert(click.click_id.0) {
+                    let delta = if !seen.insert((click.campaign_id.0, click.click_id.0)) {
                         Counts {
                             clicks: 1,
                             unique: 0,
@@ -224,7 +227,7 @@ pub fn check_exactly_once(expected: &Expected, scan: &[(Series, Lane, StoredCoun
             // More first sightings than the log has unique clicks: a resend got past dedup, which
             // happens by design when it arrives beyond the dedup horizon (billing catches it).
             let hint = if got.unique + got.fraud > want.unique + want.fraud {
-                " (duplicate past the dedup horizon?)"
+                " (a duplicate past the dedup horizon, or a resend routed to another partition than its original: check salting)"
             } else {
                 ""
             };

@@ -229,11 +229,18 @@ fn start_ingest(
     slot: IngestSlot,
 ) -> madsim::runtime::NodeHandle {
     let incarnations = Arc::new(AtomicU64::new(0));
+    // The salt table is durable state: it survives the node's crashes.
+    let salts = adclick_engine::ingest::SharedSaltTable::default();
     madsim::runtime::Handle::current()
         .create_node()
         .name("ingest")
         .init(move || {
-            let (log, slot, incarnations) = (log.clone(), slot.clone(), incarnations.clone());
+            let (log, slot, incarnations, salts) = (
+                log.clone(),
+                slot.clone(),
+                incarnations.clone(),
+                salts.clone(),
+            );
             async move {
                 let incarnation =
                     incarnations.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
@@ -241,7 +248,18 @@ fn start_ingest(
                     producer_id: incarnation,
                     ..config
                 };
-                let started = IngestCore::start(log, Arc::new(SystemClock), config);
+                // A restarted node cannot know what its predecessor accepted, only that those
+                // event times were within the allowed skew of its clock.
+                let accepted_event_time_floor_ms = if incarnation == 1 {
+                    0
+                } else {
+                    SystemClock.now_ms() + adclick_core::limits::EVENT_TIME_FUTURE_MS_MAX
+                };
+                let salting = adclick_engine::ingest::SaltingStart {
+                    table: salts,
+                    accepted_event_time_floor_ms,
+                };
+                let started = IngestCore::start_with(log, Arc::new(SystemClock), config, salting);
                 *slot.lock().expect("ingest slot lock") = Some(started);
                 std::future::pending::<()>().await;
             }
