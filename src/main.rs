@@ -45,6 +45,20 @@ enum Command {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
+    /// Drives a running `adclick serve` at a scenario's rate, open loop, and reports the
+    /// achieved rate and the ack latency (from the intended send time, and raw).
+    Load {
+        scenario: PathBuf,
+        /// http://HOST:PORT of an `adclick serve` with the ingest role.
+        #[arg(long)]
+        target: String,
+        /// Requests in flight at most.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Aggregates a file of JSON clicks (one per line) through the same operator chain and prints
     /// per-window counts as CSV. Event time comes from the file; the end of input closes every window.
     Aggregate {
@@ -74,6 +88,12 @@ fn main() -> ExitCode {
             log_dir,
         } => cli::run::main(&scenario, json.as_deref(), !no_progress, log_dir),
         Command::Serve { config, listen } => cli::serve::main(config.as_deref(), listen),
+        Command::Load {
+            scenario,
+            target,
+            connections,
+            json,
+        } => cli::load::main(&scenario, &target, connections, json.as_deref()),
         Command::Aggregate {
             input,
             format,

@@ -1,5 +1,6 @@
 //! One module per subcommand. Each is a thin shell over the engine and sim crates.
 
 pub mod aggregate;
+pub mod load;
 pub mod run;
 pub mod serve;

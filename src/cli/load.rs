@@ -1,0 +1,283 @@
+//! `adclick load SCENARIO --target http://HOST:PORT`: drives a running `adclick serve` at the
+//! scenario's rate, open loop, and reports the achieved rate and ack latency.
+//!
+//! Open loop (wrk2's rule): request `i` is due at `start + i * batch / rate`, whether or not
+//! earlier requests were answered. Latency is measured from that intended time, so a slow
+//! server cannot hide its queueing by slowing the generator down (coordinated omission); the
+//! raw latency from the actual send is reported too. Request bodies are generated on their own
+//! thread ahead of schedule, so generating never delays a send.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use adclick_engine::scenario::Scenario;
+use adclick_loadgen::{GeneratedBatch, Generator};
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Bodies generated ahead of their send time at most.
+const BODIES_AHEAD: usize = 512;
+
+#[derive(Default)]
+struct Tally {
+    /// Latency from the intended send time, in µs.
+    corrected_us: Option<Histogram<u64>>,
+    /// Latency from the actual send, in µs.
+    raw_us: Option<Histogram<u64>>,
+    events_accepted: u64,
+    events_rejected: u64,
+    requests_ok: u64,
+    requests_busy: u64,
+    requests_failed: u64,
+}
+
+#[derive(Deserialize)]
+struct IngestAnswer {
+    accepted: u64,
+    rejected: u64,
+}
+
+#[derive(Serialize)]
+pub struct LoadReport {
+    pub scenario: String,
+    pub target: String,
+    pub connections: usize,
+    pub batch_events: usize,
+    pub target_rate_per_s: u64,
+    pub achieved_rate_per_s: f64,
+    pub duration_s: f64,
+    pub events_accepted: u64,
+    pub events_rejected: u64,
+    pub requests_ok: u64,
+    pub requests_busy: u64,
+    pub requests_failed: u64,
+    pub ack_latency_ms: Percentiles,
+    pub ack_latency_raw_ms: Percentiles,
+}
+
+#[derive(Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p99_9: f64,
+    pub max: f64,
+}
+
+fn percentiles(histogram: &Histogram<u64>) -> Percentiles {
+    let ms = |us: u64| us as f64 / 1000.0;
+    Percentiles {
+        p50: ms(histogram.value_at_quantile(0.50)),
+        p90: ms(histogram.value_at_quantile(0.90)),
+        p99: ms(histogram.value_at_quantile(0.99)),
+        p99_9: ms(histogram.value_at_quantile(0.999)),
+        max: ms(histogram.max()),
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+pub fn main(
+    scenario_path: &Path,
+    target: &str,
+    connections: usize,
+    json: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let scenario = Scenario::load(scenario_path)?;
+    let base = target.trim_end_matches('/').to_owned();
+    if !base.starts_with("http://") {
+        anyhow::bail!(
+            "--target {target:?}: only http://HOST:PORT targets exist so far (inproc and kafka \
+             targets come with the load generator issue)"
+        );
+    }
+    anyhow::ensure!(connections > 0, "--connections must be at least 1");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(drive(&scenario, &base, connections))?;
+    print_report(&report);
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("--json {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+/// Generates NDJSON request bodies on a thread of its own, each with the time it is due.
+fn spawn_body_generator(
+    scenario: &Scenario,
+    requests: u64,
+    batch_events: usize,
+    interval: Duration,
+    start: Instant,
+) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel(BODIES_AHEAD);
+    let mut generator = Generator::new(scenario);
+    let start_wall_ms = now_ms();
+    std::thread::spawn(move || {
+        let mut batch = GeneratedBatch::default();
+        for index in 0..requests {
+            let due = start + interval * index as u32;
+            let offset_ms = due.saturating_duration_since(start).as_millis() as u64;
+            batch.events.clear();
+            batch.kinds.clear();
+            generator.next_batch(
+                start_wall_ms + offset_ms,
+                offset_ms,
+                batch_events,
+                &mut batch,
+            );
+            let mut body = Vec::with_capacity(batch.events.len() * 240);
+            for event in &batch.events {
+                body.extend_from_slice(event.to_json().as_bytes());
+                body.push(b'\n');
+            }
+            if sender.send(body).is_err() {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
+async fn drive(scenario: &Scenario, base: &str, connections: usize) -> anyhow::Result<LoadReport> {
+    let rate = scenario.traffic.rate_per_s.max(1);
+    let batch_events = scenario.traffic.batch_events.max(1);
+    let requests =
+        ((rate as f64 * scenario.traffic.duration_s) / batch_events as f64).ceil() as u64;
+    let interval = Duration::from_secs_f64(batch_events as f64 / rate as f64);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .tcp_nodelay(true)
+        .build()?;
+    let url = format!("{base}/v1/clicks");
+    eprintln!(
+        "load {}: {rate} clicks/s for {} s to {url}, {batch_events} per request, {connections} connections (open loop)",
+        scenario.name, scenario.traffic.duration_s
+    );
+    let start = Instant::now() + Duration::from_millis(200);
+    let bodies = spawn_body_generator(scenario, requests, batch_events, interval, start);
+    let bodies = Arc::new(Mutex::new(bodies));
+    let tally = Arc::new(Mutex::new(Tally {
+        corrected_us: Some(new_histogram()),
+        raw_us: Some(new_histogram()),
+        ..Tally::default()
+    }));
+    let permits = Arc::new(tokio::sync::Semaphore::new(connections));
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..requests {
+        let intended = start + interval * index as u32;
+        tokio::time::sleep_until(intended.into()).await;
+        // At most `connections` requests in flight; waiting here counts against latency,
+        // because latency runs from `intended`.
+        let permit = permits.clone().acquire_owned().await?;
+        let bodies = bodies.clone();
+        let body = tokio::task::spawn_blocking(move || bodies.lock().expect("bodies").recv())
+            .await?
+            .context("the body generator stopped early")?;
+        let (client, url, tally) = (client.clone(), url.clone(), tally.clone());
+        tasks.spawn(async move {
+            let sent = Instant::now();
+            let result = client
+                .post(&url)
+                .header("content-type", "application/x-ndjson")
+                .body(body)
+                .send()
+                .await;
+            let answer = match result {
+                Ok(response) => {
+                    let status = response.status();
+                    let body = response.bytes().await.unwrap_or_default();
+                    Ok((status, body))
+                }
+                Err(error) => Err(error),
+            };
+            let done = Instant::now();
+            drop(permit);
+            let mut tally = tally.lock().expect("tally lock");
+            let corrected = done.duration_since(intended).as_micros() as u64;
+            let raw = done.duration_since(sent).as_micros() as u64;
+            tally
+                .corrected_us
+                .as_mut()
+                .expect("set")
+                .saturating_record(corrected.max(1));
+            tally
+                .raw_us
+                .as_mut()
+                .expect("set")
+                .saturating_record(raw.max(1));
+            match answer {
+                Ok((status, body)) if status.is_success() || status.as_u16() == 400 => {
+                    tally.requests_ok += 1;
+                    if let Ok(answer) = serde_json::from_slice::<IngestAnswer>(&body) {
+                        tally.events_accepted += answer.accepted;
+                        tally.events_rejected += answer.rejected;
+                    }
+                }
+                Ok((status, _)) if status.as_u16() == 503 => tally.requests_busy += 1,
+                _ => tally.requests_failed += 1,
+            }
+        });
+        // Reap finished requests so the set stays small.
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = start.elapsed().as_secs_f64();
+    let tally = tally.lock().expect("tally lock");
+    Ok(LoadReport {
+        scenario: scenario.name.clone(),
+        target: base.to_owned(),
+        connections,
+        batch_events,
+        target_rate_per_s: rate,
+        achieved_rate_per_s: tally.events_accepted as f64 / elapsed,
+        duration_s: elapsed,
+        events_accepted: tally.events_accepted,
+        events_rejected: tally.events_rejected,
+        requests_ok: tally.requests_ok,
+        requests_busy: tally.requests_busy,
+        requests_failed: tally.requests_failed,
+        ack_latency_ms: percentiles(tally.corrected_us.as_ref().expect("set")),
+        ack_latency_raw_ms: percentiles(tally.raw_us.as_ref().expect("set")),
+    })
+}
+
+fn print_report(report: &LoadReport) {
+    let row = |name: &str, p: &Percentiles| {
+        println!(
+            "  {name:<22} p50 {:.2} ms  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+            p.p50, p.p90, p.p99, p.p99_9, p.max
+        )
+    };
+    println!();
+    println!("  target rate            {}/s", report.target_rate_per_s);
+    println!(
+        "  achieved rate          {:.0}/s over {:.1} s",
+        report.achieved_rate_per_s, report.duration_s
+    );
+    println!(
+        "  events accepted        {} (rejected {})",
+        report.events_accepted, report.events_rejected
+    );
+    println!(
+        "  requests               {} ok, {} busy (503), {} failed",
+        report.requests_ok, report.requests_busy, report.requests_failed
+    );
+    row("ack latency (intended)", &report.ack_latency_ms);
+    row("ack latency (raw)", &report.ack_latency_raw_ms);
+}
