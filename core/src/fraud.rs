@@ -305,6 +305,23 @@ pub struct RateRule {
     pub counters: crate::window::CountsTable<RateKey>,
 }
 
+/// The fraud decision for one unique click: the list first, then the rate rule. Every unique
+/// click counts toward its IP's rate, whatever the list says. The aggregator and the billing
+/// job both decide through this one function.
+pub fn judge(
+    list: &FraudList,
+    rate: &mut RateRule,
+    ip: IpAddr,
+    user_agent: &str,
+    event_time_ms: u64,
+) -> FraudVerdict {
+    let within_rate = rate.admit(ip, event_time_ms);
+    match list.check(ip, user_agent) {
+        FraudVerdict::Clean if !within_rate => FraudVerdict::RateExceeded,
+        verdict => verdict,
+    }
+}
+
 impl RateRule {
     pub fn new(clicks_per_ip_per_minute_max: u32) -> RateRule {
         RateRule {

@@ -10,6 +10,7 @@
 //! as an argument (`EventTimeMs`, processing time in ms). The crate does not depend on tokio, so
 //! the compiler enforces this.
 
+pub mod billing;
 pub mod codec;
 pub mod dedup;
 pub mod event;

@@ -312,11 +312,13 @@ impl PartitionAggregator {
 
     /// Every unique click counts toward its IP's rate, whatever the list says.
     fn fraud_verdict(&mut self, click: &ClickView<'_>) -> FraudVerdict {
-        let within_rate = self.rate.admit(click.ip, click.event_time_ms.0);
-        let verdict = match self.fraud_list.check(click.ip, click.user_agent) {
-            FraudVerdict::Clean if !within_rate => FraudVerdict::RateExceeded,
-            verdict => verdict,
-        };
+        let verdict = crate::fraud::judge(
+            &self.fraud_list,
+            &mut self.rate,
+            click.ip,
+            click.user_agent,
+            click.event_time_ms.0,
+        );
         match verdict {
             FraudVerdict::Clean => {}
             FraudVerdict::KnownBadIp => self.stats.fraud_known_ip += 1,
