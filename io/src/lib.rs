@@ -5,3 +5,5 @@
 //! - `redis_store`: the real-time store on Redis, fenced by a Lua script.
 //! - `blobs`: checkpoints and cold storage through `object_store` (local dir, S3).
 //! - `kafka`: the log on a Kafka-protocol broker through `rdkafka`.
+
+pub mod kafka;
