@@ -8,8 +8,9 @@
 //! Owns the consumer's position: it re-assigns the partition at the requested offset whenever a
 //! read asks for an offset other than the one after the last record it returned.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use adclick_core::ids::{Offset, PartitionId};
 use adclick_engine::seams::{LogError, ReadBatch, RecordBlock};
@@ -20,6 +21,12 @@ use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 
 use super::context::TracingContext;
 use super::{KafkaConfig, KafkaSetupError};
+
+/// How long a read waits for records the log is known to hold but the consumer has not fetched.
+const BACKLOG_WAIT_MS_MAX: u64 = 2_000;
+const BACKLOG_WAIT_STEP_MS: u64 = 5;
+/// How long the watermark query behind that decision may take.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The consumer queue of a reader's consumer: a counted reference librdkafka lets any thread use.
 struct ConsumerQueue(*mut native::rd_kafka_queue_t);
@@ -130,6 +137,16 @@ impl PartitionReader {
         if count == 0 && wait_ms > 0 {
             count = self.consume(&mut messages, wait_ms);
         }
+        if count == 0 && self.records_exist_at(from) {
+            // The records are in the log but not fetched yet (the first fetch after a
+            // reposition, or a fetch in flight). Callers take an empty read to mean "nothing
+            // there yet", so wait for them, in short steps because the batch call would
+            // otherwise hold out for a full batch.
+            let deadline = Instant::now() + Duration::from_millis(BACKLOG_WAIT_MS_MAX);
+            while count == 0 && Instant::now() < deadline {
+                count = self.consume(&mut messages, BACKLOG_WAIT_STEP_MS);
+            }
+        }
         // SAFETY: `rd_kafka_consume_batch_queue` wrote `count` valid message pointers.
         unsafe { messages.set_len(count) };
         let result = self.collect(&messages, from);
@@ -142,6 +159,31 @@ impl PartitionReader {
             self.next_offset = None;
         }
         result
+    }
+
+    /// Whether the partition holds records at or after `from`, by the high watermark of the last
+    /// fetch (no request), or by asking the broker when nothing was fetched yet. Tansu reports a
+    /// high watermark below the true end, which only makes this answer "no" more often.
+    fn records_exist_at(&self, from: Offset) -> bool {
+        let (mut low, mut high) = (-1i64, -1i64);
+        let topic = CString::new(self.topic.as_str()).expect("topic names have no NUL");
+        // SAFETY: the consumer handle and the C string are valid for the call.
+        let error = unsafe {
+            native::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                self.partition.0 as i32,
+                &mut low,
+                &mut high,
+            )
+        };
+        if error != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR || high < 0 {
+            high = self
+                .consumer
+                .fetch_watermarks(&self.topic, self.partition.0 as i32, WATERMARK_TIMEOUT)
+                .map_or(-1, |(_, high)| high);
+        }
+        u64::try_from(high).is_ok_and(|high| from.0 < high)
     }
 
     fn consume(&self, messages: &mut Vec<*mut native::rd_kafka_message_t>, wait_ms: u64) -> usize {

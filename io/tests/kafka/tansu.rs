@@ -1,0 +1,1 @@
+//! Against a real Kafka-protocol broker: filled in below.
