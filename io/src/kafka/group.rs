@@ -35,6 +35,16 @@ const GROUP_POLL_MS: u64 = 100;
 /// How often the runner looks for supervisors that exited on their own.
 const RUNNER_REAP_MS: u64 = 200;
 
+/// Group timing unless the config's properties say otherwise. librdkafka's defaults (45 s
+/// session, 300 s poll interval, which the broker also uses as the rebalance timeout) leave a
+/// crashed worker's partitions unread for most of a minute, and make every rebalance wait that
+/// long for members that are gone. The membership thread polls every `GROUP_POLL_MS`, so a short
+/// poll interval costs nothing.
+const GROUP_TIMING_DEFAULTS: [(&str, &str); 2] = [
+    ("session.timeout.ms", "10000"),
+    ("heartbeat.interval.ms", "1000"),
+];
+
 struct GroupContext {
     topic: String,
     assigned: watch::Sender<BTreeSet<PartitionId>>,
@@ -110,8 +120,13 @@ impl KafkaGroup {
             topic: config.topic.clone(),
             assigned: sender,
         };
-        let consumer: BaseConsumer<GroupContext> = config
-            .client_config("member")
+        let mut client_config = config.client_config("member");
+        for (key, value) in GROUP_TIMING_DEFAULTS {
+            if !config.properties.contains_key(key) {
+                client_config.set(key, value);
+            }
+        }
+        let consumer: BaseConsumer<GroupContext> = client_config
             .set("group.id", &config.group_id)
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("enable.auto.commit", "false")

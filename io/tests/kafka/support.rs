@@ -94,3 +94,45 @@ pub async fn read_range(
     }
     records
 }
+
+/// The bootstrap address of a real Kafka-protocol broker: `ADCLICK_KAFKA_BROKERS` if set, else a
+/// Tansu broker that `ci/kafka-broker` starts (once per test process) on `ADCLICK_KAFKA_PORT`,
+/// default 19092 so as not to meet a developer's own Kafka on 9092.
+pub fn real_brokers() -> String {
+    static BROKERS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BROKERS
+        .get_or_init(|| {
+            if let Ok(brokers) = std::env::var("ADCLICK_KAFKA_BROKERS") {
+                return brokers;
+            }
+            let port = std::env::var("ADCLICK_KAFKA_PORT").unwrap_or_else(|_| "19092".into());
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../ci/kafka-broker");
+            let output = std::process::Command::new(script)
+                .args(["start", &port])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("run ci/kafka-broker");
+            assert!(
+                output.status.success(),
+                "ci/kafka-broker start {port} failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            stdout
+                .lines()
+                .last()
+                .expect("ci/kafka-broker prints the bootstrap address")
+                .trim()
+                .to_string()
+        })
+        .clone()
+}
+
+/// A topic name no earlier run used: the broker may outlive test runs, with their topics.
+pub fn fresh_topic(purpose: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    format!("{purpose}-{}-{nanos}", std::process::id())
+}
