@@ -7,4 +7,5 @@
 //! - `kafka`: the log on a Kafka-protocol broker through `rdkafka`.
 
 pub mod blobs;
+pub mod kafka;
 pub mod redis_store;
