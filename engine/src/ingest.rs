@@ -373,9 +373,12 @@ async fn run_flusher(inner: Arc<Inner>) {
             _ = tokio::time::sleep(wait) => {}
             _ = inner.flush_now.notified() => {}
         }
-        for partition in 0..inner.partitions {
-            flush_partition(&inner, PartitionId(partition)).await;
-        }
+        // Partitions append concurrently: against Kafka each append waits out the producer's
+        // linger, so appending one after another would cap ingest at one batch per linger.
+        futures::future::join_all(
+            (0..inner.partitions).map(|partition| flush_partition(&inner, PartitionId(partition))),
+        )
+        .await;
         if closing && inner.permits.available_permits() == inner.config.producer_buffer_events_max {
             return;
         }

@@ -13,6 +13,7 @@ use adclick_engine::ingest::IngestConfig;
 use adclick_engine::scenario::Engine;
 use adclick_engine::worker::WorkerConfig;
 use adclick_io::blobs::BlobConfig;
+use adclick_io::kafka::KafkaConfig;
 use adclick_io::redis_store::RedisConfig;
 use serde::Deserialize;
 
@@ -92,6 +93,9 @@ pub enum LogConfig {
     Memory,
     /// Segment files under `dir`: survives restarts of a single-node deployment.
     File { dir: PathBuf },
+    /// A Kafka-protocol broker (Apache Kafka, Redpanda, MSK, Tansu); workers share partitions
+    /// through its consumer group.
+    Kafka(KafkaConfig),
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -215,6 +219,21 @@ impl ServeConfig {
                 &error.to_string(),
             )
         })?;
+        if let LogConfig::Kafka(kafka) = &self.log {
+            kafka
+                .validate()
+                .map_err(|error| invalid("log", kafka.brokers.clone(), &error.to_string()))?;
+            if kafka.partitions != self.engine.partitions {
+                return Err(invalid(
+                    "log.partitions",
+                    kafka.partitions.to_string(),
+                    &format!(
+                        "must equal engine.partitions ({}): the partitioner and the query layer use it",
+                        self.engine.partitions
+                    ),
+                ));
+            }
+        }
         if let StoreConfig::Redis(redis) = &self.store {
             redis
                 .validate()
@@ -293,6 +312,21 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("redis.prefix"), "{error}");
+    }
+
+    #[test]
+    fn a_kafka_log_must_agree_on_partitions() {
+        let text = "[engine]\npartitions = 8\n[log]\nkind = \"kafka\"\nbrokers = \"k:9092\"\ntopic = \"clicks\"\npartitions = 16\ngroup_id = \"workers\"\n";
+        let error = ServeConfig::parse(text, "a.toml").unwrap_err();
+        assert!(
+            error.to_string().contains("`log.partitions` = 16"),
+            "{error}"
+        );
+        let fixed = text.replace("partitions = 16", "partitions = 8");
+        assert!(matches!(
+            ServeConfig::parse(&fixed, "a.toml").unwrap().log,
+            LogConfig::Kafka(_)
+        ));
     }
 
     #[test]

@@ -13,8 +13,9 @@ use adclick_engine::clock::SystemClock;
 use adclick_engine::embedded::{FileLog, MemoryBlobStore, MemoryLog, MemoryRealtimeStore};
 use adclick_engine::ingest::IngestCore;
 use adclick_engine::seams::{BlobStore, Clock, Log, RealtimeStore};
-use adclick_engine::worker::{SupervisorExit, WorkerEnv, assigned_forever, supervise};
+use adclick_engine::worker::{WorkerEnv, assigned_forever, supervise};
 use adclick_io::blobs::ObjectBlobStore;
+use adclick_io::kafka::{GroupWorkerConfig, KafkaLog, run_group_worker};
 use adclick_io::redis_store::{KeySpace, RedisStore};
 use anyhow::Context;
 use tokio::sync::watch;
@@ -43,6 +44,14 @@ impl Seams {
                 FileLog::open(dir, partitions, Default::default())
                     .with_context(|| format!("log.dir {}", dir.display()))?,
             ),
+            LogConfig::Kafka(kafka) => {
+                // Convenient for a first deployment; where ACLs forbid it, ops creates the
+                // topic and this only warns. Connecting checks the partition count either way.
+                if let Err(error) = adclick_io::kafka::create_topic(kafka, 1).await {
+                    tracing::warn!(%error, topic = kafka.topic, "could not create the topic");
+                }
+                Arc::new(KafkaLog::connect(kafka.clone()).await?)
+            }
         };
         let store: Arc<dyn RealtimeStore> = match &config.store {
             StoreConfig::Memory => Arc::new(MemoryRealtimeStore::new()),
@@ -85,7 +94,7 @@ pub struct RunningServer {
     http: JoinHandle<std::io::Result<()>>,
     flusher: Option<JoinHandle<()>>,
     worker_stop: watch::Sender<bool>,
-    workers: Vec<JoinHandle<SupervisorExit>>,
+    workers: Vec<JoinHandle<()>>,
 }
 
 pub async fn start(config: ServeConfig, seams: Seams) -> anyhow::Result<RunningServer> {
@@ -111,16 +120,35 @@ pub async fn start(config: ServeConfig, seams: Seams) -> anyhow::Result<RunningS
             seams.fraud.clone(),
         );
         let restarts = Arc::new(AtomicU64::new(0));
-        for partition in 0..config.engine.partitions {
-            workers.push(tokio::spawn(supervise(
-                PartitionId(partition),
-                config.worker_config(),
-                config.aggregator_config(),
-                env.clone(),
-                worker_stop_receiver.clone(),
-                restarts.clone(),
-                assigned_forever(),
-            )));
+        if let LogConfig::Kafka(kafka) = &config.log {
+            // Partitions come and go with the consumer group's assignment.
+            let group_config = GroupWorkerConfig {
+                worker: config.worker_config(),
+                aggregator: config.aggregator_config(),
+            };
+            let (kafka, stop) = (kafka.clone(), worker_stop_receiver.clone());
+            workers.push(tokio::spawn(async move {
+                if let Err(error) =
+                    run_group_worker(&kafka, group_config, env, stop, restarts).await
+                {
+                    tracing::error!(%error, "the consumer group worker stopped");
+                }
+            }));
+        } else {
+            for partition in 0..config.engine.partitions {
+                let supervisor = supervise(
+                    PartitionId(partition),
+                    config.worker_config(),
+                    config.aggregator_config(),
+                    env.clone(),
+                    worker_stop_receiver.clone(),
+                    restarts.clone(),
+                    assigned_forever(),
+                );
+                workers.push(tokio::spawn(async move {
+                    supervisor.await;
+                }));
+            }
         }
     }
     let state = AppState {

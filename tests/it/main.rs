@@ -3,3 +3,4 @@
 
 mod aggregate_cli;
 mod epoch_protocol;
+mod kafka_two_workers;
