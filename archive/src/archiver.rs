@@ -201,8 +201,10 @@ impl Archiver {
         self.roll().await
     }
 
-    /// Archives until `stop` turns true (or its sender goes away), then flushes. Retryable
-    /// errors are logged and retried after `idle_poll_ms`; others end the loop.
+    /// Archives until `stop` turns true (or its sender goes away), then drains: archives every
+    /// record the log holds at that moment and rolls. Retryable errors are logged and retried
+    /// after `idle_poll_ms`; others end the loop. A shutdown cut short is harmless: the restart
+    /// resumes from the manifest.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), ArchiveError> {
         loop {
             if *stop.borrow() {
@@ -226,7 +228,12 @@ impl Archiver {
                 () = tokio::time::sleep(idle) => {}
             }
         }
-        self.flush().await
+        let end = self
+            .log
+            .end_offset(self.partition)
+            .await
+            .map_err(|source| self.log_error(source))?;
+        self.archive_until(end).await
     }
 
     fn log_error(&self, source: LogError) -> ArchiveError {

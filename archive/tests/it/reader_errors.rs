@@ -101,3 +101,21 @@ fn a_column_of_the_wrong_type_is_an_error_naming_both_types() {
         format!("{FILE}: column `click_id` is Int64, expected FixedSizeBinary(16)")
     );
 }
+
+#[test]
+fn files_carry_a_fixed_created_by_and_no_varying_metadata() {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let bytes = good_file();
+    assert_eq!(bytes, good_file(), "same rows, same bytes");
+    let reader = SerializedFileReader::new(bytes::Bytes::from(bytes)).unwrap();
+    let metadata = reader.metadata().file_metadata();
+    assert_eq!(
+        metadata.created_by(),
+        Some(adclick_archive::schema::CREATED_BY)
+    );
+    let keys: Vec<&str> = metadata
+        .key_value_metadata()
+        .map(|entries| entries.iter().map(|entry| entry.key.as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(keys, vec!["ARROW:schema"]);
+}

@@ -83,3 +83,30 @@ async fn archiving_again_from_the_manifest_adds_only_new_records() {
     archive_all(filled.log.clone(), blobs.clone(), small_segments()).await;
     assert_eq!(read_archive(blobs.as_ref()).await, filled.expected);
 }
+
+#[tokio::test]
+async fn run_drains_the_log_when_stopped() {
+    let mut filled = Filled::new();
+    filled.generate(3, 200);
+    let blobs: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::new());
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for partition in 0..PARTITIONS {
+        let archiver = adclick_archive::Archiver::open(
+            PartitionId(partition),
+            filled.log.clone(),
+            blobs.clone(),
+            Arc::new(adclick_engine::clock::ManualClock::new(START_MS)),
+            adclick_archive::ArchiverConfig::default(),
+        )
+        .await
+        .unwrap();
+        tasks.push(tokio::spawn(archiver.run(stop.clone())));
+    }
+    // The clock never moves and the buffer never fills, so only the stop makes files.
+    stop_sender.send(true).unwrap();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(read_archive(blobs.as_ref()).await, filled.expected);
+}
