@@ -1,0 +1,386 @@
+//! The archiver of one partition: log records → hourly Parquet files → the manifest.
+//!
+//! It reads from the manifest's `next_offset`, buffers decoded rows by event hour, and rolls a
+//! segment (one contiguous offset range) when the buffer reaches `roll_bytes` or has been open
+//! for `roll_interval_ms` of processing time. A roll puts the manifest with the segment as
+//! `pending`, puts every file of the segment, then puts the manifest with the segment committed.
+//! A restart finds the pending range and rolls exactly that range again, so the files it writes
+//! have the same names and the same bytes as those a crash left behind.
+//!
+//! **Invariant:** processing time comes only from the `Clock` seam; the archiver never decides
+//! what a click counts as (it archives every decodable record, duplicates and fraud included).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use adclick_core::codec;
+use adclick_core::ids::{Offset, PartitionId};
+use adclick_engine::seams::{BlobError, BlobStore, Clock, Log, LogError, ReadBatch, Retry};
+use tokio::sync::watch;
+
+use crate::layout;
+use crate::manifest::{self, FileEntry, Manifest, ManifestError, OffsetRange, SegmentEntry};
+use crate::parquet_io::{self, WriteError};
+use crate::schema::ArchiveRow;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArchiverConfig {
+    /// Roll when the buffered rows reach this many bytes (estimated in memory: the row struct
+    /// plus its user agent). Parquet output is about a sixth of it.
+    pub roll_bytes: u64,
+    /// Roll a non-empty buffer this long (processing time) after its first record.
+    pub roll_interval_ms: u64,
+    /// Records per log read.
+    pub read_records_max: usize,
+    /// How long `run` waits when the log has nothing new, or after a retryable error.
+    pub idle_poll_ms: u64,
+}
+
+impl Default for ArchiverConfig {
+    fn default() -> ArchiverConfig {
+        ArchiverConfig {
+            roll_bytes: 128 * 1024 * 1024,
+            roll_interval_ms: 10 * 60 * 1000,
+            read_records_max: 8192,
+            idle_poll_ms: 200,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("archiver of partition {partition}: {source}")]
+    Log {
+        partition: PartitionId,
+        source: LogError,
+    },
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{key}: {source}")]
+    Write { key: String, source: WriteError },
+    #[error(
+        "partition {partition}: pending segment {first}..={last} is not in the log, which ends at {end}"
+    )]
+    PendingBeyondLog {
+        partition: PartitionId,
+        first: u64,
+        last: u64,
+        end: u64,
+    },
+}
+
+impl ArchiveError {
+    pub fn retry(&self) -> Retry {
+        match self {
+            ArchiveError::Log { source, .. } => source.retry(),
+            ArchiveError::Blob(_) | ArchiveError::Manifest(ManifestError::Blob(_)) => Retry::Helps,
+            _ => Retry::Futile,
+        }
+    }
+}
+
+/// The buffered, not yet rolled, part of the partition.
+#[derive(Default)]
+struct Segment {
+    first_offset: Option<Offset>,
+    last_offset: Offset,
+    /// Rows by event hour start, each in offset order.
+    hours: BTreeMap<u64, Vec<ArchiveRow>>,
+    rows: u64,
+    undecodable: u64,
+    buffered_bytes: u64,
+    opened_ms: u64,
+}
+
+pub struct Archiver {
+    partition: PartitionId,
+    log: Arc<dyn Log>,
+    blobs: Arc<dyn BlobStore>,
+    clock: Arc<dyn Clock>,
+    config: ArchiverConfig,
+    /// The manifest as committed.
+    manifest: Manifest,
+    segment: Segment,
+    /// The next offset to read from the log.
+    read_offset: Offset,
+}
+
+impl Archiver {
+    /// Loads the partition's manifest and finishes a segment a crash left pending.
+    pub async fn open(
+        partition: PartitionId,
+        log: Arc<dyn Log>,
+        blobs: Arc<dyn BlobStore>,
+        clock: Arc<dyn Clock>,
+        config: ArchiverConfig,
+    ) -> Result<Archiver, ArchiveError> {
+        let manifest = manifest::load(blobs.as_ref(), partition).await?;
+        let mut archiver = Archiver {
+            partition,
+            log,
+            blobs,
+            clock,
+            config,
+            read_offset: manifest.next_offset,
+            manifest,
+            segment: Segment::default(),
+        };
+        if let Some(pending) = archiver.manifest.pending {
+            tracing::info!(
+                partition = partition.0,
+                first = pending.first_offset.0,
+                last = pending.last_offset.0,
+                "archiver: rewriting the segment a crash left pending"
+            );
+            let end = Offset(pending.last_offset.0 + 1);
+            archiver.read_until(end).await?;
+            if archiver.read_offset != end {
+                return Err(ArchiveError::PendingBeyondLog {
+                    partition,
+                    first: pending.first_offset.0,
+                    last: pending.last_offset.0,
+                    end: archiver.read_offset.0,
+                });
+            }
+            archiver.roll().await?;
+        }
+        Ok(archiver)
+    }
+
+    /// Every offset below this is committed to the archive.
+    pub fn next_offset(&self) -> Offset {
+        self.manifest.next_offset
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Reads one batch of records from the log and rolls if the buffer is full or old enough.
+    /// Returns how many records it read.
+    pub async fn poll(&mut self) -> Result<usize, ArchiveError> {
+        let batches = self.read(self.config.read_records_max).await?;
+        let mut count = 0;
+        for batch in &batches {
+            count += batch.len();
+            self.buffer(batch, None);
+        }
+        if self.roll_due() {
+            self.roll().await?;
+        }
+        Ok(count)
+    }
+
+    /// Archives every record below `end_offset` (or the log's end, if sooner), rolling at the
+    /// size target on the way, then rolls what is left.
+    pub async fn archive_until(&mut self, end_offset: Offset) -> Result<(), ArchiveError> {
+        let log_end = self
+            .log
+            .end_offset(self.partition)
+            .await
+            .map_err(|source| self.log_error(source))?;
+        let end = Offset(end_offset.0.min(log_end.0));
+        while self.read_offset < end {
+            let before = self.read_offset;
+            self.read_until_step(end).await?;
+            if self.segment_full() {
+                self.roll().await?;
+            }
+            if self.read_offset == before {
+                break;
+            }
+        }
+        self.flush().await
+    }
+
+    /// Rolls the buffer now, if it holds any record.
+    pub async fn flush(&mut self) -> Result<(), ArchiveError> {
+        self.roll().await
+    }
+
+    /// Archives until `stop` turns true (or its sender goes away), then drains: archives every
+    /// record the log holds at that moment and rolls. Retryable errors are logged and retried
+    /// after `idle_poll_ms`; others end the loop. A shutdown cut short is harmless: the restart
+    /// resumes from the manifest.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), ArchiveError> {
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            match self.poll().await {
+                Ok(read) if read > 0 => continue,
+                Ok(_) => {}
+                Err(error) if error.retry() == Retry::Helps => {
+                    tracing::warn!(partition = self.partition.0, %error, "archiver: retrying");
+                }
+                Err(error) => return Err(error),
+            }
+            let idle = Duration::from_millis(self.config.idle_poll_ms);
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                () = tokio::time::sleep(idle) => {}
+            }
+        }
+        let end = self
+            .log
+            .end_offset(self.partition)
+            .await
+            .map_err(|source| self.log_error(source))?;
+        self.archive_until(end).await
+    }
+
+    fn log_error(&self, source: LogError) -> ArchiveError {
+        ArchiveError::Log {
+            partition: self.partition,
+            source,
+        }
+    }
+
+    async fn read(&mut self, records_max: usize) -> Result<Vec<ReadBatch>, ArchiveError> {
+        let batches = self
+            .log
+            .read(self.partition, self.read_offset, records_max)
+            .await
+            .map_err(|source| self.log_error(source))?;
+        Ok(batches)
+    }
+
+    /// One read of at most `read_records_max` records, none at or past `end`.
+    async fn read_until_step(&mut self, end: Offset) -> Result<(), ArchiveError> {
+        let wanted = (end.0 - self.read_offset.0).min(self.config.read_records_max as u64);
+        let batches = self.read(wanted as usize).await?;
+        for batch in &batches {
+            self.buffer(batch, Some(end));
+        }
+        Ok(())
+    }
+
+    /// Reads and buffers every record below `end` that the log has, without rolling.
+    async fn read_until(&mut self, end: Offset) -> Result<(), ArchiveError> {
+        while self.read_offset < end {
+            let before = self.read_offset;
+            self.read_until_step(end).await?;
+            if self.read_offset == before {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Buffers the records of `batch` from `read_offset` on and below `end`.
+    fn buffer(&mut self, batch: &ReadBatch, end: Option<Offset>) {
+        for (offset, bytes) in batch.iter() {
+            if offset < self.read_offset || end.is_some_and(|end| offset >= end) {
+                continue;
+            }
+            if self.segment.first_offset.is_none() {
+                self.segment.first_offset = Some(offset);
+                self.segment.opened_ms = self.clock.now_ms();
+            }
+            self.segment.last_offset = offset;
+            self.read_offset = Offset(offset.0 + 1);
+            match admit(self.partition, offset, bytes) {
+                Ok(row) => {
+                    let hour = layout::hour_start_ms(row.click.event_time_ms.0);
+                    self.segment.buffered_bytes +=
+                        (size_of::<ArchiveRow>() + row.click.user_agent.len()) as u64;
+                    self.segment.rows += 1;
+                    self.segment.hours.entry(hour).or_default().push(row);
+                }
+                Err(reason) => {
+                    tracing::warn!(
+                        partition = self.partition.0,
+                        offset = offset.0,
+                        %reason,
+                        "archiver: record not archivable, counted in the manifest"
+                    );
+                    self.segment.undecodable += 1;
+                }
+            }
+        }
+    }
+
+    fn segment_full(&self) -> bool {
+        self.segment.buffered_bytes >= self.config.roll_bytes
+    }
+
+    fn roll_due(&self) -> bool {
+        self.segment.first_offset.is_some()
+            && (self.segment_full()
+                || self.clock.now_ms().saturating_sub(self.segment.opened_ms)
+                    >= self.config.roll_interval_ms)
+    }
+
+    /// Writes the buffered segment: pending manifest, files, committed manifest. On error the
+    /// buffer is kept, so a retry writes the same files again.
+    async fn roll(&mut self) -> Result<(), ArchiveError> {
+        let Some(first_offset) = self.segment.first_offset else {
+            return Ok(());
+        };
+        let range = OffsetRange {
+            first_offset,
+            last_offset: self.segment.last_offset,
+        };
+        if self.manifest.pending != Some(range) {
+            let mut pending = self.manifest.clone();
+            pending.pending = Some(range);
+            manifest::store(self.blobs.as_ref(), &pending).await?;
+        }
+        let mut files = Vec::with_capacity(self.segment.hours.len());
+        for (&hour_start_ms, rows) in &self.segment.hours {
+            let key = layout::file_key(
+                self.partition,
+                first_offset,
+                range.last_offset,
+                hour_start_ms,
+            );
+            let bytes = parquet_io::write_parquet(rows).map_err(|source| ArchiveError::Write {
+                key: key.clone(),
+                source,
+            })?;
+            self.blobs.put(&key, bytes).await?;
+            files.push(FileEntry {
+                key,
+                hour_start_ms,
+                rows: rows.len() as u64,
+            });
+        }
+        let mut committed = self.manifest.clone();
+        committed.pending = None;
+        committed.next_offset = Offset(range.last_offset.0 + 1);
+        committed.segments.push(SegmentEntry {
+            range,
+            rows: self.segment.rows,
+            undecodable: self.segment.undecodable,
+            files,
+        });
+        manifest::store(self.blobs.as_ref(), &committed).await?;
+        self.manifest = committed;
+        self.segment = Segment::default();
+        Ok(())
+    }
+}
+
+/// Decodes one record into a row, or says why it cannot be archived.
+fn admit(partition: PartitionId, offset: Offset, bytes: &[u8]) -> Result<ArchiveRow, String> {
+    let view = codec::decode(bytes).map_err(|error| error.to_string())?;
+    if i64::try_from(view.event_time_ms.0).is_err() {
+        return Err(format!(
+            "event_time_ms {} does not fit a parquet timestamp",
+            view.event_time_ms.0
+        ));
+    }
+    Ok(ArchiveRow {
+        partition,
+        offset,
+        salt: view.salt,
+        click: view.to_owned_event(),
+    })
+}

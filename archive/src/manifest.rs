@@ -1,0 +1,231 @@
+//! Per-partition manifests: which archived files are committed, and where archiving resumes.
+//!
+//! A file is part of the archive only once its partition's manifest lists it. The archiver puts
+//! a segment's files first and the manifest after, so a crash in between leaves unlisted files
+//! that readers ignore and that the restarted archiver rewrites byte-identically (the manifest's
+//! `pending` range pins the segment's boundaries across the crash).
+//!
+//! **Invariant:** readers (`list_committed`) never look at file listings, only at manifests.
+
+use std::collections::BTreeMap;
+
+use adclick_core::ids::{Offset, PartitionId};
+use adclick_engine::seams::{BlobError, BlobStore};
+use serde::{Deserialize, Serialize};
+
+use crate::layout;
+
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// An inclusive range of log offsets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetRange {
+    pub first_offset: Offset,
+    pub last_offset: Offset,
+}
+
+impl OffsetRange {
+    pub fn contains(&self, offset: Offset) -> bool {
+        (self.first_offset.0..=self.last_offset.0).contains(&offset.0)
+    }
+}
+
+/// One file of a segment: the segment's rows of one event hour.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub key: String,
+    pub hour_start_ms: u64,
+    pub rows: u64,
+}
+
+/// One rolled segment: a contiguous offset range of the partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentEntry {
+    pub range: OffsetRange,
+    /// Decodable records archived (the sum of the files' rows).
+    pub rows: u64,
+    /// Records in the range that could not be archived (undecodable, or an event time past
+    /// what a Parquet timestamp holds); each was logged with its offset.
+    pub undecodable: u64,
+    pub files: Vec<FileEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub partition: PartitionId,
+    /// Every offset below this is archived (or counted undecodable) in `segments`.
+    pub next_offset: Offset,
+    /// A segment being written: its files may exist unlisted, and the next roll is exactly this
+    /// range.
+    #[serde(default)]
+    pub pending: Option<OffsetRange>,
+    pub segments: Vec<SegmentEntry>,
+}
+
+impl Manifest {
+    pub fn empty(partition: PartitionId) -> Manifest {
+        Manifest {
+            version: MANIFEST_VERSION,
+            partition,
+            next_offset: Offset(0),
+            pending: None,
+            segments: Vec::new(),
+        }
+    }
+
+    pub fn files(&self) -> impl Iterator<Item = (&SegmentEntry, &FileEntry)> {
+        self.segments
+            .iter()
+            .flat_map(|segment| segment.files.iter().map(move |file| (segment, file)))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    #[error("manifest {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// Loads a partition's manifest; an absent one is empty.
+pub async fn load(
+    blobs: &dyn BlobStore,
+    partition: PartitionId,
+) -> Result<Manifest, ManifestError> {
+    let key = layout::manifest_key(partition);
+    let Some(bytes) = blobs.get(&key).await? else {
+        return Ok(Manifest::empty(partition));
+    };
+    let manifest = parse(&key, &bytes)?;
+    if manifest.partition != partition {
+        return Err(ManifestError::Invalid {
+            key,
+            message: format!("names partition {}", manifest.partition),
+        });
+    }
+    Ok(manifest)
+}
+
+fn parse(key: &str, bytes: &[u8]) -> Result<Manifest, ManifestError> {
+    let manifest: Manifest =
+        serde_json::from_slice(bytes).map_err(|error| ManifestError::Invalid {
+            key: key.to_owned(),
+            message: error.to_string(),
+        })?;
+    if manifest.version != MANIFEST_VERSION {
+        return Err(ManifestError::Invalid {
+            key: key.to_owned(),
+            message: format!(
+                "version {} but this build reads version {MANIFEST_VERSION}",
+                manifest.version
+            ),
+        });
+    }
+    Ok(manifest)
+}
+
+pub async fn store(blobs: &dyn BlobStore, manifest: &Manifest) -> Result<(), ManifestError> {
+    let bytes = serde_json::to_vec_pretty(manifest).expect("a manifest always serializes");
+    blobs
+        .put(&layout::manifest_key(manifest.partition), bytes)
+        .await?;
+    Ok(())
+}
+
+/// Every partition's manifest, by partition.
+pub async fn load_all(blobs: &dyn BlobStore) -> Result<Vec<Manifest>, ManifestError> {
+    let mut manifests = Vec::new();
+    for key in blobs.list(layout::MANIFEST_PREFIX).await? {
+        if !key.ends_with(".json") {
+            continue;
+        }
+        let Some(bytes) = blobs.get(&key).await? else {
+            continue;
+        };
+        manifests.push(parse(&key, &bytes)?);
+    }
+    manifests.sort_by_key(|manifest| manifest.partition);
+    Ok(manifests)
+}
+
+/// A committed archive file, as the billing job sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommittedFile {
+    pub key: String,
+    pub partition: PartitionId,
+    /// The offset range of the segment the file belongs to (inclusive). Only the rows of
+    /// `hour_start_ms` are in this file.
+    pub range: OffsetRange,
+    pub hour_start_ms: u64,
+    pub rows: u64,
+}
+
+/// Every committed file whose event hour starts in `[from_hour_ms, to_hour_ms)`, sorted by
+/// (hour, partition, offset). Reads manifests only: unlisted files are not part of the archive.
+pub async fn list_committed(
+    blobs: &dyn BlobStore,
+    from_hour_ms: u64,
+    to_hour_ms: u64,
+) -> Result<Vec<CommittedFile>, ManifestError> {
+    let mut files = Vec::new();
+    for manifest in load_all(blobs).await? {
+        for (segment, file) in manifest.files() {
+            if (from_hour_ms..to_hour_ms).contains(&file.hour_start_ms) {
+                files.push(CommittedFile {
+                    key: file.key.clone(),
+                    partition: manifest.partition,
+                    range: segment.range,
+                    hour_start_ms: file.hour_start_ms,
+                    rows: file.rows,
+                });
+            }
+        }
+    }
+    files.sort_by_key(|file| (file.hour_start_ms, file.partition, file.range.first_offset));
+    Ok(files)
+}
+
+/// What `clean` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CleanReport {
+    pub deleted: Vec<String>,
+    /// Unlisted files below their partition's `next_offset`: not expected to exist, kept for a
+    /// human to look at.
+    pub unlisted_kept: Vec<String>,
+}
+
+/// Deletes archive files that no manifest lists and that start at or past their partition's
+/// `next_offset`: leftovers of a crash between file puts and the manifest update. Files of a
+/// `pending` segment are left alone, since an archiver may be writing them right now.
+pub async fn clean(blobs: &dyn BlobStore) -> Result<CleanReport, ManifestError> {
+    let manifests: BTreeMap<PartitionId, Manifest> = load_all(blobs)
+        .await?
+        .into_iter()
+        .map(|manifest| (manifest.partition, manifest))
+        .collect();
+    let mut report = CleanReport::default();
+    for key in blobs.list(layout::CLICKS_PREFIX).await? {
+        let Some(name) = layout::parse_file_key(&key) else {
+            continue;
+        };
+        let manifest = manifests.get(&name.partition);
+        let listed =
+            manifest.is_some_and(|manifest| manifest.files().any(|(_, file)| file.key == key));
+        if listed {
+            continue;
+        }
+        let next_offset = manifest.map_or(Offset(0), |manifest| manifest.next_offset);
+        let pending = manifest
+            .and_then(|manifest| manifest.pending)
+            .is_some_and(|range| range.contains(name.first_offset));
+        if name.first_offset >= next_offset && !pending {
+            blobs.delete(&key).await?;
+            report.deleted.push(key);
+        } else if name.first_offset < next_offset {
+            report.unlisted_kept.push(key);
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,72 @@
+//! A segment whose rows span two event hours (a late click) becomes one file per hour, both
+//! named by the segment's offset range.
+
+use std::sync::Arc;
+
+use adclick_archive::{ArchiverConfig, list_committed, manifest};
+use adclick_core::codec;
+use adclick_core::event::ClickEvent;
+use adclick_core::ids::*;
+use adclick_engine::embedded::MemoryBlobStore;
+use adclick_engine::seams::BlobStore;
+
+use crate::*;
+
+fn click(id: u128, event_time_ms: u64) -> ClickEvent {
+    ClickEvent {
+        click_id: ClickId(id),
+        campaign_id: CampaignId(5),
+        ad_id: AdId(1),
+        user_id: UserId(9),
+        ip: "198.51.100.4".parse().unwrap(),
+        user_agent: "Mozilla/5.0".into(),
+        country: Country(*b"FR"),
+        event_time_ms: EventTimeMs(event_time_ms),
+        publisher_id: None,
+    }
+}
+
+#[tokio::test]
+async fn a_segment_spanning_two_hours_lands_in_two_hour_directories() {
+    let mut filled = Filled::new();
+    let partition = PartitionId(1);
+    // On time at 08:00:00.100, then a click from 07:59:59.900, then on time again.
+    let records = vec![
+        codec::encode(&click(1, START_MS + 100), Salt(0)),
+        codec::encode(&click(2, START_MS - 100), Salt(0)),
+        codec::encode(&click(3, START_MS + 200), Salt(2)),
+    ];
+    filled.append(partition, records);
+    let blobs: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::new());
+    archive_all(filled.log.clone(), blobs.clone(), ArchiverConfig::default()).await;
+
+    let name = "p00001-00000000000000000000-00000000000000000002.parquet";
+    let keys: Vec<String> = list_committed(blobs.as_ref(), 0, u64::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|file| file.key)
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            format!("archive/clicks/dt=2027-01-15/hour=07/{name}"),
+            format!("archive/clicks/dt=2027-01-15/hour=08/{name}"),
+        ]
+    );
+    let stored = manifest::load(blobs.as_ref(), partition).await.unwrap();
+    assert_eq!(stored.segments.len(), 1);
+    let rows: Vec<u64> = stored.segments[0]
+        .files
+        .iter()
+        .map(|file| file.rows)
+        .collect();
+    assert_eq!(rows, vec![1, 2]);
+    // The hour filter of list_committed picks by event hour.
+    let eight = list_committed(blobs.as_ref(), START_MS, START_MS + 3_600_000)
+        .await
+        .unwrap();
+    assert_eq!(eight.len(), 1);
+    assert_eq!(eight[0].hour_start_ms, START_MS);
+    assert_eq!(read_archive(blobs.as_ref()).await, filled.expected);
+}
