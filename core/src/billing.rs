@@ -48,6 +48,28 @@ pub struct BillKey {
     pub hour_start_ms: u64,
 }
 
+/// The fields billing decides on: a log record's, or an archived row's.
+#[derive(Clone, Copy, Debug)]
+pub struct BillableClick<'a> {
+    pub click_id: ClickId,
+    pub campaign_id: CampaignId,
+    pub ip: std::net::IpAddr,
+    pub user_agent: &'a str,
+    pub event_time_ms: u64,
+}
+
+impl<'a> From<&ClickView<'a>> for BillableClick<'a> {
+    fn from(click: &ClickView<'a>) -> BillableClick<'a> {
+        BillableClick {
+            click_id: click.click_id,
+            campaign_id: click.campaign_id,
+            ip: click.ip,
+            user_agent: click.user_agent,
+            event_time_ms: click.event_time_ms.0,
+        }
+    }
+}
+
 /// Accumulates a period. Feed each partition's clicks in offset order.
 pub struct PeriodBiller {
     fraud_list: Arc<FraudList>,
@@ -82,8 +104,8 @@ impl PeriodBiller {
         }
     }
 
-    pub fn on_click(&mut self, partition: PartitionId, click: &ClickView<'_>) {
-        let event_time_ms = click.event_time_ms.0;
+    pub fn on_click(&mut self, partition: PartitionId, click: BillableClick<'_>) {
+        let event_time_ms = click.event_time_ms;
         if !(self.from_ms..self.to_ms).contains(&event_time_ms) {
             return;
         }
@@ -167,7 +189,7 @@ mod tests {
             click(4, 7, 2 * HOUR_MS, "10.0.0.1"),
         ];
         for event in &clicks {
-            biller.on_click(p, &event.view(Salt(0)));
+            biller.on_click(p, (&event.view(Salt(0))).into());
         }
         let hours = biller.finish();
         let key = |campaign, hour| BillKey {

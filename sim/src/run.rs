@@ -57,6 +57,31 @@ pub struct RunReport {
     pub drain_ms: u64,
     pub verdicts: Vec<Verdict>,
     pub passed: bool,
+    /// For checks that live outside this crate (billing and reconciliation, in `adclick run`).
+    #[serde(skip)]
+    pub artifacts: Option<RunArtifacts>,
+}
+
+/// What a finished run leaves behind: the log, the store's content, the fraud list, and the
+/// oracle's unique non-fraud clicks per (campaign, hour start), both lanes, all salts.
+pub struct RunArtifacts {
+    pub log: Arc<dyn Log>,
+    pub scan: Vec<(
+        adclick_core::operator::Series,
+        adclick_core::window::Lane,
+        adclick_engine::seams::StoredCounts,
+    )>,
+    pub fraud_list: Arc<FraudList>,
+    pub expected_hours: std::collections::BTreeMap<(adclick_core::ids::CampaignId, u64), u64>,
+}
+
+impl std::fmt::Debug for RunArtifacts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunArtifacts")
+            .field("series", &self.scan.len())
+            .field("expected_hours", &self.expected_hours.len())
+            .finish()
+    }
 }
 
 /// Worker kills planned for the run: (ms from start, partition), sorted.
@@ -242,9 +267,10 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
                 "determinism",
                 "checked by the simulator, not by real-time runs",
             ),
-            Invariant::BillingEquality => {
-                Verdict::skipped("billing_equality", "needs the billing job (not built yet)")
-            }
+            Invariant::BillingEquality => Verdict::skipped(
+                "billing_equality",
+                "checked by `adclick run` after the run (archive, billing, reconciliation)",
+            ),
         });
     }
     let achieved_rate_per_s = sent as f64 / traffic_elapsed.as_secs_f64().max(1e-9);
@@ -275,6 +301,20 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
         .map(|(_, counts)| counts.unique)
         .sum();
     let passed = verdicts.iter().all(|verdict| verdict.holds);
+    let mut expected_hours = std::collections::BTreeMap::new();
+    for (series, counts) in &expected.series {
+        if let adclick_core::operator::Series::Hour(hour) = series {
+            *expected_hours
+                .entry((hour.campaign_id, hour.hour_start_ms))
+                .or_insert(0) += counts.unique;
+        }
+    }
+    let artifacts = Some(RunArtifacts {
+        log: log.clone(),
+        scan: scan.clone(),
+        fraud_list: fraud_list.clone(),
+        expected_hours,
+    });
     Ok(RunReport {
         scenario: scenario.name.clone(),
         seed: scenario.seed,
@@ -298,6 +338,7 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
         drain_ms,
         verdicts,
         passed,
+        artifacts,
     })
 }
 

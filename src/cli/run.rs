@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use adclick_engine::scenario::Scenario;
+use adclick_engine::scenario::{Invariant, Scenario};
+
+use super::billing_check::billing_verdict;
 use adclick_sim::run::{RunOptions, RunReport, run_scenario};
 use anyhow::Context;
 
@@ -37,7 +39,17 @@ pub fn main(
         log_dir,
         ..RunOptions::default()
     };
-    let report = runtime.block_on(run_scenario(&scenario, options))?;
+    let mut report = runtime.block_on(run_scenario(&scenario, options))?;
+    if scenario.expects(Invariant::BillingEquality)
+        && let Some(artifacts) = report.artifacts.take()
+    {
+        let verdict = runtime.block_on(billing_verdict(&scenario, &artifacts));
+        report
+            .verdicts
+            .retain(|verdict| verdict.invariant != "billing_equality");
+        report.verdicts.push(verdict);
+        report.passed = report.verdicts.iter().all(|verdict| verdict.holds);
+    }
     print_summary(&report);
     if let Some(json) = json {
         let text = serde_json::to_string_pretty(&report)?;

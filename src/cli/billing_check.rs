@@ -1,0 +1,156 @@
+//! The billing-equality check of `adclick run`: after the run drains, the log is archived to
+//! Parquet, billed from the Parquet files into the embedded billing store (SQLite), compared
+//! with the oracle per (campaign, hour), and reconciled with the fast path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use adclick_archive::{Archiver, ArchiverConfig};
+use adclick_billing::job::{BillingJob, feed_from_archive, write_bill};
+use adclick_billing::reconcile::{reconcile, render_table};
+use adclick_billing::sqlite::SqliteBillingStore;
+use adclick_billing::store::BillingStore;
+use adclick_core::ids::{CampaignId, PartitionId};
+use adclick_core::limits::HOUR_MS;
+use adclick_engine::clock::SystemClock;
+use adclick_engine::embedded::MemoryBlobStore;
+use adclick_engine::scenario::Scenario;
+use adclick_engine::seams::{BlobStore, Clock};
+use adclick_sim::oracle::Verdict;
+use adclick_sim::run::RunArtifacts;
+
+/// A flat price, so that every campaign is billable in the check.
+const CHECK_CPC_MICROS: u64 = 250_000;
+
+pub async fn billing_verdict(scenario: &Scenario, artifacts: &RunArtifacts) -> Verdict {
+    match check(scenario, artifacts).await {
+        Ok(verdict) => verdict,
+        Err(error) => Verdict {
+            invariant: "billing_equality",
+            holds: false,
+            checked: true,
+            detail: format!("the billing pipeline failed: {error:#}"),
+        },
+    }
+}
+
+async fn check(scenario: &Scenario, artifacts: &RunArtifacts) -> anyhow::Result<Verdict> {
+    let blobs: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::new());
+    let mut files = 0;
+    for partition in (0..artifacts.log.partitions()).map(PartitionId) {
+        let end = artifacts.log.end_offset(partition).await?;
+        let mut archiver = Archiver::open(
+            partition,
+            artifacts.log.clone(),
+            blobs.clone(),
+            Arc::new(SystemClock),
+            ArchiverConfig::default(),
+        )
+        .await?;
+        archiver.archive_until(end).await?;
+        archiver.flush().await?;
+        files += archiver.manifest().files().count();
+    }
+    let hours: BTreeSet<u64> = artifacts
+        .expected_hours
+        .keys()
+        .map(|(_, hour)| *hour)
+        .collect();
+    let (Some(first), Some(last)) = (hours.first(), hours.last()) else {
+        return Ok(Verdict::skipped(
+            "billing_equality",
+            "the run logged no clicks",
+        ));
+    };
+    let job = BillingJob {
+        from_ms: *first,
+        to_ms: last + HOUR_MS,
+        grace_ms: 0,
+        clicks_per_ip_per_minute_max: scenario.engine.clicks_per_ip_per_minute_max,
+        fraud_list: artifacts.fraud_list.clone(),
+    };
+    let mut biller = job.biller();
+    let inputs = feed_from_archive(blobs.as_ref(), &mut biller, job.from_ms, job.to_ms).await?;
+    let bill = biller.finish();
+    let store = SqliteBillingStore::in_memory()?;
+    store.migrate().await?;
+    let campaigns: BTreeSet<CampaignId> = bill.keys().map(|key| key.campaign_id).collect();
+    for campaign in campaigns {
+        store.set_price(campaign, CHECK_CPC_MICROS).await?;
+    }
+    let outcome = write_bill(&store, &job, &bill, inputs, SystemClock.now_ms()).await?;
+    let stored = store.hourly(job.from_ms, job.to_ms).await?;
+
+    // Billing equality: billed == the oracle's unique non-fraud clicks, per (campaign, hour).
+    let billed: BTreeMap<(CampaignId, u64), u64> = stored
+        .iter()
+        .filter(|row| row.bill.billable > 0)
+        .map(|row| {
+            (
+                (row.key.campaign_id, row.key.hour_start_ms),
+                row.bill.billable,
+            )
+        })
+        .collect();
+    let expected: BTreeMap<(CampaignId, u64), u64> = artifacts
+        .expected_hours
+        .iter()
+        .filter(|(_, unique)| **unique > 0)
+        .map(|(key, unique)| (*key, *unique))
+        .collect();
+    let mismatches: Vec<String> = expected
+        .keys()
+        .chain(billed.keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter(|key| expected.get(key) != billed.get(key))
+        .take(3)
+        .map(|(campaign, hour)| {
+            format!(
+                "campaign {} hour {hour}: billed {:?}, oracle {:?}",
+                campaign.0,
+                billed.get(&(*campaign, *hour)),
+                expected.get(&(*campaign, *hour))
+            )
+        })
+        .collect();
+
+    let reconciliation = reconcile(
+        &artifacts.scan,
+        &adclick_billing::store::rows_to_map(&stored),
+        job.from_ms,
+        job.to_ms,
+        &BTreeSet::from([artifacts.fraud_list.version().0]),
+        artifacts.fraud_list.version().0,
+    );
+    let totals = reconciliation.totals;
+    let holds = mismatches.is_empty() && reconciliation.holds();
+    let detail = if holds {
+        format!(
+            "{} (campaign, hour) rows billed from {files} Parquet files = the oracle ({} billable); \
+             reconciled: {} on time + {} late - {} resends past the horizon, 0 unexplained",
+            billed.len(),
+            outcome.record.billable,
+            totals.on_time,
+            totals.late,
+            totals.duplicates_beyond_horizon
+        )
+    } else if !mismatches.is_empty() {
+        format!(
+            "billing differs from the oracle: {}",
+            mismatches.join(" | ")
+        )
+    } else {
+        format!(
+            "{} (campaign, hour) rows unexplained:\n{}",
+            reconciliation.unexplained_hours(),
+            render_table(&reconciliation)
+        )
+    };
+    Ok(Verdict {
+        invariant: "billing_equality",
+        holds,
+        checked: true,
+        detail,
+    })
+}
