@@ -59,6 +59,12 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Bills a closed period exactly from the Parquet archive into PostgreSQL or SQLite: one
+    /// transaction, replacing any earlier run's rows for the period.
+    Bill(cli::billing::BillArgs),
+    /// Compares the fast path's hour totals (Redis) with billing, per (campaign, hour), and
+    /// names the cause of every difference. Exit 1 if any difference is unexplained.
+    Reconcile(cli::billing::ReconcileArgs),
     /// Aggregates a file of JSON clicks (one per line) through the same operator chain and prints
     /// per-window counts as CSV. Event time comes from the file; the end of input closes every window.
     Aggregate {
@@ -87,6 +93,8 @@ fn main() -> ExitCode {
             no_progress,
             log_dir,
         } => cli::run::main(&scenario, json.as_deref(), !no_progress, log_dir),
+        Command::Bill(args) => cli::billing::bill(args),
+        Command::Reconcile(args) => cli::billing::reconcile_command(args),
         Command::Serve { config, listen } => cli::serve::main(config.as_deref(), listen),
         Command::Load {
             scenario,

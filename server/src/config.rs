@@ -23,6 +23,8 @@ pub enum Role {
     Ingest,
     Worker,
     Query,
+    /// Raw events to Parquet (needs `[archive] url`); one process per deployment.
+    Archiver,
     All,
 }
 
@@ -37,6 +39,32 @@ pub struct ServeConfig {
     pub store: StoreConfig,
     pub checkpoints: CheckpointsConfig,
     pub fraud: FraudConfig,
+    pub archive: ArchiveConfig,
+}
+
+/// The cold path: raw events to Parquet for the billing job.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// `file:///dir` or `s3://bucket/prefix`; absent: no archiver runs.
+    pub url: Option<String>,
+    pub options: std::collections::BTreeMap<String, String>,
+    /// Roll a file at this many bytes of buffered rows (about 6x the Parquet size).
+    pub roll_bytes: u64,
+    /// Or this long after its first row.
+    pub roll_interval_ms: u64,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        let defaults = adclick_archive::ArchiverConfig::default();
+        ArchiveConfig {
+            url: None,
+            options: Default::default(),
+            roll_bytes: defaults.roll_bytes,
+            roll_interval_ms: defaults.roll_interval_ms,
+        }
+    }
 }
 
 impl Default for ServeConfig {
@@ -53,6 +81,7 @@ impl Default for ServeConfig {
             store: StoreConfig::default(),
             checkpoints: CheckpointsConfig::default(),
             fraud: FraudConfig::default(),
+            archive: ArchiveConfig::default(),
         }
     }
 }
@@ -219,6 +248,13 @@ impl ServeConfig {
                 &error.to_string(),
             )
         })?;
+        if self.roles.contains(&Role::Archiver) && self.archive.url.is_none() {
+            return Err(invalid(
+                "archive.url",
+                "(absent)".into(),
+                "the archiver role needs a place to write: file:///dir or s3://bucket/prefix",
+            ));
+        }
         if let LogConfig::Kafka(kafka) = &self.log {
             kafka
                 .validate()
@@ -243,6 +279,9 @@ impl ServeConfig {
     }
 
     pub fn runs(&self, role: Role) -> bool {
+        if role == Role::Archiver && self.archive.url.is_none() {
+            return false;
+        }
         self.roles.contains(&role) || self.roles.contains(&Role::All)
     }
 

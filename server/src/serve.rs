@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use adclick_archive::{Archiver, ArchiverConfig};
 use adclick_core::fraud::{FraudList, FraudRegistry};
 use adclick_core::ids::PartitionId;
 use adclick_engine::checkpoint::CheckpointStore;
@@ -14,7 +15,7 @@ use adclick_engine::embedded::{FileLog, MemoryBlobStore, MemoryLog, MemoryRealti
 use adclick_engine::ingest::IngestCore;
 use adclick_engine::seams::{BlobStore, Clock, Log, RealtimeStore};
 use adclick_engine::worker::{WorkerEnv, assigned_forever, supervise};
-use adclick_io::blobs::ObjectBlobStore;
+use adclick_io::blobs::{BlobConfig, ObjectBlobStore};
 use adclick_io::kafka::{GroupWorkerConfig, KafkaLog, run_group_worker};
 use adclick_io::redis_store::{KeySpace, RedisStore};
 use anyhow::Context;
@@ -149,6 +150,35 @@ pub async fn start(config: ServeConfig, seams: Seams) -> anyhow::Result<RunningS
                     supervisor.await;
                 }));
             }
+        }
+    }
+    if config.runs(Role::Archiver) {
+        let archive = &config.archive;
+        let blobs: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::open(&BlobConfig {
+            url: archive.url.clone().expect("runs(Archiver) checked the url"),
+            options: archive.options.clone(),
+        })?);
+        let archiver_config = ArchiverConfig {
+            roll_bytes: archive.roll_bytes,
+            roll_interval_ms: archive.roll_interval_ms,
+            ..ArchiverConfig::default()
+        };
+        for partition in (0..config.engine.partitions).map(PartitionId) {
+            let archiver = Archiver::open(
+                partition,
+                seams.log.clone(),
+                blobs.clone(),
+                seams.clock.clone(),
+                archiver_config,
+            )
+            .await
+            .with_context(|| format!("archiver of partition {partition}"))?;
+            let stop = worker_stop_receiver.clone();
+            workers.push(tokio::spawn(async move {
+                if let Err(error) = archiver.run(stop).await {
+                    tracing::error!(%error, partition = partition.0, "archiver stopped");
+                }
+            }));
         }
     }
     let state = AppState {

@@ -1,6 +1,7 @@
 //! One module per subcommand. Each is a thin shell over the engine and sim crates.
 
 pub mod aggregate;
+pub mod billing;
 pub mod billing_check;
 pub mod load;
 pub mod run;

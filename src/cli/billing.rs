@@ -1,0 +1,222 @@
+//! `adclick bill` and `adclick reconcile`: the slow path's commands.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use adclick_billing::job::{BillingJob, feed_from_archive, write_bill};
+use adclick_billing::postgres::PostgresBillingStore;
+use adclick_billing::reconcile::{reconcile, render_table};
+use adclick_billing::sqlite::SqliteBillingStore;
+use adclick_billing::store::{BillingStore, rows_to_map};
+use adclick_core::fraud::FraudList;
+use adclick_core::ids::CampaignId;
+use adclick_engine::clock::SystemClock;
+use adclick_engine::seams::{Clock, RealtimeStore};
+use adclick_io::blobs::{BlobConfig, ObjectBlobStore};
+use adclick_io::redis_store::{KeySpace, RedisConfig, RedisStore};
+use anyhow::Context;
+
+#[derive(clap::Args)]
+pub struct BillArgs {
+    /// Period start, ms since the epoch, on a whole hour.
+    #[arg(long)]
+    pub from: u64,
+    /// Period end (exclusive), ms since the epoch, on a whole hour.
+    #[arg(long)]
+    pub to: u64,
+    /// Where the archiver wrote: file:///dir or s3://bucket/prefix.
+    #[arg(long)]
+    pub archive: String,
+    /// `sqlite:PATH` (embedded, the default) or a PostgreSQL URL or key=value string.
+    #[arg(long, default_value = "sqlite:adclick-billing.db")]
+    pub db: String,
+    /// The fraud list the workers used (`version N`, then `ip`/`ua` lines).
+    #[arg(long)]
+    pub fraud_list: Option<PathBuf>,
+    /// `campaign_id,cpc_micros` lines, loaded into adclick_campaigns before billing.
+    #[arg(long)]
+    pub prices: Option<PathBuf>,
+    /// The period closes this long after its end.
+    #[arg(long, default_value_t = 3_600_000)]
+    pub grace_ms: u64,
+    /// The rate rule, as the workers ran it (engine.clicks_per_ip_per_minute_max).
+    #[arg(long, default_value_t = adclick_core::operator::AggregatorConfig::default().clicks_per_ip_per_minute_max)]
+    pub clicks_per_ip_per_minute_max: u32,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct ReconcileArgs {
+    #[arg(long)]
+    pub from: u64,
+    #[arg(long)]
+    pub to: u64,
+    #[arg(long, default_value = "sqlite:adclick-billing.db")]
+    pub db: String,
+    /// The fast path's Redis, e.g. redis://127.0.0.1:6379/
+    #[arg(long)]
+    pub redis: String,
+    #[arg(long, default_value = "adclick")]
+    pub redis_prefix: String,
+    /// engine.partitions of the deployment.
+    #[arg(long)]
+    pub partitions: u32,
+    /// The fraud-list versions the workers ran in the period, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub fast_fraud_list_versions: Vec<u64>,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+async fn open_store(db: &str) -> anyhow::Result<Box<dyn BillingStore>> {
+    let store: Box<dyn BillingStore> = match db.strip_prefix("sqlite:") {
+        Some(path) => Box::new(SqliteBillingStore::open(Path::new(path))?),
+        None => Box::new(PostgresBillingStore::connect(db).await?),
+    };
+    store.migrate().await?;
+    Ok(store)
+}
+
+fn load_prices(path: &Path) -> anyhow::Result<Vec<(CampaignId, u64)>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--prices {}", path.display()))?;
+    let mut prices = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with("campaign_id") {
+            continue;
+        }
+        let parsed = line.split_once(',').and_then(|(campaign, cpc)| {
+            Some((
+                CampaignId(campaign.trim().parse().ok()?),
+                cpc.trim().parse().ok()?,
+            ))
+        });
+        let Some(price) = parsed else {
+            anyhow::bail!(
+                "{}:{}: {line:?} is not `campaign_id,cpc_micros` (two unsigned integers)",
+                path.display(),
+                index + 1
+            );
+        };
+        prices.push(price);
+    }
+    Ok(prices)
+}
+
+pub fn bill(args: BillArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let fraud_list = match &args.fraud_list {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("--fraud-list {}", path.display()))?;
+                FraudList::parse(&text)
+                    .map_err(|error| anyhow::anyhow!("--fraud-list {}: {error}", path.display()))?
+            }
+            None => FraudList::parse("version 0\n")?,
+        };
+        let job = BillingJob {
+            from_ms: args.from,
+            to_ms: args.to,
+            grace_ms: args.grace_ms,
+            clicks_per_ip_per_minute_max: args.clicks_per_ip_per_minute_max,
+            fraud_list: Arc::new(fraud_list),
+        };
+        let now_ms = SystemClock.now_ms();
+        job.check(now_ms)?;
+        let store = open_store(&args.db).await?;
+        if let Some(path) = &args.prices {
+            for (campaign, cpc) in load_prices(path)? {
+                store.set_price(campaign, cpc).await?;
+            }
+        }
+        let blobs = ObjectBlobStore::open(&BlobConfig {
+            url: args.archive.clone(),
+            options: Default::default(),
+        })?;
+        let started = std::time::Instant::now();
+        let mut biller = job.biller();
+        let inputs = feed_from_archive(&blobs, &mut biller, job.from_ms, job.to_ms).await?;
+        let hours = biller.finish();
+        let clicks: u64 = hours.values().map(|bill| bill.clicks).sum();
+        let outcome = write_bill(store.as_ref(), &job, &hours, inputs, now_ms).await?;
+        let elapsed = started.elapsed().as_secs_f64();
+        println!(
+            "billed [{}, {}): run {}, {} files, {} clicks read, {} (campaign, hour) rows, {} billable, spend {} micros; {:.0} clicks/s",
+            job.from_ms,
+            job.to_ms,
+            outcome.run_id,
+            outcome.record.input_files.len(),
+            clicks,
+            outcome.record.rows,
+            outcome.record.billable,
+            outcome.record.spend_micros,
+            clicks as f64 / elapsed.max(1e-9)
+        );
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&outcome)?)
+                .with_context(|| format!("--json {}", path.display()))?;
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn reconcile_command(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let store = open_store(&args.db).await?;
+        let billed = rows_to_map(&store.hourly(args.from, args.to).await?);
+        let runs = store.runs().await?;
+        let billing_version = runs
+            .iter()
+            .rev()
+            .find(|(_, run)| run.period_from_ms <= args.from && run.period_to_ms >= args.to)
+            .map(|(_, run)| run.fraud_list_version)
+            .with_context(|| {
+                format!(
+                    "no billing run covers [{}, {}): run `adclick bill` first",
+                    args.from, args.to
+                )
+            })?;
+        let mut redis = RedisConfig::new(args.redis.clone());
+        redis.prefix = args.redis_prefix.clone();
+        let keys = KeySpace {
+            partitions: args.partitions,
+            window_ms: 60_000,
+            salts_max: adclick_core::limits::SALTS_MAX,
+        };
+        let fast = RedisStore::connect(redis, keys).await?.scan().await?;
+        let versions: BTreeSet<u64> = args.fast_fraud_list_versions.iter().copied().collect();
+        let result = reconcile(
+            &fast,
+            &billed,
+            args.from,
+            args.to,
+            &versions,
+            billing_version,
+        );
+        print!("{}", render_table(&result));
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&result)?)
+                .with_context(|| format!("--json {}", path.display()))?;
+        }
+        if result.holds() {
+            println!("reconciled: 0 unexplained");
+            Ok(ExitCode::SUCCESS)
+        } else {
+            println!(
+                "{} (campaign, hour) rows unexplained",
+                result.unexplained_hours()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    })
+}
