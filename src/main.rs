@@ -34,6 +34,9 @@ enum Command {
         /// instead of in memory.
         #[arg(long)]
         log_dir: Option<PathBuf>,
+        /// Write the report (JSON, Markdown, HTML with plots) into this directory.
+        #[arg(long)]
+        report_dir: Option<PathBuf>,
     },
     /// Runs the engine as a service: HTTP ingest and query, and the workers. With no config,
     /// every role in one process on embedded defaults (no services needed).
@@ -45,13 +48,17 @@ enum Command {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
-    /// Drives a running `adclick serve` at a scenario's rate, open loop, and reports the
-    /// achieved rate and the ack latency (from the intended send time, and raw).
+    /// Drives the engine at a scenario's rate, open loop, and reports the achieved rate, the ack
+    /// latency (from the intended send time, and raw), freshness and lag. `--target inproc` runs
+    /// the whole engine in this process (checking every invariant) and writes the HTML report;
+    /// `--target http://HOST:PORT` drives a running `adclick serve`.
     Load {
         scenario: PathBuf,
-        /// http://HOST:PORT of an `adclick serve` with the ingest role.
-        #[arg(long)]
+        #[arg(long, default_value = "inproc")]
         target: String,
+        /// Where the inproc report goes (JSON, Markdown, HTML with plots).
+        #[arg(long, default_value = "target/adclick-reports")]
+        report_dir: PathBuf,
         /// Requests in flight at most.
         #[arg(long, default_value_t = 8)]
         connections: usize,
@@ -92,16 +99,30 @@ fn main() -> ExitCode {
             json,
             no_progress,
             log_dir,
-        } => cli::run::main(&scenario, json.as_deref(), !no_progress, log_dir),
+            report_dir,
+        } => cli::run::main(
+            &scenario,
+            json.as_deref(),
+            !no_progress,
+            log_dir,
+            report_dir.as_deref(),
+        ),
         Command::Bill(args) => cli::billing::bill(args),
         Command::Reconcile(args) => cli::billing::reconcile_command(args),
         Command::Serve { config, listen } => cli::serve::main(config.as_deref(), listen),
         Command::Load {
             scenario,
             target,
+            report_dir,
             connections,
             json,
-        } => cli::load::main(&scenario, &target, connections, json.as_deref()),
+        } => {
+            if target == "inproc" {
+                cli::run::main(&scenario, json.as_deref(), true, None, Some(&report_dir))
+            } else {
+                cli::load::main(&scenario, &target, connections, json.as_deref())
+            }
+        }
         Command::Aggregate {
             input,
             format,

@@ -23,7 +23,71 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::faults::{FaultRates, Faults, SimStore};
+use crate::measure::{Measurements, Recorder};
 use crate::oracle::{self, Ledger, Verdict};
+
+/// How often a tagged sample click measures freshness.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// Polls the store for sample visibility every 50 ms, and records a timeline point every 500 ms,
+/// until stopped (after the drain).
+async fn run_sampler(
+    recorder: Arc<Recorder>,
+    log: Arc<dyn Log>,
+    store: Arc<dyn RealtimeStore>,
+    accepted: Arc<AtomicU64>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = 0u64;
+    while !*stop.borrow() {
+        let with_timeline = tick.is_multiple_of(10);
+        recorder
+            .poll(
+                log.as_ref(),
+                store.as_ref(),
+                accepted.load(Ordering::Relaxed),
+                SystemClock.now_ms(),
+                with_timeline,
+            )
+            .await;
+        tick += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Sends one sample click with a durable ack and registers it for freshness. Returns the click
+/// when the ingest took it (the ledger needs it).
+async fn send_sample(
+    ingest: IngestCore,
+    log: Arc<dyn Log>,
+    recorder: Arc<Recorder>,
+    event: adclick_core::event::ClickEvent,
+    partitions: Option<u32>,
+) -> Option<adclick_core::event::ClickEvent> {
+    let intended = Instant::now();
+    let outcome = ingest
+        .submit(std::slice::from_ref(&event), Ack::Durable)
+        .await
+        .ok()?;
+    if outcome.accepted != 1 {
+        return None;
+    }
+    // With salting on, the click's partition is not known here: no freshness sample then.
+    if let Some(partitions) = partitions {
+        let partition = adclick_core::partition::partition_for_campaign(
+            event.campaign_id,
+            adclick_core::ids::Salt(0),
+            partitions,
+        );
+        if let Ok(end) = log.end_offset(partition).await {
+            recorder.sample(partition, end.0, intended);
+        }
+    }
+    Some(event)
+}
 
 #[derive(Clone, Default)]
 pub struct RunOptions {
@@ -57,6 +121,7 @@ pub struct RunReport {
     pub drain_ms: u64,
     pub verdicts: Vec<Verdict>,
     pub passed: bool,
+    pub measurements: Measurements,
     /// For checks that live outside this crate (billing and reconciliation, in `adclick run`).
     #[serde(skip)]
     pub artifacts: Option<RunArtifacts>,
@@ -167,13 +232,26 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
     let (ingest, flusher) = IngestCore::start(log.clone(), clock.clone(), scenario.ingest_config());
 
     let progress = progress_bar(scenario, options.progress);
+    let started = Instant::now();
+    let recorder = Arc::new(Recorder::new(started));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let (sampler_stop, sampler_stopped) = tokio::sync::watch::channel(false);
+    let sampler = tokio::spawn(run_sampler(
+        recorder.clone(),
+        log.clone(),
+        memory_store.clone(),
+        accepted.clone(),
+        sampler_stopped,
+    ));
+    let salting = scenario.engine.hot_campaigns().is_some();
+    let mut samples = Vec::new();
+    let mut next_sample = started;
     let mut crashes = crash_schedule(scenario).into_iter().peekable();
     let mut crashes_injected = 0;
     let mut ledger = Ledger::default();
     let mut rejected = 0u64;
     let mut busy_answers = 0u64;
     let mut batch = adclick_loadgen::GeneratedBatch::default();
-    let started = Instant::now();
     let duration = Duration::from_secs_f64(scenario.traffic.duration_s);
     let total_events = (scenario.traffic.rate_per_s as f64 * scenario.traffic.duration_s) as u64;
     let mut sent = 0u64;
@@ -188,6 +266,7 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
             let _ = (&mut *worker).await;
             *worker = spawn_worker(partition);
             crashes_injected += 1;
+            recorder.fault(format!("worker {} killed", partition.0));
         }
         let due =
             ((scenario.traffic.rate_per_s as f64 * elapsed.as_secs_f64()) as u64).min(total_events);
@@ -199,6 +278,23 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
         batch.clear();
         let now_ms = clock.now_ms();
         generator.next_batch(now_ms, elapsed.as_millis() as u64, count, &mut batch);
+        // The ack latency of this request runs from when its first click was due.
+        let intended =
+            started + Duration::from_secs_f64(sent as f64 / scenario.traffic.rate_per_s as f64);
+        if Instant::now() >= next_sample && batch.events.len() > 1 {
+            // A tagged sample for freshness: sent alone with a durable ack, off this loop.
+            next_sample += SAMPLE_EVERY;
+            let event = batch.events.pop().expect("more than one event");
+            batch.kinds.pop();
+            samples.push(tokio::spawn(send_sample(
+                ingest.clone(),
+                log.clone(),
+                recorder.clone(),
+                event,
+                (!salting).then_some(partitions),
+            )));
+        }
+        let submitted = Instant::now();
         let outcome = loop {
             match ingest.submit(&batch.events, Ack::Buffered).await {
                 Ok(outcome) => break outcome,
@@ -209,6 +305,11 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
                 Err(error) => anyhow::bail!("ingest failed: {error}"),
             }
         };
+        recorder.ack(intended, submitted);
+        accepted.fetch_add(
+            (batch.events.len() - outcome.rejected.len()) as u64,
+            Ordering::Relaxed,
+        );
         rejected += outcome.rejected.len() as u64;
         let mut rejected_indexes = outcome.rejected.iter().map(|(index, _)| *index).peekable();
         for (index, event) in batch.events.iter().enumerate() {
@@ -221,6 +322,11 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
     }
     let traffic_elapsed = started.elapsed().max(duration.min(started.elapsed()));
     progress.finish_and_clear();
+    for sample in samples {
+        if let Ok(Some(event)) = sample.await {
+            ledger.add(&event.view(adclick_core::ids::Salt(0)));
+        }
+    }
     ingest.close(flusher).await;
 
     let drain_started = Instant::now();
@@ -238,8 +344,15 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
         let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
     }
 
+    let _ = sampler_stop.send(true);
+    let _ = sampler.await;
     let scan = memory_store.scan().await?;
     let statuses = memory_store.partition_status().await?;
+    let mut partition_records = vec![0u64; partitions as usize];
+    for status in &statuses {
+        partition_records[status.partition.0 as usize] = status.stats.records;
+    }
+    let measurements = recorder.finish(partition_records);
     let expected = oracle::expected_from_log(
         log.as_ref(),
         &fraud_list,
@@ -338,6 +451,7 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
         drain_ms,
         verdicts,
         passed,
+        measurements,
         artifacts,
     })
 }

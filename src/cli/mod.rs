@@ -4,5 +4,6 @@ pub mod aggregate;
 pub mod billing;
 pub mod billing_check;
 pub mod load;
+pub mod report;
 pub mod run;
 pub mod serve;

@@ -14,6 +14,7 @@ pub fn main(
     json: Option<&Path>,
     progress: bool,
     log_dir: Option<std::path::PathBuf>,
+    report_dir: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
     let scenario = Scenario::load(path)?;
     if let Some(dir) = &log_dir
@@ -51,6 +52,11 @@ pub fn main(
         report.passed = report.verdicts.iter().all(|verdict| verdict.holds);
     }
     print_summary(&report);
+    if let Some(dir) = report_dir {
+        let command: Vec<String> = std::env::args().collect();
+        let html = super::report::write(dir, &scenario.name, &report, &command.join(" "))?;
+        println!("\nreport: {html} (and .json, .md)");
+    }
     if let Some(json) = json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(json, text).with_context(|| format!("writing {}", json.display()))?;
