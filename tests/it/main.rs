@@ -4,3 +4,4 @@
 mod aggregate_cli;
 mod epoch_protocol;
 mod kafka_two_workers;
+mod load_coordinated_omission;
