@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use adclick_core::codec;
 use adclick_core::event::ClickView;
@@ -436,4 +437,89 @@ pub async fn wait_until_drained(
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// Billing equality, the pure part the simulator can run: the billing job's counting
+/// (`core::billing`, dedup over the whole period) over the whole log equals the oracle's unique
+/// non-fraud clicks per (campaign, hour). `adclick run` also goes through Parquet, the billing
+/// store and reconciliation.
+pub async fn check_billing_equality(
+    log: &dyn Log,
+    fraud_list: &Arc<FraudList>,
+    config: &AggregatorConfig,
+    expected: &Expected,
+) -> anyhow::Result<Verdict> {
+    let mut oracle_hours: BTreeMap<(CampaignId, u64), u64> = BTreeMap::new();
+    for (series, counts) in &expected.series {
+        if let Series::Hour(hour) = series {
+            *oracle_hours
+                .entry((hour.campaign_id, hour.hour_start_ms))
+                .or_default() += counts.unique;
+        }
+    }
+    let (Some(first), Some(last)) = (
+        oracle_hours.keys().map(|(_, hour)| *hour).min(),
+        oracle_hours.keys().map(|(_, hour)| *hour).max(),
+    ) else {
+        return Ok(Verdict::skipped("billing_equality", "no clicks"));
+    };
+    let mut biller = adclick_core::billing::PeriodBiller::new(
+        fraud_list.clone(),
+        config.clicks_per_ip_per_minute_max,
+        first,
+        last + HOUR_MS,
+    );
+    for partition in (0..log.partitions()).map(PartitionId) {
+        let end = log.end_offset(partition).await?;
+        let mut offset = Offset(0);
+        while offset < end {
+            let batches = log.read(partition, offset, 65_536).await?;
+            for batch in &batches {
+                for (record_offset, bytes) in batch.iter() {
+                    offset = Offset(record_offset.0 + 1);
+                    if let Ok(click) = codec::decode(bytes) {
+                        biller.on_click(partition, (&click).into());
+                    }
+                }
+            }
+        }
+    }
+    let billed: BTreeMap<(CampaignId, u64), u64> = biller
+        .finish()
+        .into_iter()
+        .map(|(key, bill)| ((key.campaign_id, key.hour_start_ms), bill.billable))
+        .filter(|(_, billable)| *billable > 0)
+        .collect();
+    oracle_hours.retain(|_, unique| *unique > 0);
+    let differing: Vec<String> = oracle_hours
+        .keys()
+        .chain(billed.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|key| oracle_hours.get(key) != billed.get(key))
+        .take(3)
+        .map(|key| {
+            format!(
+                "campaign {} hour {}: billed {:?}, oracle {:?}",
+                key.0.0,
+                key.1,
+                billed.get(key),
+                oracle_hours.get(key)
+            )
+        })
+        .collect();
+    Ok(Verdict {
+        invariant: "billing_equality",
+        holds: differing.is_empty(),
+        checked: true,
+        detail: if differing.is_empty() {
+            format!(
+                "{} (campaign, hour) billed = the oracle ({} billable)",
+                billed.len(),
+                billed.values().sum::<u64>()
+            )
+        } else {
+            format!("billing differs from the oracle: {}", differing.join(" | "))
+        },
+    })
 }

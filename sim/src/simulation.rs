@@ -188,7 +188,8 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
                 "checked by running the seed twice (--check-determinism)",
             ),
             Invariant::BillingEquality => {
-                Verdict::skipped("billing_equality", "needs the billing job (not built yet)")
+                oracle::check_billing_equality(memory_log.as_ref(), &fraud_list, &config, &expected)
+                    .await?
             }
         });
     }
