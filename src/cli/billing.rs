@@ -119,7 +119,7 @@ pub fn bill(args: BillArgs) -> anyhow::Result<ExitCode> {
                 FraudList::parse(&text)
                     .map_err(|error| anyhow::anyhow!("--fraud-list {}: {error}", path.display()))?
             }
-            None => FraudList::parse("version 0\n")?,
+            None => FraudList::empty(),
         };
         let job = BillingJob {
             from_ms: args.from,
