@@ -226,7 +226,8 @@ function drawChart(windows, fromMs) {
   const step = shown[0].end_ms - shown[0].start_ms;
   const axisEnd = shown[shown.length - 1].end_ms;
   const rangeStart = Math.ceil(fromMs / step) * step;
-  const axisStart = Math.min(shown[0].start_ms, Math.max(rangeStart, axisEnd - CHART_WINDOWS_MAX * step));
+  // From the first window drawn, but at least 12 windows wide so one window is not one wall.
+  const axisStart = Math.min(shown[0].start_ms, Math.max(rangeStart, axisEnd - 12 * step));
   const slots = Math.max(1, Math.round((axisEnd - axisStart) / step));
   const peak = Math.max(1, ...shown.map((w) => Math.max(w.unique, w.late_unique, w.fraud)));
   const plotWidth = width - left - right, plotHeight = height - top - bottom;
