@@ -235,3 +235,28 @@ async fn dashboard_in_headless_chromium_shows_exactly_what_the_api_answers() {
     server.shutdown().await.unwrap();
     empty_server.shutdown().await.unwrap();
 }
+
+/// The page and its assets come with the query role, and only with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_query_role_serves_the_dashboard() {
+    for (roles, expected) in [("query", StatusCode::OK), ("ingest", StatusCode::NOT_FOUND)] {
+        let text = format!("roles = [\"{roles}\"]\n[http]\nlisten = \"127.0.0.1:0\"\n");
+        let config = ServeConfig::parse(&text, "dashboard roles test").unwrap();
+        let seams = Seams::from_config(&config).await.unwrap();
+        let server = start(config, seams).await.unwrap();
+        let base = format!("http://{}", server.local_addr);
+        for (path, content_type) in [
+            ("/", "text/html; charset=utf-8"),
+            ("/assets/dashboard.js", "text/javascript; charset=utf-8"),
+            ("/assets/dashboard.css", "text/css; charset=utf-8"),
+        ] {
+            let response = reqwest::get(format!("{base}{path}")).await.unwrap();
+            assert_eq!(response.status(), expected, "GET {path} with roles {roles}");
+            if expected == StatusCode::OK {
+                assert_eq!(response.headers()["content-type"], content_type, "{path}");
+                assert!(!response.text().await.unwrap().is_empty(), "{path}");
+            }
+        }
+        server.shutdown().await.unwrap();
+    }
+}
