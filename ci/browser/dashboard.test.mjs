@@ -123,8 +123,9 @@ async function checkTopTables(page, base) {
   for (const which of ["current", "last"]) {
     const ads = await readTop(page, `top-${which}`);
     if (!Number.isFinite(ads.window_start_ms)) return `top-${which} has no window yet`;
-    // The same window the page shows, asked for by its start, so both read one window.
-    const top = await api(base, `/v1/top?window=${ads.window_start_ms}&n=1000`);
+    // The same window and list length the page shows, so both read one answer.
+    const topN = Number(await page.locator(".top-n").first().textContent());
+    const top = await api(base, `/v1/top?window=${ads.window_start_ms}&n=${topN}`);
     const adsDiff = differs(`top ads (${which}, window ${ads.window_start_ms})`, ads.rows, expectedAds(top));
     if (adsDiff) return adsDiff;
     const campaigns = await readTop(page, `campaigns-${which}`);

@@ -7,8 +7,9 @@
 
 const POLL_INTERVAL_MS = 1000;
 const FETCH_TIMEOUT_MS = 3000;
-// The API's default http.top_n_max; the campaign sums cover this many ads per window.
-const TOP_N_FETCHED = 1000;
+// The API's default http.top_n_max; the campaign sums cover this many ads per window. A server
+// configured with a lower limit answers 400 naming it, and the page then asks for fewer.
+const TOP_N_DEFAULT = 1000;
 const TOP_ROWS_SHOWN = 10;
 const SERIES_ROWS_SHOWN = 12;
 const CHART_WINDOWS_MAX = 60;
@@ -16,6 +17,7 @@ const CHART_WINDOWS_MAX = 60;
 const view = {
   // The campaign the user picked; null follows the top campaign.
   pickedCampaign: null,
+  topN: TOP_N_DEFAULT,
   pollsOk: 0,
   pollsFailed: 0,
 };
@@ -40,7 +42,13 @@ function clockTime(ms) {
   return new Date(ms).toISOString().slice(11, 19);
 }
 
-class ApiError extends Error {}
+class ApiError extends Error {
+  constructor(message, limit = null) {
+    super(message);
+    // The config key of the limit a 400 named, when it named one.
+    this.limit = limit;
+  }
+}
 
 async function getJson(path) {
   const controller = new AbortController();
@@ -54,13 +62,14 @@ async function getJson(path) {
     clearTimeout(timer);
   }
   if (!response.ok) {
-    let detail = "";
+    let body = {};
     try {
-      detail = (await response.json()).error || "";
+      body = await response.json();
     } catch (_) {
       // The body is not the API's JSON error; the status says enough.
     }
-    throw new ApiError(`GET ${path} answered ${response.status}${detail ? `: ${detail}` : ""}`);
+    const detail = body.error ? `: ${body.error}` : "";
+    throw new ApiError(`GET ${path} answered ${response.status}${detail}`, body.limit || null);
   }
   return response.json();
 }
@@ -334,8 +343,8 @@ function showUnreachable(error) {
 
 async function poll() {
   const [current, last, freshness] = await Promise.all([
-    getJson(`/v1/top?window=current&n=${TOP_N_FETCHED}`),
-    getJson(`/v1/top?window=last&n=${TOP_N_FETCHED}`),
+    getJson(`/v1/top?window=current&n=${view.topN}`),
+    getJson(`/v1/top?window=last&n=${view.topN}`),
     getJson("/v1/freshness"),
   ]);
   const campaign = chooseCampaign(current, last);
@@ -347,9 +356,9 @@ async function poll() {
   renderTop($('[data-testid="top-last"]'), last);
   renderCampaigns($('[data-testid="campaigns-current"]'), current);
   renderCampaigns($('[data-testid="campaigns-last"]'), last);
-  for (const node of document.querySelectorAll(".top-n")) node.textContent = TOP_N_FETCHED;
+  for (const node of document.querySelectorAll(".top-n")) node.textContent = view.topN;
   for (const node of document.querySelectorAll(".partial")) {
-    node.hidden = current.ads.length < TOP_N_FETCHED && last.ads.length < TOP_N_FETCHED;
+    node.hidden = current.ads.length < view.topN && last.ads.length < view.topN;
   }
   renderCampaignChoices(current, last, campaign);
   if (series) renderSeries(series); else clearSeries();
@@ -365,6 +374,9 @@ async function loop() {
     view.pollsOk += 1;
     document.body.dataset.pollsOk = view.pollsOk;
   } catch (error) {
+    if (error.limit === "http.top_n_max" && view.topN > 10) {
+      view.topN = Math.max(10, Math.floor(view.topN / 10));
+    }
     view.pollsFailed += 1;
     document.body.dataset.pollsFailed = view.pollsFailed;
     showUnreachable(error);
