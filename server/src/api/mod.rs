@@ -1,7 +1,9 @@
 //! The HTTP API: ingest (`POST /v1/clicks`), queries (`/v1/campaigns/{id}/clicks`, `/v1/top`,
-//! `/v1/freshness`) and operations (`/metrics`, `/healthz`, `/readyz`). A role that is not
-//! running here answers 404 on its routes.
+//! `/v1/freshness`), the live dashboard page that reads those queries (`/`), and operations
+//! (`/metrics`, `/healthz`, `/readyz`). A role that is not running here answers 404 on its
+//! routes.
 
+mod dashboard;
 mod ingest;
 mod ops;
 mod query;
@@ -61,7 +63,10 @@ pub fn router(state: AppState, config: &ServeConfig) -> Router {
                 get(query::campaign_clicks),
             )
             .route("/v1/top", get(query::top))
-            .route("/v1/freshness", get(query::freshness));
+            .route("/v1/freshness", get(query::freshness))
+            .route(dashboard::INDEX_PATH, get(dashboard::index))
+            .route(dashboard::SCRIPT_PATH, get(dashboard::script))
+            .route(dashboard::STYLE_PATH, get(dashboard::style));
     }
     router
         // Bodies are read whole and checked against http.body_bytes_max by the handler, so the

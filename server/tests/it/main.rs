@@ -1,4 +1,6 @@
 //! `adclick serve` over real HTTP (reqwest): every status of the ingest API, the query API's
-//! counts against what was sent, and the same flow on a real Redis.
+//! counts against what was sent, and the same flow on a real Redis; the dashboard page in
+//! headless Chromium against the same API.
 
+mod dashboard;
 mod http_api;
