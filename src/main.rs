@@ -59,6 +59,12 @@ enum Command {
         /// Where the inproc report goes (JSON, Markdown, HTML with plots).
         #[arg(long, default_value = "target/adclick-reports")]
         report_dir: PathBuf,
+        /// Inproc: bisect for the highest rate that holds (rate, ack p99 bound, invariants).
+        #[arg(long)]
+        max_rate_search: bool,
+        /// Length of each max-rate-search trial.
+        #[arg(long, default_value_t = 5.0)]
+        trial_s: f64,
         /// Requests in flight at most.
         #[arg(long, default_value_t = 8)]
         connections: usize,
@@ -83,6 +89,11 @@ enum Command {
         #[arg(long)]
         fraud_list: Option<PathBuf>,
     },
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
@@ -114,10 +125,19 @@ fn main() -> ExitCode {
             scenario,
             target,
             report_dir,
+            max_rate_search,
+            trial_s,
             connections,
             json,
         } => {
-            if target == "inproc" {
+            if max_rate_search {
+                if target != "inproc" {
+                    return fail("--max-rate-search runs with --target inproc only, for now");
+                }
+                adclick_engine::scenario::Scenario::load(&scenario)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|scenario| cli::search::main(&scenario, trial_s, 8, json.as_deref()))
+            } else if target == "inproc" {
                 cli::run::main(&scenario, json.as_deref(), true, None, Some(&report_dir))
             } else {
                 cli::load::main(&scenario, &target, connections, json.as_deref())

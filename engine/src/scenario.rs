@@ -242,6 +242,9 @@ pub struct Expect {
     pub liveness_timeout_s: f64,
     /// The run must sustain at least this fraction of the scenario's rate.
     pub min_rate_fraction: f64,
+    /// The load generator's bound on the ack latency p99 (from the intended send time), in ms;
+    /// 0: no bound. The max-rate search only counts rates that keep it.
+    pub ack_p99_ms_max: f64,
 }
 
 impl Default for Expect {
@@ -254,6 +257,7 @@ impl Default for Expect {
             ],
             liveness_timeout_s: 30.0,
             min_rate_fraction: 0.0,
+            ack_p99_ms_max: 0.0,
         }
     }
 }

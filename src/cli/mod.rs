@@ -6,4 +6,5 @@ pub mod billing_check;
 pub mod load;
 pub mod report;
 pub mod run;
+pub mod search;
 pub mod serve;
