@@ -101,6 +101,12 @@ pub struct WireClick {
     pub event_time_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub publisher_id: Option<u64>,
+    /// The id of the ad server's key that signed the click (see `signing`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// HMAC-SHA256 over (click_id, campaign_id, ad_id, event_time_ms), lowercase hex.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 impl From<&ClickEvent> for WireClick {
@@ -115,6 +121,8 @@ impl From<&ClickEvent> for WireClick {
             country: Some(event.country.as_str().to_owned()),
             event_time_ms: Some(event.event_time_ms.0),
             publisher_id: event.publisher_id.map(|id| id.0),
+            key_id: None,
+            signature: None,
         }
     }
 }
@@ -180,6 +188,24 @@ pub enum InvalidReason {
         age_ms: u64,
         limit_ms: u64,
     },
+    #[error("the click is not signed (key_id and signature are required)")]
+    Unsigned,
+    #[error("signing key {key_id:?} is not an active key")]
+    UnknownSigningKey { key_id: String },
+    #[error("the signature does not match the click (click_id, campaign_id, ad_id, event_time_ms)")]
+    BadSignature,
+}
+
+impl InvalidReason {
+    /// Whether this reason is about the click's signature (answered 401, not 400).
+    pub fn is_signature(&self) -> bool {
+        matches!(
+            self,
+            InvalidReason::Unsigned
+                | InvalidReason::UnknownSigningKey { .. }
+                | InvalidReason::BadSignature
+        )
+    }
 }
 
 /// Every reason one record was rejected, in field order.

@@ -20,6 +20,7 @@ pub mod limits;
 pub mod operator;
 pub mod partition;
 pub mod salt;
+pub mod signing;
 pub mod snapshot;
 pub mod window;
 

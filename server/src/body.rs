@@ -2,9 +2,8 @@
 //! line). Each record is validated on its own, so one bad record never sinks the others: it gets
 //! a reason, with its index in the request.
 
-use adclick_core::event::{
-    ClickEvent, InvalidReason, Rejection, TimeBound, WireClick, parse_json_click, validate,
-};
+use adclick_core::event::{ClickEvent, InvalidReason, Rejection, TimeBound, WireClick, validate};
+use adclick_core::signing::SigningKeys;
 use serde::Serialize;
 
 /// The content types the endpoint takes.
@@ -79,12 +78,14 @@ impl ParsedBody {
     }
 }
 
-/// Parses and validates a body. Never panics, whatever the bytes.
+/// Parses and validates a body. With `keys`, every click must carry a valid signature, checked
+/// before anything else about it. Never panics, whatever the bytes.
 pub fn parse_body(
     bytes: &[u8],
     format: BodyFormat,
     bound: TimeBound,
     records_max: usize,
+    keys: Option<&SigningKeys>,
 ) -> Result<ParsedBody, BodyError> {
     let mut parsed = ParsedBody::default();
     match format {
@@ -105,7 +106,8 @@ pub fn parse_body(
                         limit: records_max,
                     });
                 }
-                parsed.push(index, parse_json_click(line, bound));
+                let wire = serde_json::from_slice::<WireClick>(line).map_err(malformed);
+                parsed.push(index, wire.and_then(|wire| check(wire, bound, keys)));
             }
         }
         BodyFormat::Json => {
@@ -123,12 +125,14 @@ pub fn parse_body(
                         });
                     }
                     for (index, value) in values.into_iter().enumerate() {
-                        parsed.push(index, click_from_value(value, bound));
+                        let wire = serde_json::from_value::<WireClick>(value).map_err(malformed);
+                        parsed.push(index, wire.and_then(|wire| check(wire, bound, keys)));
                     }
                 }
                 Some(b'{') => {
                     // A single object that does not parse is still one record with a reason.
-                    parsed.push(0, parse_json_click(bytes, bound));
+                    let wire = serde_json::from_slice::<WireClick>(bytes).map_err(malformed);
+                    parsed.push(0, wire.and_then(|wire| check(wire, bound, keys)));
                 }
                 Some(_) => {
                     serde_json::from_slice::<serde_json::Value>(bytes).map_err(|error| {
@@ -145,12 +149,25 @@ pub fn parse_body(
     Ok(parsed)
 }
 
-fn click_from_value(value: serde_json::Value, bound: TimeBound) -> Result<ClickEvent, Rejection> {
-    let wire: WireClick = serde_json::from_value(value).map_err(|error| Rejection {
+fn malformed(error: serde_json::Error) -> Rejection {
+    Rejection {
         reasons: vec![InvalidReason::Malformed {
             message: error.to_string(),
         }],
-    })?;
+    }
+}
+
+/// The signature first (nothing a forged click says is worth checking), then validation.
+fn check(
+    wire: WireClick,
+    bound: TimeBound,
+    keys: Option<&SigningKeys>,
+) -> Result<ClickEvent, Rejection> {
+    if let Some(keys) = keys {
+        keys.verify(&wire).map_err(|reason| Rejection {
+            reasons: vec![reason],
+        })?;
+    }
     validate(wire, bound)
 }
 
@@ -162,7 +179,7 @@ mod tests {
     const CLICK: &str = r#"{"click_id":"67e55044-10b1-426f-9247-bb680e5fe0c8","campaign_id":7,"ad_id":3,"user_id":9,"ip":"10.0.0.1","user_agent":"ua","country":"DE","event_time_ms":1000}"#;
 
     fn parse(body: &str, format: BodyFormat) -> Result<ParsedBody, BodyError> {
-        parse_body(body.as_bytes(), format, TimeBound::None, 100)
+        parse_body(body.as_bytes(), format, TimeBound::None, 100, None)
     }
 
     #[test]
@@ -238,7 +255,7 @@ mod tests {
         #[test]
         fn any_bytes_parse_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             for format in [BodyFormat::Json, BodyFormat::NdJson] {
-                if let Ok(parsed) = parse_body(&bytes, format, TimeBound::None, 100) {
+                if let Ok(parsed) = parse_body(&bytes, format, TimeBound::None, 100, None) {
                     prop_assert_eq!(parsed.clicks.len(), parsed.indexes.len());
                 }
             }

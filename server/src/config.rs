@@ -40,6 +40,10 @@ pub struct ServeConfig {
     pub checkpoints: CheckpointsConfig,
     pub fraud: FraudConfig,
     pub archive: ArchiveConfig,
+    /// Field-level default: a config file without `[security]` requires signed clicks (only
+    /// the no-file demo takes unsigned ones).
+    #[serde(default)]
+    pub security: crate::security::SecurityConfig,
 }
 
 /// The cold path: raw events to Parquet for the billing job.
@@ -82,6 +86,11 @@ impl Default for ServeConfig {
             checkpoints: CheckpointsConfig::default(),
             fraud: FraudConfig::default(),
             archive: ArchiveConfig::default(),
+            // No config file is the embedded demo: unsigned clicks are taken (and warned about).
+            security: crate::security::SecurityConfig {
+                allow_unsigned: true,
+                ..Default::default()
+            },
         }
     }
 }
@@ -99,6 +108,15 @@ pub struct HttpConfig {
     pub top_n_max: usize,
     /// The `Retry-After` a busy (503) answer carries.
     pub busy_retry_after_s: u64,
+    /// Requests per second per client IP on the /v1 API, with a burst; 0: unlimited.
+    pub requests_per_s_per_client: u32,
+    pub request_burst_per_client: u32,
+    /// A connection must send its request headers within this (slow clients are cut off).
+    pub header_read_timeout_ms: u64,
+    /// A request (body included) must be answered within this.
+    pub request_timeout_ms: u64,
+    /// Open connections at most; more are closed at once.
+    pub connections_max: usize,
 }
 
 impl Default for HttpConfig {
@@ -110,6 +128,11 @@ impl Default for HttpConfig {
             query_span_ms_max: 7 * 24 * 3_600_000,
             top_n_max: 1_000,
             busy_retry_after_s: 1,
+            requests_per_s_per_client: 0,
+            request_burst_per_client: 100,
+            header_read_timeout_ms: 5_000,
+            request_timeout_ms: 30_000,
+            connections_max: 4_096,
         }
     }
 }
@@ -220,6 +243,9 @@ impl ServeConfig {
             ),
             ("http.query_span_ms_max", http.query_span_ms_max),
             ("http.top_n_max", http.top_n_max as u64),
+            ("http.header_read_timeout_ms", http.header_read_timeout_ms),
+            ("http.request_timeout_ms", http.request_timeout_ms),
+            ("http.connections_max", http.connections_max as u64),
             ("engine.partitions", u64::from(self.engine.partitions)),
             ("engine.epoch_ms", self.engine.epoch_ms),
             (
@@ -248,6 +274,19 @@ impl ServeConfig {
                 &error.to_string(),
             )
         })?;
+        let security = &self.security;
+        if self.runs(Role::Ingest)
+            && !security.allow_unsigned
+            && security.signing_keys_file.is_none()
+            && std::env::var_os(crate::security::SIGNING_KEYS_ENV).is_none()
+        {
+            return Err(invalid(
+                "security.signing_keys_file",
+                "(absent)".into(),
+                "the ingest role verifies signed clicks: give the keys (a file, or ADCLICK_SIGNING_KEYS), \
+                 or set security.allow_unsigned = true for a demo",
+            ));
+        }
         if self.roles.contains(&Role::Archiver) && self.archive.url.is_none() {
             return Err(invalid(
                 "archive.url",
@@ -330,7 +369,12 @@ mod tests {
 
     #[test]
     fn no_file_means_every_role_on_embedded_seams() {
-        let config = ServeConfig::parse("", "empty").unwrap();
+        let config = ServeConfig::default();
+        config.validate("no file").unwrap();
+        assert!(
+            config.security.allow_unsigned,
+            "the demo takes unsigned clicks"
+        );
         assert!(config.runs(Role::Ingest) && config.runs(Role::Worker) && config.runs(Role::Query));
         assert_eq!(config.log, LogConfig::Memory);
         assert_eq!(config.store, StoreConfig::Memory);
@@ -338,15 +382,18 @@ mod tests {
 
     #[test]
     fn errors_name_the_key_the_value_and_the_rule() {
-        let error = ServeConfig::parse("[http]\nbody_bytes_max = 0\n", "a.toml").unwrap_err();
+        let demo = "[security]\nallow_unsigned = true\n";
+        let error = ServeConfig::parse(&format!("{demo}[http]\nbody_bytes_max = 0\n"), "a.toml")
+            .unwrap_err();
         assert_eq!(
             error.to_string(),
             "a.toml: `http.body_bytes_max` = 0: must be at least 1"
         );
-        let error = ServeConfig::parse("[http]\nbody_byte_max = 10\n", "a.toml").unwrap_err();
+        let error = ServeConfig::parse(&format!("{demo}[http]\nbody_byte_max = 10\n"), "a.toml")
+            .unwrap_err();
         assert!(error.to_string().contains("body_byte_max"), "{error}");
         let error = ServeConfig::parse(
-            "[store]\nkind = \"redis\"\nurl = \"redis://x/\"\nprefix = \"a:b\"\n",
+            &format!("{demo}[store]\nkind = \"redis\"\nurl = \"redis://x/\"\nprefix = \"a:b\"\n"),
             "a.toml",
         )
         .unwrap_err();
@@ -355,7 +402,7 @@ mod tests {
 
     #[test]
     fn a_kafka_log_must_agree_on_partitions() {
-        let text = "[engine]\npartitions = 8\n[log]\nkind = \"kafka\"\nbrokers = \"k:9092\"\ntopic = \"clicks\"\npartitions = 16\ngroup_id = \"workers\"\n";
+        let text = "[security]\nallow_unsigned = true\n[engine]\npartitions = 8\n[log]\nkind = \"kafka\"\nbrokers = \"k:9092\"\ntopic = \"clicks\"\npartitions = 16\ngroup_id = \"workers\"\n";
         let error = ServeConfig::parse(text, "a.toml").unwrap_err();
         assert!(
             error.to_string().contains("`log.partitions` = 16"),

@@ -4,4 +4,6 @@
 pub mod api;
 pub mod body;
 pub mod config;
+pub mod listener;
+pub mod security;
 pub mod serve;

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{AppState, HttpCounters, router};
 use crate::config::{LogConfig, Role, ServeConfig, StoreConfig};
+use crate::listener::ListenerLimits;
 
 use adclick_core::limits::SALTS_MAX;
 
@@ -99,7 +100,7 @@ pub struct RunningServer {
 }
 
 pub async fn start(config: ServeConfig, seams: Seams) -> anyhow::Result<RunningServer> {
-    let (http_stop, mut http_stop_receiver) = watch::channel(false);
+    let (http_stop, http_stop_receiver) = watch::channel(false);
     let (worker_stop, worker_stop_receiver) = watch::channel(false);
     let (ingest, flusher) = if config.runs(Role::Ingest) {
         let (core, flusher) = IngestCore::start(
@@ -181,6 +182,32 @@ pub async fn start(config: ServeConfig, seams: Seams) -> anyhow::Result<RunningS
             }));
         }
     }
+    let signing_keys = if config.security.allow_unsigned {
+        None
+    } else {
+        let keys = crate::security::load_signing_keys(&config.security)?;
+        anyhow::ensure!(
+            !keys.is_empty() || !config.runs(Role::Ingest),
+            "security: no signing keys were loaded (security.signing_keys_file, {}), and unsigned clicks are not allowed",
+            crate::security::SIGNING_KEYS_ENV
+        );
+        Some(Arc::new(keys))
+    };
+    if config.runs(Role::Ingest) {
+        match &signing_keys {
+            None => tracing::warn!(
+                "SECURITY: accepting UNSIGNED clicks (security.allow_unsigned): anyone who can reach \
+                 this port can add clicks that advertisers pay for. For demos only."
+            ),
+            Some(keys) => {
+                tracing::info!(key_ids = ?keys.key_ids().collect::<Vec<_>>(), "verifying signed clicks")
+            }
+        }
+    }
+    let tokens = crate::security::load_tokens(&config.security)?.map(Arc::new);
+    if tokens.is_none() && config.runs(Role::Query) {
+        tracing::warn!("SECURITY: the query API is open to anyone (no security.tokens_file)");
+    }
     let state = AppState {
         http: config.http.clone(),
         window_ms: config.engine.window_ms,
@@ -190,19 +217,33 @@ pub async fn start(config: ServeConfig, seams: Seams) -> anyhow::Result<RunningS
         clock: seams.clock.clone(),
         ready: Arc::new(AtomicBool::new(false)),
         counters: Arc::new(HttpCounters::default()),
+        signing_keys,
+        tokens,
+        client_rate: crate::security::ClientRateLimit::new(
+            config.http.requests_per_s_per_client,
+            config.http.request_burst_per_client,
+        ),
     };
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("http.listen {}", config.http.listen))?;
     let local_addr = listener.local_addr()?;
-    let app = router(state.clone(), &config);
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop_receiver.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
+    let app =
+        router(state.clone(), &config).layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            std::time::Duration::from_millis(config.http.request_timeout_ms),
+        ));
+    let limits = ListenerLimits {
+        connections_max: config.http.connections_max,
+        header_read_timeout: std::time::Duration::from_millis(config.http.header_read_timeout_ms),
+        drain_timeout: std::time::Duration::from_millis(config.http.request_timeout_ms),
+    };
+    let http = tokio::spawn(crate::listener::serve(
+        listener,
+        app,
+        limits,
+        http_stop_receiver,
+    ));
     state.ready.store(true, Ordering::Release);
     tracing::info!(%local_addr, roles = ?config.roles, "adclick serving");
     Ok(RunningServer {

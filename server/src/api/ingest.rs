@@ -3,6 +3,8 @@
 //! - 202: at least one record was accepted (or the body held none); the answer counts accepted
 //!   and rejected records and gives each rejected record's index and reasons.
 //! - 400: nothing was accepted: the body is not JSON, not clicks, or every record is invalid.
+//! - 401: nothing was accepted, and signatures were why (unsigned, unknown key id, forged).
+//! - 408: the body did not arrive within `http.request_timeout_ms`.
 //! - 413: the body is over `http.body_bytes_max`, or holds more than
 //!   `http.records_per_request_max` records.
 //! - 415: the content type is not JSON or NDJSON.
@@ -74,9 +76,24 @@ pub async fn post_clicks(
         );
     };
     let limit = state.http.body_bytes_max;
-    let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => bytes,
+    let read = tokio::time::timeout(
+        std::time::Duration::from_millis(state.http.request_timeout_ms),
+        axum::body::to_bytes(body, limit),
+    )
+    .await;
+    let bytes = match read {
+        Ok(Ok(bytes)) => bytes,
         Err(_) => {
+            return error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {} ms",
+                    state.http.request_timeout_ms
+                ),
+                Some("http.request_timeout_ms"),
+            );
+        }
+        Ok(Err(_)) => {
             state
                 .counters
                 .ingest_too_large
@@ -89,7 +106,14 @@ pub async fn post_clicks(
         }
     };
     let bound = TimeBound::live(state.clock.now_ms());
-    let parsed = match parse_body(&bytes, format, bound, state.http.records_per_request_max) {
+    let keys = state.signing_keys.as_deref();
+    let parsed = match parse_body(
+        &bytes,
+        format,
+        bound,
+        state.http.records_per_request_max,
+        keys,
+    ) {
         Ok(parsed) => parsed,
         Err(error @ BodyError::TooManyRecords { .. }) => {
             state
@@ -104,6 +128,15 @@ pub async fn post_clicks(
         }
         Err(error) => return bad_request(&state, error.to_string()),
     };
+    let forged = parsed
+        .rejected
+        .iter()
+        .filter(|error| error.reasons.iter().any(|reason| reason.is_signature()))
+        .count();
+    state
+        .counters
+        .ingest_signature_rejections
+        .fetch_add(forged as u64, Ordering::Relaxed);
     let mut errors = parsed.rejected;
     let outcome = match ingest.submit(&parsed.clicks, ack).await {
         Ok(outcome) => outcome,
@@ -127,7 +160,12 @@ pub async fn post_clicks(
             .counters
             .ingest_bad_requests
             .fetch_add(1, Ordering::Relaxed);
-        StatusCode::BAD_REQUEST
+        if forged > 0 {
+            // Nothing taken, and signatures were the problem: not authenticated.
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::BAD_REQUEST
+        }
     } else {
         StatusCode::ACCEPTED
     };

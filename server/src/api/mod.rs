@@ -36,6 +36,11 @@ pub struct AppState {
     /// False until the workers have recovered their partitions, and again while shutting down.
     pub ready: Arc<AtomicBool>,
     pub counters: Arc<HttpCounters>,
+    /// The active signing keys; `None` takes unsigned clicks (the demo mode).
+    pub signing_keys: Option<Arc<adclick_core::signing::SigningKeys>>,
+    /// Bearer tokens of the query API; `None` leaves it open.
+    pub tokens: Option<Arc<crate::security::Tokens>>,
+    pub client_rate: Option<crate::security::ClientRateLimit>,
 }
 
 /// Request outcomes the metrics endpoint reports.
@@ -45,25 +50,41 @@ pub struct HttpCounters {
     pub ingest_bad_requests: AtomicU64,
     pub ingest_busy: AtomicU64,
     pub ingest_too_large: AtomicU64,
+    /// Clicks refused for a missing, unknown-key or wrong signature.
+    pub ingest_signature_rejections: AtomicU64,
     pub query_requests: AtomicU64,
 }
 
 pub fn router(state: AppState, config: &ServeConfig) -> Router {
-    let mut router = Router::new()
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics));
+    let mut api = Router::new();
     if config.runs(Role::Ingest) {
-        router = router.route("/v1/clicks", post(ingest::post_clicks));
+        api = api.route("/v1/clicks", post(ingest::post_clicks));
     }
     if config.runs(Role::Query) {
-        router = router
+        let queries = Router::new()
             .route(
                 "/v1/campaigns/{campaign_id}/clicks",
                 get(query::campaign_clicks),
             )
             .route("/v1/top", get(query::top))
             .route("/v1/freshness", get(query::freshness))
+            .layer(axum::middleware::from_fn_with_state(
+                state.tokens.clone(),
+                crate::security::require_token,
+            ));
+        api = api.merge(queries);
+    }
+    let api = api.layer(axum::middleware::from_fn_with_state(
+        state.client_rate.clone(),
+        crate::security::limit_client_rate,
+    ));
+    let mut router = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .merge(api);
+    if config.runs(Role::Query) {
+        router = router
             .route(dashboard::INDEX_PATH, get(dashboard::index))
             .route(dashboard::SCRIPT_PATH, get(dashboard::script))
             .route(dashboard::STYLE_PATH, get(dashboard::style));

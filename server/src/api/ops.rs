@@ -45,6 +45,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             .absolute(http.ingest_busy.load(Ordering::Relaxed));
         counter!("adclick_http_ingest_too_large_total")
             .absolute(http.ingest_too_large.load(Ordering::Relaxed));
+        counter!("adclick_http_ingest_signature_rejections_total")
+            .absolute(http.ingest_signature_rejections.load(Ordering::Relaxed));
         counter!("adclick_http_query_requests_total")
             .absolute(http.query_requests.load(Ordering::Relaxed));
         if let Some(ingest) = &state.ingest {

@@ -9,12 +9,13 @@ use adclick_core::operator::Series;
 use adclick_core::window::{Counts, Lane};
 use adclick_engine::seams::{Granularity, PartitionStatus, StoredCounts};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::{AppState, error_response};
+use crate::security::Principal;
 
 const HOUR_MS: u64 = 3_600_000;
 
@@ -55,6 +56,7 @@ pub struct CampaignClicks {
 
 pub async fn campaign_clicks(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(campaign_id): Path<u64>,
     Query(params): Query<RangeParams>,
 ) -> Response {
@@ -62,6 +64,14 @@ pub async fn campaign_clicks(
         .counters
         .query_requests
         .fetch_add(1, Ordering::Relaxed);
+    if !principal.may_see(campaign_id) {
+        // 404, not 403: another advertiser's campaign ids must not leak.
+        return error_response(
+            StatusCode::NOT_FOUND,
+            format!("no campaign {campaign_id}"),
+            None,
+        );
+    }
     let (granularity, step_ms) = match params.granularity.as_deref() {
         None | Some("minute") | Some("window") => (Granularity::Window, state.window_ms),
         Some("hour") => (Granularity::Hour, HOUR_MS),
@@ -183,7 +193,11 @@ pub struct TopAds {
 /// `GET /v1/top?window=last|current|START_MS&n=10`: the ads with the most unique clicks in a
 /// window (both lanes, all salts). `last` is the newest window every partition's watermark has
 /// passed; `current` the window holding the newest watermark.
-pub async fn top(State(state): State<AppState>, Query(params): Query<TopParams>) -> Response {
+pub async fn top(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Query(params): Query<TopParams>,
+) -> Response {
     state
         .counters
         .query_requests
@@ -226,7 +240,9 @@ pub async fn top(State(state): State<AppState>, Query(params): Query<TopParams>)
     };
     let mut ads: BTreeMap<(u64, u64), Counts> = BTreeMap::new();
     for (series, _, stored) in &series {
-        if let Series::Window(key) = series {
+        if let Series::Window(key) = series
+            && principal.may_see(key.campaign_id.0)
+        {
             ads.entry((key.campaign_id.0, key.ad_id.0))
                 .or_default()
                 .add(stored.counts);

@@ -43,6 +43,8 @@ fn now_ms() -> u64 {
 /// generator stops the current and last windows still hold its clicks for the page to show.
 fn dashboard_config() -> ServeConfig {
     let text = r#"
+[security]
+allow_unsigned = true
 [http]
 listen = "127.0.0.1:0"
 [engine]
@@ -240,7 +242,9 @@ async fn dashboard_in_headless_chromium_shows_exactly_what_the_api_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_query_role_serves_the_dashboard() {
     for (roles, expected) in [("query", StatusCode::OK), ("ingest", StatusCode::NOT_FOUND)] {
-        let text = format!("roles = [\"{roles}\"]\n[http]\nlisten = \"127.0.0.1:0\"\n");
+        let text = format!(
+            "roles = [\"{roles}\"]\n[security]\nallow_unsigned = true\n[http]\nlisten = \"127.0.0.1:0\"\n"
+        );
         let config = ServeConfig::parse(&text, "dashboard roles test").unwrap();
         let seams = Seams::from_config(&config).await.unwrap();
         let server = start(config, seams).await.unwrap();

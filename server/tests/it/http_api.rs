@@ -16,6 +16,8 @@ fn now_ms() -> u64 {
 /// Small windows and short epochs, so counts become final within seconds.
 fn test_config() -> ServeConfig {
     let text = r#"
+[security]
+allow_unsigned = true
 [http]
 listen = "127.0.0.1:0"
 body_bytes_max = 65536

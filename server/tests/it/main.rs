@@ -4,3 +4,4 @@
 
 mod dashboard;
 mod http_api;
+mod security;
