@@ -126,6 +126,7 @@ fn spawn_body_generator(
     start: Instant,
 ) -> std::sync::mpsc::Receiver<Vec<u8>> {
     let (sender, receiver) = std::sync::mpsc::sync_channel(BODIES_AHEAD);
+    let signer = signer_from_env();
     let mut generator = Generator::new(scenario);
     let start_wall_ms = now_ms();
     std::thread::spawn(move || {
@@ -141,9 +142,20 @@ fn spawn_body_generator(
                 batch_events,
                 &mut batch,
             );
-            let mut body = Vec::with_capacity(batch.events.len() * 240);
+            let mut body = Vec::with_capacity(batch.events.len() * 320);
             for event in &batch.events {
-                body.extend_from_slice(event.to_json().as_bytes());
+                let mut wire = adclick_core::event::WireClick::from(event);
+                if let Some((key_id, keys)) = &signer {
+                    let message = adclick_core::signing::signed_message(
+                        event.click_id.0,
+                        event.campaign_id.0,
+                        event.ad_id.0,
+                        event.event_time_ms.0,
+                    );
+                    wire.signature = keys.sign(key_id, &message);
+                    wire.key_id = Some(key_id.clone());
+                }
+                serde_json::to_writer(&mut body, &wire).expect("a click serializes");
                 body.push(b'\n');
             }
             if sender.send(body).is_err() {
@@ -152,6 +164,17 @@ fn spawn_body_generator(
         }
     });
     receiver
+}
+
+/// Signs clicks like an ad server when `ADCLICK_SIGNING_KEYS` (`KEY_ID=HEX,...`) is set, with
+/// its first key, so a secured `adclick serve` takes them.
+fn signer_from_env() -> Option<(String, adclick_core::signing::SigningKeys)> {
+    let text = std::env::var("ADCLICK_SIGNING_KEYS").ok()?;
+    let (key_id, hex) = text.split(',').next()?.split_once('=')?;
+    let key = adclick_core::signing::hex_decode(hex.trim())?;
+    let mut keys = adclick_core::signing::SigningKeys::default();
+    keys.insert(key_id.trim(), key);
+    Some((key_id.trim().to_owned(), keys))
 }
 
 async fn drive(scenario: &Scenario, base: &str, connections: usize) -> anyhow::Result<LoadReport> {
