@@ -213,6 +213,27 @@ impl Default for Engine {
 }
 
 impl Engine {
+    /// The aggregator's settings; `dedup_ids_expected` pre-sizes the dedup table.
+    pub fn aggregator_config(&self, dedup_ids_expected: usize) -> AggregatorConfig {
+        AggregatorConfig {
+            window: WindowConfig {
+                window_ms: self.window_ms,
+                allowed_lateness_ms: self.allowed_lateness_ms,
+                max_out_of_orderness_ms: self.max_out_of_orderness_ms,
+                idle_timeout_ms: self.idle_timeout_ms,
+                late_retention_ms: adclick_core::limits::LATE_RETENTION_MS_DEFAULT,
+            },
+            dedup: DedupConfig {
+                horizon_ms: self.dedup_horizon_ms,
+                bucket_ms: self.dedup_bucket_ms,
+                ids_max: self.dedup_ids_per_partition_max,
+                ids_expected: dedup_ids_expected,
+            },
+            clicks_per_ip_per_minute_max: self.clicks_per_ip_per_minute_max,
+            full_checkpoint_every_epochs: self.full_checkpoint_every_epochs,
+        }
+    }
+
     /// The hot-campaign detector's settings, when salting is on.
     pub fn hot_campaigns(&self) -> Option<adclick_core::salt::HotCampaignConfig> {
         (self.hot_campaign_share > 0.0).then_some(adclick_core::salt::HotCampaignConfig {
@@ -530,28 +551,15 @@ impl Scenario {
 
     pub fn aggregator_config(&self) -> AggregatorConfig {
         let engine = &self.engine;
+        // Size the dedup table for the scenario's rate over the horizon.
         let horizon_events = (self.traffic.rate_per_s as f64
             * (engine.dedup_horizon_ms as f64 / 1000.0)
             / f64::from(engine.partitions.max(1))) as usize;
-        AggregatorConfig {
-            window: WindowConfig {
-                window_ms: engine.window_ms,
-                allowed_lateness_ms: engine.allowed_lateness_ms,
-                max_out_of_orderness_ms: engine.max_out_of_orderness_ms,
-                idle_timeout_ms: engine.idle_timeout_ms,
-                late_retention_ms: adclick_core::limits::LATE_RETENTION_MS_DEFAULT,
-            },
-            dedup: DedupConfig {
-                horizon_ms: engine.dedup_horizon_ms,
-                bucket_ms: engine.dedup_bucket_ms,
-                ids_max: engine.dedup_ids_per_partition_max,
-                ids_expected: horizon_events
-                    .clamp(1024, engine.dedup_ids_per_partition_max.max(1024))
-                    .min(engine.dedup_ids_per_partition_max),
-            },
-            clicks_per_ip_per_minute_max: engine.clicks_per_ip_per_minute_max,
-            full_checkpoint_every_epochs: engine.full_checkpoint_every_epochs,
-        }
+        engine.aggregator_config(
+            horizon_events
+                .clamp(1024, engine.dedup_ids_per_partition_max.max(1024))
+                .min(engine.dedup_ids_per_partition_max),
+        )
     }
 
     pub fn worker_config(&self) -> WorkerConfig {

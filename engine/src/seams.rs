@@ -119,6 +119,23 @@ impl RecordBlock {
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
         (0..self.len()).map(|index| self.get(index))
     }
+
+    /// Encodes clicks into one block per partition, each routed by its campaign's own key (salt
+    /// 0), as ingest routes unsalted campaigns. For tests and tools that write a log directly.
+    pub fn route(events: &[adclick_core::event::ClickEvent], partitions: u32) -> Vec<RecordBlock> {
+        let mut blocks: Vec<RecordBlock> =
+            (0..partitions).map(|_| RecordBlock::default()).collect();
+        for event in events {
+            let partition = adclick_core::partition::partition_for_campaign(
+                event.campaign_id,
+                Salt(0),
+                partitions,
+            );
+            blocks[partition.0 as usize]
+                .push_with(|out| adclick_core::codec::encode_into(&event.view(Salt(0)), out));
+        }
+        blocks
+    }
 }
 
 /// Records read from one partition: consecutive offsets from `first_offset`, sharing storage

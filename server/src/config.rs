@@ -6,9 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use adclick_core::dedup::DedupConfig;
 use adclick_core::operator::AggregatorConfig;
-use adclick_core::window::WindowConfig;
 use adclick_engine::ingest::IngestConfig;
 use adclick_engine::scenario::Engine;
 use adclick_engine::worker::WorkerConfig;
@@ -325,25 +323,9 @@ impl ServeConfig {
     }
 
     pub fn aggregator_config(&self) -> AggregatorConfig {
-        let engine = &self.engine;
-        AggregatorConfig {
-            window: WindowConfig {
-                window_ms: engine.window_ms,
-                allowed_lateness_ms: engine.allowed_lateness_ms,
-                max_out_of_orderness_ms: engine.max_out_of_orderness_ms,
-                idle_timeout_ms: engine.idle_timeout_ms,
-                late_retention_ms: adclick_core::limits::LATE_RETENTION_MS_DEFAULT,
-            },
-            dedup: DedupConfig {
-                horizon_ms: engine.dedup_horizon_ms,
-                bucket_ms: engine.dedup_bucket_ms,
-                ids_max: engine.dedup_ids_per_partition_max,
-                // Grow on demand: a server does not know its rate in advance.
-                ids_expected: 1024.min(engine.dedup_ids_per_partition_max),
-            },
-            clicks_per_ip_per_minute_max: engine.clicks_per_ip_per_minute_max,
-            full_checkpoint_every_epochs: engine.full_checkpoint_every_epochs,
-        }
+        // Grow on demand: a server does not know its rate in advance.
+        self.engine
+            .aggregator_config(1024.min(self.engine.dedup_ids_per_partition_max))
     }
 
     pub fn worker_config(&self) -> WorkerConfig {

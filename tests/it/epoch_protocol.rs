@@ -5,11 +5,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use adclick_core::codec;
 use adclick_core::fraud::{FraudList, FraudRegistry};
 use adclick_core::ids::*;
 use adclick_core::operator::AggregatorConfig;
-use adclick_core::partition::partition_for_campaign;
 use adclick_engine::checkpoint::CheckpointStore;
 use adclick_engine::clock::ManualClock;
 use adclick_engine::embedded::{MemoryBlobStore, MemoryLog, MemoryRealtimeStore};
@@ -115,12 +113,7 @@ impl Harness {
         let mut clicks = adclick_loadgen::GeneratedBatch::default();
         self.generator
             .next_batch(now_ms, now_ms - START_MS, 200, &mut clicks);
-        let mut blocks: Vec<RecordBlock> =
-            (0..PARTITIONS).map(|_| RecordBlock::default()).collect();
-        for event in &clicks.events {
-            let partition = partition_for_campaign(event.campaign_id, Salt(0), PARTITIONS);
-            blocks[partition.0 as usize].push(&codec::encode(event, Salt(0)));
-        }
+        let blocks = RecordBlock::route(&clicks.events, PARTITIONS);
         for (index, block) in blocks.into_iter().enumerate() {
             let count = block.len() as u64;
             let batch = AppendBatch {

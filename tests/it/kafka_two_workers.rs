@@ -7,10 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use adclick_core::codec;
 use adclick_core::fraud::FraudList;
 use adclick_core::ids::*;
-use adclick_core::partition::partition_for_campaign;
 use adclick_engine::clock::SystemClock;
 use adclick_engine::embedded::MemoryLog;
 use adclick_engine::scenario::Scenario;
@@ -169,12 +167,7 @@ list = "{fraud_list}"
         let now_ms = SystemClock.now_ms();
         let mut batch = GeneratedBatch::default();
         generator.next_batch(now_ms, now_ms - start_ms, 400, &mut batch);
-        let mut blocks: Vec<RecordBlock> =
-            (0..PARTITIONS).map(|_| RecordBlock::default()).collect();
-        for event in &batch.events {
-            let partition = partition_for_campaign(event.campaign_id, Salt(0), PARTITIONS);
-            blocks[partition.0 as usize].push(&codec::encode(event, Salt(0)));
-        }
+        let blocks = RecordBlock::route(&batch.events, PARTITIONS);
         for (index, block) in blocks.into_iter().enumerate() {
             let partition = PartitionId(index as u32);
             let count = block.len() as u64;

@@ -6,12 +6,10 @@ use adclick_billing::postgres::PostgresBillingStore;
 use adclick_billing::sqlite::SqliteBillingStore;
 use adclick_billing::store::{BillingStore, BillingStoreError, rows_to_map};
 use adclick_core::billing::{BillKey, HourBill};
-use adclick_core::codec;
 use adclick_core::fraud::FraudList;
 use adclick_core::ids::*;
 use adclick_core::limits::HOUR_MS;
 use adclick_core::operator::Series;
-use adclick_core::partition::partition_for_campaign;
 use adclick_engine::embedded::MemoryLog;
 use adclick_engine::scenario::Scenario;
 use adclick_engine::seams::{AppendBatch, RecordBlock};
@@ -58,12 +56,7 @@ fn data_set() -> (MemoryLog, Arc<FraudList>, Scenario) {
         let now_ms = START_MS + step * 100;
         let mut batch = GeneratedBatch::default();
         generator.next_batch(now_ms, now_ms - START_MS, 200, &mut batch);
-        let mut blocks: Vec<RecordBlock> =
-            (0..PARTITIONS).map(|_| RecordBlock::default()).collect();
-        for event in &batch.events {
-            let partition = partition_for_campaign(event.campaign_id, Salt(0), PARTITIONS);
-            blocks[partition.0 as usize].push(&codec::encode(event, Salt(0)));
-        }
+        let blocks = RecordBlock::route(&batch.events, PARTITIONS);
         for (index, block) in blocks.into_iter().enumerate() {
             let count = block.len() as u64;
             let batch = AppendBatch {
