@@ -129,6 +129,9 @@ pub struct Anomalies {
     pub viral_ramp_s: f64,
     /// Client clock skew: event times are off by up to this much either way.
     pub clock_skew_ms: u64,
+    /// Simulator: clients send signed clicks through the ingest body parser, and this fraction
+    /// of them is forged (unsigned, signed with a key nobody gave out, or altered after signing).
+    pub forged_fraction: f64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -419,6 +422,7 @@ impl Scenario {
         fraction("anomalies.duplicate_fraction", anomalies.duplicate_fraction)?;
         fraction("anomalies.late_fraction", anomalies.late_fraction)?;
         fraction("anomalies.bot_fraction", anomalies.bot_fraction)?;
+        fraction("anomalies.forged_fraction", anomalies.forged_fraction)?;
         fraction("engine.hot_campaign_share", self.engine.hot_campaign_share)?;
         if self.engine.hot_campaign_share > 0.0
             && !(2..=adclick_core::limits::SALTS_MAX).contains(&self.engine.hot_campaign_salts)

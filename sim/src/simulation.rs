@@ -193,6 +193,17 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
             }
         });
     }
+    if scenario.anomalies.forged_fraction > 0.0 {
+        verdicts.push(Verdict {
+            invariant: "forged_refused",
+            holds: accepted.forged_sent > 0 && accepted.forged_refused == accepted.forged_sent,
+            checked: true,
+            detail: format!(
+                "{} forged clicks sent, {} refused for their signature (none can reach the log: no_loss checks the log holds exactly what was accepted)",
+                accepted.forged_sent, accepted.forged_refused
+            ),
+        });
+    }
     let trace = std::mem::take(&mut *faults.trace.lock().expect("trace lock"));
     let trace_hash = trace_hash(&scan, &statuses, &expected.log, &counts, &trace);
     let unique_billable_clicks = expected
@@ -472,6 +483,68 @@ async fn run_chaos(chaos: Chaos) {
 struct Accepted {
     ledger: Ledger,
     clicks: oracle::ClickMultiset,
+    /// Forged clicks sent, and how many of them ingest refused for their signature.
+    forged_sent: u64,
+    forged_refused: u64,
+}
+
+/// The signing key of the simulated ad server. Forgers don't have it.
+const AD_SERVER_KEY: &[u8] = b"the ad server's signing key, 32 b";
+const FORGER_KEY: &[u8] = b"a key nobody gave out, 32 bytes!";
+
+/// Signed clients: the batch goes out as an NDJSON body of signed clicks, a seeded fraction of
+/// them forged three ways, and comes back through the ingest body parser, which must refuse
+/// exactly the forged ones. Returns the clicks the parser took.
+fn through_signed_body(
+    events: &[adclick_core::event::ClickEvent],
+    forged_fraction: f64,
+    rng: &mut rand_pcg::Pcg64Mcg,
+    accepted: &mut Accepted,
+) -> anyhow::Result<Vec<adclick_core::event::ClickEvent>> {
+    use adclick_core::signing::{SigningKeys, signed_message};
+    use rand::Rng;
+    let mut keys = SigningKeys::default();
+    keys.insert("ad-server-1", AD_SERVER_KEY.to_vec());
+    let mut forgers = SigningKeys::default();
+    forgers.insert("ad-server-1", FORGER_KEY.to_vec());
+    let mut body = Vec::with_capacity(events.len() * 320);
+    let mut forged = 0u64;
+    for event in events {
+        let mut wire = adclick_core::event::WireClick::from(event);
+        let message = signed_message(
+            event.click_id.0,
+            event.campaign_id.0,
+            event.ad_id.0,
+            event.event_time_ms.0,
+        );
+        wire.key_id = Some("ad-server-1".into());
+        wire.signature = keys.sign("ad-server-1", &message);
+        if rng.random_bool(forged_fraction) {
+            forged += 1;
+            match rng.random_range(0..3) {
+                0 => wire.signature = None,
+                1 => wire.signature = forgers.sign("ad-server-1", &message),
+                _ => wire.campaign_id = wire.campaign_id.map(|campaign| campaign + 1),
+            }
+        }
+        serde_json::to_writer(&mut body, &wire)?;
+        body.push(b'\n');
+    }
+    let parsed = adclick_engine::body::parse_body(
+        &body,
+        adclick_engine::body::BodyFormat::NdJson,
+        adclick_core::event::TimeBound::None,
+        usize::MAX,
+        Some(&keys),
+    )?;
+    let refused = parsed
+        .rejected
+        .iter()
+        .filter(|error| error.reasons.iter().any(|reason| reason.is_signature()))
+        .count() as u64;
+    accepted.forged_sent += forged;
+    accepted.forged_refused += refused;
+    Ok(parsed.clicks)
 }
 
 /// The live ingest core, waiting while the ingest node is down (clients retry).
@@ -497,7 +570,12 @@ async fn drive_traffic(
     let mut accepted = Accepted {
         ledger: Ledger::default(),
         clicks: oracle::ClickMultiset::default(),
+        forged_sent: 0,
+        forged_refused: 0,
     };
+    let forged_fraction = scenario.anomalies.forged_fraction;
+    let mut forger_rng =
+        <rand_pcg::Pcg64Mcg as rand::SeedableRng>::seed_from_u64(scenario.seed ^ 0xf0f0);
     let mut sent = 0u64;
     while sent < total {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -508,6 +586,14 @@ async fn drive_traffic(
             let count = ((due - sent) as usize).min(scenario.traffic.batch_events);
             batch.clear();
             generator.next_batch(now_ms, elapsed_ms, count, &mut batch);
+            if forged_fraction > 0.0 {
+                batch.events = through_signed_body(
+                    &batch.events,
+                    forged_fraction,
+                    &mut forger_rng,
+                    &mut accepted,
+                )?;
+            }
             let outcome = loop {
                 match live_ingest(ingest)
                     .await
