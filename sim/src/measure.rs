@@ -129,6 +129,11 @@ impl Recorder {
         ack.1.saturating_record(raw.max(1));
     }
 
+    /// The ack latency p99 so far (from the intended send time), for the progress bar.
+    pub fn ack_p99_ms(&self) -> f64 {
+        self.ack.lock().expect("ack lock").0.value_at_quantile(0.99) as f64 / 1000.0
+    }
+
     pub fn sample(&self, partition: PartitionId, needed_offset: u64, intended: Instant) {
         self.pending.lock().expect("pending lock").push(Sample {
             partition,

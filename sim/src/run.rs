@@ -246,6 +246,7 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
     let salting = scenario.engine.hot_campaigns().is_some();
     let mut samples = Vec::new();
     let mut next_sample = started;
+    let mut next_progress_note = started;
     let mut crashes = crash_schedule(scenario).into_iter().peekable();
     let mut crashes_injected = 0;
     let mut ledger = Ledger::default();
@@ -319,6 +320,10 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
         }
         sent += count as u64;
         progress.set_position(sent);
+        if Instant::now() >= next_progress_note {
+            next_progress_note += Duration::from_millis(500);
+            progress.set_message(format!("ack p99 {:.1} ms", recorder.ack_p99_ms()));
+        }
     }
     let traffic_elapsed = started.elapsed().max(duration.min(started.elapsed()));
     progress.finish_and_clear();
@@ -464,7 +469,7 @@ fn progress_bar(scenario: &Scenario, enabled: bool) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "{spinner} {elapsed_precise} [{bar:40}] {human_pos}/{human_len} clicks ({per_sec})",
+            "{spinner} {elapsed_precise} [{bar:40}] {human_pos}/{human_len} clicks ({per_sec}) {msg}",
         )
         .expect("static template")
         .progress_chars("=> "),
