@@ -279,7 +279,15 @@ impl CheckpointStore {
                 if name.full {
                     break;
                 }
-                epoch = Epoch(epoch.0 - 1);
+                // A delta builds on the epoch before it. Epoch 0 has none (the first checkpoint
+                // is always full), so a delta there can only come from a corrupt store.
+                let Some(previous) = epoch.0.checked_sub(1) else {
+                    return Err(CheckpointError::Corrupt {
+                        key: record_key(partition, name),
+                        message: "a delta at epoch 0 has no previous epoch to build on".into(),
+                    });
+                };
+                epoch = Epoch(previous);
             }
             chain_names.reverse();
             for name in chain_names {
@@ -300,5 +308,75 @@ impl CheckpointStore {
             recovery.pending = Some(self.load_record(partition, *name).await?);
         }
         Ok(recovery)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedded::MemoryBlobStore;
+
+    /// A store holding the given marker text and one record at `name`, whose bytes hold a valid
+    /// checkpoint and no updates.
+    fn store_with(marker: &str, name: RecordName) -> CheckpointStore {
+        let checkpoint = PartitionCheckpoint {
+            partition: PartitionId(0),
+            epoch: name.epoch,
+            kind: if name.full {
+                CheckpointKind::Full
+            } else {
+                CheckpointKind::Delta {
+                    previous_epoch: Epoch(name.epoch.0.wrapping_sub(1)),
+                }
+            },
+            next_offset: adclick_core::ids::Offset(0),
+            watermark: adclick_core::window::Watermark::default(),
+            fraud_list_version: adclick_core::ids::FraudListVersion(0),
+            stats: adclick_core::snapshot::PartitionStats::default(),
+            windows: vec![],
+            hours: vec![],
+            rate: vec![],
+            dedup_ids: vec![],
+            dedup_cutoff_bucket: 0,
+            dedup_stats: adclick_core::dedup::DedupStats::default(),
+            window_ms: 60_000,
+            dedup_bucket_ms: 10_000,
+        };
+        let checkpoint_bytes = adclick_core::snapshot::encode_checkpoint(&checkpoint);
+        let blobs = Arc::new(MemoryBlobStore::new());
+        futures::executor::block_on(async {
+            let marker_key = format!("{}complete", dir(PartitionId(0)));
+            blobs.put(&marker_key, marker.into()).await.unwrap();
+            let record = encode_record(&checkpoint_bytes, &[]);
+            blobs
+                .put(&record_key(PartitionId(0), name), record)
+                .await
+                .unwrap();
+        });
+        CheckpointStore::new(blobs)
+    }
+
+    fn load(store: &CheckpointStore) -> Result<Recovery, CheckpointError> {
+        futures::executor::block_on(store.load(PartitionId(0)))
+    }
+
+    /// Regression (found by the `checkpoint_record` fuzz target): a complete marker naming a
+    /// *delta* record at epoch 0 made recovery walk back to epoch `0 - 1`: a panic with overflow
+    /// checks on, and without them a wrap to `u64::MAX` reported as a missing epoch. Epoch 0 has
+    /// no epoch before it, so such a delta can only come from a corrupt store; recovery now says
+    /// so.
+    #[test]
+    fn regression_a_delta_at_epoch_zero_has_no_previous_epoch() {
+        let name = RecordName {
+            epoch: Epoch(0),
+            generation: Generation(1),
+            full: false,
+        };
+        let store = store_with("0 1\n", name);
+        let error = load(&store).unwrap_err();
+        assert!(
+            matches!(&error, CheckpointError::Corrupt { message, .. } if message.contains("epoch 0")),
+            "{error}"
+        );
     }
 }
