@@ -297,7 +297,17 @@ impl CheckpointStore {
             }
         }
         let (next_epoch, chain_generation) = match marker {
-            Some((epoch, generation)) => (Epoch(epoch.0 + 1), Some(generation)),
+            Some((epoch, generation)) => {
+                // Epochs count up from 1 by one per checkpoint, so the last u64 is out of reach
+                // of a real run: a marker there is corrupt, not a chain with no next epoch.
+                let Some(next) = epoch.0.checked_add(1) else {
+                    return Err(CheckpointError::Corrupt {
+                        key: format!("{}complete", dir(partition)),
+                        message: format!("complete epoch {} leaves no next epoch", epoch.0),
+                    });
+                };
+                (Epoch(next), Some(generation))
+            }
             None => (Epoch(1), None),
         };
         // A pending record continues the chain: a full record, or a delta by the chain's writer.
@@ -376,6 +386,25 @@ mod tests {
         let error = load(&store).unwrap_err();
         assert!(
             matches!(&error, CheckpointError::Corrupt { message, .. } if message.contains("epoch 0")),
+            "{error}"
+        );
+    }
+
+    /// Regression (found by reading the code the `checkpoint_record` fuzz target reaches): a
+    /// complete marker at epoch `u64::MAX` over a valid record made recovery compute the pending
+    /// epoch `u64::MAX + 1`: a panic with overflow checks on, and without them a search for a
+    /// pending record at epoch 0. No next epoch exists, so the marker is corrupt.
+    #[test]
+    fn regression_a_complete_marker_at_the_last_epoch_has_no_next_epoch() {
+        let name = RecordName {
+            epoch: Epoch(u64::MAX),
+            generation: Generation(1),
+            full: true,
+        };
+        let store = store_with(&format!("{} 1\n", u64::MAX), name);
+        let error = load(&store).unwrap_err();
+        assert!(
+            matches!(&error, CheckpointError::Corrupt { key, .. } if key.ends_with("complete")),
             "{error}"
         );
     }
