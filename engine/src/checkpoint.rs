@@ -121,9 +121,12 @@ fn decode_record(
         .get(..8)
         .ok_or_else(|| corrupt("shorter than its length prefix"))?;
     let length = u64::from_le_bytes(length.try_into().expect("8 bytes")) as usize;
-    let checkpoint_end = 8usize
-        .checked_add(length)
-        .filter(|end| *end + 4 <= bytes.len());
+    // Checked twice over: the length prefix comes from storage, so it may be anything up to
+    // u64::MAX, and the 4 checksum bytes after the checkpoint must fit too.
+    let checkpoint_end = 8usize.checked_add(length).filter(|end| {
+        end.checked_add(4)
+            .is_some_and(|crc_end| crc_end <= bytes.len())
+    });
     let checkpoint_end =
         checkpoint_end.ok_or_else(|| corrupt("checkpoint length runs past the record"))?;
     let checkpoint = decode_checkpoint(&bytes[8..checkpoint_end]).map_err(|source| {
@@ -406,6 +409,25 @@ mod tests {
         assert!(
             matches!(&error, CheckpointError::Corrupt { key, .. } if key.ends_with("complete")),
             "{error}"
+        );
+    }
+
+    /// Regression (found by the `checkpoint_record` fuzz target): a record whose length prefix
+    /// is near u64::MAX (here `u64::MAX - 8`) passed the `8 + length` overflow check, then
+    /// `end + 4` overflowed. With overflow checks that panicked; without them it wrapped to a
+    /// small number that passed the bounds check, and slicing the checkpoint panicked anyway, so
+    /// one corrupt record in the blob store crashed recovery in release builds too.
+    #[test]
+    fn regression_a_length_prefix_near_u64_max_overflows_the_checksum_bound() {
+        let mut record = (u64::MAX - 8).to_le_bytes().to_vec();
+        record.extend_from_slice(&[0; 8]);
+        let error = decode_record("checkpoints/p00000/x.full", &record).unwrap_err();
+        assert_eq!(
+            error,
+            CheckpointError::Corrupt {
+                key: "checkpoints/p00000/x.full".into(),
+                message: "checkpoint length runs past the record".into(),
+            }
         );
     }
 }
