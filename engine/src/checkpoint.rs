@@ -121,9 +121,12 @@ fn decode_record(
         .get(..8)
         .ok_or_else(|| corrupt("shorter than its length prefix"))?;
     let length = u64::from_le_bytes(length.try_into().expect("8 bytes")) as usize;
-    let checkpoint_end = 8usize
-        .checked_add(length)
-        .filter(|end| *end + 4 <= bytes.len());
+    // Checked twice over: the length prefix comes from storage, so it may be anything up to
+    // u64::MAX, and the 4 checksum bytes after the checkpoint must fit too.
+    let checkpoint_end = 8usize.checked_add(length).filter(|end| {
+        end.checked_add(4)
+            .is_some_and(|crc_end| crc_end <= bytes.len())
+    });
     let checkpoint_end =
         checkpoint_end.ok_or_else(|| corrupt("checkpoint length runs past the record"))?;
     let checkpoint = decode_checkpoint(&bytes[8..checkpoint_end]).map_err(|source| {
@@ -279,7 +282,15 @@ impl CheckpointStore {
                 if name.full {
                     break;
                 }
-                epoch = Epoch(epoch.0 - 1);
+                // A delta builds on the epoch before it. Epoch 0 has none (the first checkpoint
+                // is always full), so a delta there can only come from a corrupt store.
+                let Some(previous) = epoch.0.checked_sub(1) else {
+                    return Err(CheckpointError::Corrupt {
+                        key: record_key(partition, name),
+                        message: "a delta at epoch 0 has no previous epoch to build on".into(),
+                    });
+                };
+                epoch = Epoch(previous);
             }
             chain_names.reverse();
             for name in chain_names {
@@ -289,7 +300,17 @@ impl CheckpointStore {
             }
         }
         let (next_epoch, chain_generation) = match marker {
-            Some((epoch, generation)) => (Epoch(epoch.0 + 1), Some(generation)),
+            Some((epoch, generation)) => {
+                // Epochs count up from 1 by one per checkpoint, so the last u64 is out of reach
+                // of a real run: a marker there is corrupt, not a chain with no next epoch.
+                let Some(next) = epoch.0.checked_add(1) else {
+                    return Err(CheckpointError::Corrupt {
+                        key: format!("{}complete", dir(partition)),
+                        message: format!("complete epoch {} leaves no next epoch", epoch.0),
+                    });
+                };
+                (Epoch(next), Some(generation))
+            }
             None => (Epoch(1), None),
         };
         // A pending record continues the chain: a full record, or a delta by the chain's writer.
@@ -300,5 +321,113 @@ impl CheckpointStore {
             recovery.pending = Some(self.load_record(partition, *name).await?);
         }
         Ok(recovery)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedded::MemoryBlobStore;
+
+    /// A store holding the given marker text and one record at `name`, whose bytes hold a valid
+    /// checkpoint and no updates.
+    fn store_with(marker: &str, name: RecordName) -> CheckpointStore {
+        let checkpoint = PartitionCheckpoint {
+            partition: PartitionId(0),
+            epoch: name.epoch,
+            kind: if name.full {
+                CheckpointKind::Full
+            } else {
+                CheckpointKind::Delta {
+                    previous_epoch: Epoch(name.epoch.0.wrapping_sub(1)),
+                }
+            },
+            next_offset: adclick_core::ids::Offset(0),
+            watermark: adclick_core::window::Watermark::default(),
+            fraud_list_version: adclick_core::ids::FraudListVersion(0),
+            stats: adclick_core::snapshot::PartitionStats::default(),
+            windows: vec![],
+            hours: vec![],
+            rate: vec![],
+            dedup_ids: vec![],
+            dedup_cutoff_bucket: 0,
+            dedup_stats: adclick_core::dedup::DedupStats::default(),
+            window_ms: 60_000,
+            dedup_bucket_ms: 10_000,
+        };
+        let checkpoint_bytes = adclick_core::snapshot::encode_checkpoint(&checkpoint);
+        let blobs = Arc::new(MemoryBlobStore::new());
+        futures::executor::block_on(async {
+            let marker_key = format!("{}complete", dir(PartitionId(0)));
+            blobs.put(&marker_key, marker.into()).await.unwrap();
+            let record = encode_record(&checkpoint_bytes, &[]);
+            blobs
+                .put(&record_key(PartitionId(0), name), record)
+                .await
+                .unwrap();
+        });
+        CheckpointStore::new(blobs)
+    }
+
+    fn load(store: &CheckpointStore) -> Result<Recovery, CheckpointError> {
+        futures::executor::block_on(store.load(PartitionId(0)))
+    }
+
+    /// Regression (found by the `checkpoint_record` fuzz target): a complete marker naming a
+    /// *delta* record at epoch 0 made recovery walk back to epoch `0 - 1`: a panic with overflow
+    /// checks on, and without them a wrap to `u64::MAX` reported as a missing epoch. Epoch 0 has
+    /// no epoch before it, so such a delta can only come from a corrupt store; recovery now says
+    /// so.
+    #[test]
+    fn regression_a_delta_at_epoch_zero_has_no_previous_epoch() {
+        let name = RecordName {
+            epoch: Epoch(0),
+            generation: Generation(1),
+            full: false,
+        };
+        let store = store_with("0 1\n", name);
+        let error = load(&store).unwrap_err();
+        assert!(
+            matches!(&error, CheckpointError::Corrupt { message, .. } if message.contains("epoch 0")),
+            "{error}"
+        );
+    }
+
+    /// Regression (found by reading the code the `checkpoint_record` fuzz target reaches): a
+    /// complete marker at epoch `u64::MAX` over a valid record made recovery compute the pending
+    /// epoch `u64::MAX + 1`: a panic with overflow checks on, and without them a search for a
+    /// pending record at epoch 0. No next epoch exists, so the marker is corrupt.
+    #[test]
+    fn regression_a_complete_marker_at_the_last_epoch_has_no_next_epoch() {
+        let name = RecordName {
+            epoch: Epoch(u64::MAX),
+            generation: Generation(1),
+            full: true,
+        };
+        let store = store_with(&format!("{} 1\n", u64::MAX), name);
+        let error = load(&store).unwrap_err();
+        assert!(
+            matches!(&error, CheckpointError::Corrupt { key, .. } if key.ends_with("complete")),
+            "{error}"
+        );
+    }
+
+    /// Regression (found by the `checkpoint_record` fuzz target): a record whose length prefix
+    /// is near u64::MAX (here `u64::MAX - 8`) passed the `8 + length` overflow check, then
+    /// `end + 4` overflowed. With overflow checks that panicked; without them it wrapped to a
+    /// small number that passed the bounds check, and slicing the checkpoint panicked anyway, so
+    /// one corrupt record in the blob store crashed recovery in release builds too.
+    #[test]
+    fn regression_a_length_prefix_near_u64_max_overflows_the_checksum_bound() {
+        let mut record = (u64::MAX - 8).to_le_bytes().to_vec();
+        record.extend_from_slice(&[0; 8]);
+        let error = decode_record("checkpoints/p00000/x.full", &record).unwrap_err();
+        assert_eq!(
+            error,
+            CheckpointError::Corrupt {
+                key: "checkpoints/p00000/x.full".into(),
+                message: "checkpoint length runs past the record".into(),
+            }
+        );
     }
 }
