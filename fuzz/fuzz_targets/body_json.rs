@@ -2,7 +2,7 @@
 #![no_main]
 
 use adclick_fuzz::check_body;
-use adclick_server::body::BodyFormat;
+use adclick_engine::body::BodyFormat;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {

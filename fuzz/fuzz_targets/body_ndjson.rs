@@ -2,7 +2,7 @@
 #![no_main]
 
 use adclick_fuzz::{RECORDS_MAX, check_body};
-use adclick_server::body::{BodyError, BodyFormat};
+use adclick_engine::body::{BodyError, BodyFormat};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {

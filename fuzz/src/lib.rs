@@ -6,7 +6,7 @@
 use adclick_core::codec;
 use adclick_core::event::{TimeBound, parse_json_click};
 use adclick_core::ids::Salt;
-use adclick_server::body::{BodyError, BodyFormat, ParsedBody, parse_body};
+use adclick_engine::body::{BodyError, BodyFormat, ParsedBody, parse_body};
 
 /// Records per request in the targets: small, so that the limit path is reached too.
 pub const RECORDS_MAX: usize = 64;
@@ -18,8 +18,17 @@ pub const NOW_MS: u64 = 1_700_000_000_000;
 /// accounted for and every accepted click survives the JSON and log-codec round trips. Returns
 /// the batch-mode parse for target-specific checks.
 pub fn check_body(bytes: &[u8], format: BodyFormat) -> Result<ParsedBody, BodyError> {
-    let batch = parse_body(bytes, format, TimeBound::None, RECORDS_MAX);
-    let live = parse_body(bytes, format, TimeBound::live(NOW_MS), RECORDS_MAX);
+    let batch = parse_body(bytes, format, TimeBound::None, RECORDS_MAX, None);
+    let live = parse_body(bytes, format, TimeBound::live(NOW_MS), RECORDS_MAX, None);
+    // With signatures required, the same records exist, and none is taken unless signed.
+    let mut keys = adclick_core::signing::SigningKeys::default();
+    keys.insert("k1", b"fuzzing key, 16+ bytes".to_vec());
+    let signed = parse_body(bytes, format, TimeBound::None, RECORDS_MAX, Some(&keys));
+    if let (Ok(batch), Ok(signed)) = (&batch, &signed) {
+        check_accounting(signed);
+        assert_eq!(batch.records(), signed.records());
+        assert!(signed.clicks.len() <= batch.clicks.len());
+    }
     match (&batch, &live) {
         (Ok(batch), Ok(live)) => {
             check_accounting(batch);
