@@ -1,8 +1,8 @@
 //! The ingest body as `application/json`: one click object or an array of them.
 #![no_main]
 
-use adclick_fuzz::check_body;
 use adclick_engine::body::BodyFormat;
+use adclick_fuzz::check_body;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {

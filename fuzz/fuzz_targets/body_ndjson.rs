@@ -1,8 +1,8 @@
 //! The ingest body as `application/x-ndjson`: one click per line.
 #![no_main]
 
-use adclick_fuzz::{RECORDS_MAX, check_body};
 use adclick_engine::body::{BodyError, BodyFormat};
+use adclick_fuzz::{RECORDS_MAX, check_body};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {
