@@ -47,6 +47,10 @@ enum Command {
         /// Overrides `http.listen`, e.g. 127.0.0.1:8080.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Take unsigned clicks (sets security.allow_unsigned): for demos only, and the start-up
+        /// log says so loudly. Without a config file this is already the case.
+        #[arg(long)]
+        allow_unsigned: bool,
     },
     /// Drives the engine at a scenario's rate, open loop, and reports the achieved rate, the ack
     /// latency (from the intended send time, and raw), freshness and lag. `--target inproc` runs
@@ -120,7 +124,11 @@ fn main() -> ExitCode {
         ),
         Command::Bill(args) => cli::billing::bill(args),
         Command::Reconcile(args) => cli::billing::reconcile_command(args),
-        Command::Serve { config, listen } => cli::serve::main(config.as_deref(), listen),
+        Command::Serve {
+            config,
+            listen,
+            allow_unsigned,
+        } => cli::serve::main(config.as_deref(), listen, allow_unsigned),
         Command::Load {
             scenario,
             target,

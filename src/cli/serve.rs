@@ -8,11 +8,31 @@ use std::process::ExitCode;
 use adclick_server::config::{LogConfig, ServeConfig, StoreConfig};
 use adclick_server::serve::{Seams, shutdown_signal, start};
 
-pub fn main(config_path: Option<&Path>, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
+pub fn main(
+    config_path: Option<&Path>,
+    listen: Option<SocketAddr>,
+    allow_unsigned: bool,
+) -> anyhow::Result<ExitCode> {
     let mut config = match config_path {
+        Some(path) if allow_unsigned => {
+            // Validate with the flag applied: a file without signing keys is fine then.
+            let text = std::fs::read_to_string(path)
+                .map_err(|error| anyhow::anyhow!("{}: cannot read: {error}", path.display()))?;
+            let mut config: ServeConfig = toml::from_str(&text)
+                .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+            config.security.allow_unsigned = true;
+            config.validate(&path.display().to_string())?;
+            config
+        }
         Some(path) => ServeConfig::load(path)?,
         None => ServeConfig::default(),
     };
+    if config.security.allow_unsigned {
+        eprintln!(
+            "adclick serve: WARNING: taking UNSIGNED clicks: anyone who reaches this port can add \
+             clicks that advertisers pay for. Demo use only."
+        );
+    }
     if let Some(listen) = listen {
         config.http.listen = listen;
     }
