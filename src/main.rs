@@ -148,7 +148,13 @@ fn main() -> ExitCode {
             } else if target == "inproc" {
                 cli::run::main(&scenario, json.as_deref(), true, None, Some(&report_dir))
             } else {
-                cli::load::main(&scenario, &target, connections, json.as_deref())
+                cli::load::main(
+                    &scenario,
+                    &target,
+                    connections,
+                    json.as_deref(),
+                    Some(&report_dir),
+                )
             }
         }
         Command::Aggregate {

@@ -61,7 +61,7 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
 }
 
-fn distribution(histogram: &Histogram<u64>) -> Distribution {
+pub fn distribution(histogram: &Histogram<u64>) -> Distribution {
     let ms = |us: u64| us as f64 / 1000.0;
     if histogram.is_empty() {
         return Distribution::default();

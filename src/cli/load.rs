@@ -88,6 +88,7 @@ pub fn main(
     target: &str,
     connections: usize,
     json: Option<&Path>,
+    report_dir: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
     let scenario = Scenario::load(scenario_path)?;
     let base = target.trim_end_matches('/').to_owned();
@@ -101,8 +102,20 @@ pub fn main(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(drive(&scenario, &base, connections))?;
+    let (report, run_report) = runtime.block_on(drive(&scenario, &base, connections))?;
     print_report(&report);
+    println!(
+        "  click-to-count freshness p50 {:.0} ms, p99 {:.0} ms ({} samples)",
+        run_report.measurements.freshness_ms.summary.p50,
+        run_report.measurements.freshness_ms.summary.p99,
+        run_report.measurements.freshness_ms.summary.count
+    );
+    if let Some(dir) = report_dir {
+        let command: Vec<String> = std::env::args().collect();
+        let name = format!("{}-http", scenario.name);
+        let html = super::report::write(dir, &name, &run_report, &command.join(" "))?;
+        println!("\nreport: {html} (and .json, .md)");
+    }
     if let Some(path) = json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("--json {}", path.display()))?;
@@ -144,19 +157,7 @@ fn spawn_body_generator(
             );
             let mut body = Vec::with_capacity(batch.events.len() * 320);
             for event in &batch.events {
-                let mut wire = adclick_core::event::WireClick::from(event);
-                if let Some((key_id, keys)) = &signer {
-                    let message = adclick_core::signing::signed_message(
-                        event.click_id.0,
-                        event.campaign_id.0,
-                        event.ad_id.0,
-                        event.event_time_ms.0,
-                    );
-                    wire.signature = keys.sign(key_id, &message);
-                    wire.key_id = Some(key_id.clone());
-                }
-                serde_json::to_writer(&mut body, &wire).expect("a click serializes");
-                body.push(b'\n');
+                body.extend_from_slice(&ndjson_line(event, &signer));
             }
             if sender.send(body).is_err() {
                 return;
@@ -168,7 +169,7 @@ fn spawn_body_generator(
 
 /// Signs clicks like an ad server when `ADCLICK_SIGNING_KEYS` (`KEY_ID=HEX,...`) is set, with
 /// its first key, so a secured `adclick serve` takes them.
-fn signer_from_env() -> Option<(String, adclick_core::signing::SigningKeys)> {
+fn signer_from_env() -> Signer {
     let text = std::env::var("ADCLICK_SIGNING_KEYS").ok()?;
     let (key_id, hex) = text.split(',').next()?.split_once('=')?;
     let key = adclick_core::signing::hex_decode(hex.trim())?;
@@ -177,7 +178,31 @@ fn signer_from_env() -> Option<(String, adclick_core::signing::SigningKeys)> {
     Some((key_id.trim().to_owned(), keys))
 }
 
-async fn drive(scenario: &Scenario, base: &str, connections: usize) -> anyhow::Result<LoadReport> {
+/// One click as an NDJSON line, signed when `ADCLICK_SIGNING_KEYS` is set.
+fn ndjson_line(event: &adclick_core::event::ClickEvent, signer: &Signer) -> Vec<u8> {
+    let mut wire = adclick_core::event::WireClick::from(event);
+    if let Some((key_id, keys)) = signer {
+        let message = adclick_core::signing::signed_message(
+            event.click_id.0,
+            event.campaign_id.0,
+            event.ad_id.0,
+            event.event_time_ms.0,
+        );
+        wire.signature = keys.sign(key_id, &message);
+        wire.key_id = Some(key_id.clone());
+    }
+    let mut line = serde_json::to_vec(&wire).expect("a click serializes");
+    line.push(b'\n');
+    line
+}
+
+type Signer = Option<(String, adclick_core::signing::SigningKeys)>;
+
+async fn drive(
+    scenario: &Scenario,
+    base: &str,
+    connections: usize,
+) -> anyhow::Result<(LoadReport, adclick_sim::run::RunReport)> {
     let rate = scenario.traffic.rate_per_s.max(1);
     let batch_events = scenario.traffic.batch_events.max(1);
     let requests =
@@ -202,6 +227,23 @@ async fn drive(scenario: &Scenario, base: &str, connections: usize) -> anyhow::R
     }));
     let permits = Arc::new(tokio::sync::Semaphore::new(connections));
     let mut tasks = tokio::task::JoinSet::new();
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (stop_watching, watching) = tokio::sync::watch::channel(false);
+    let watcher = tokio::spawn(super::http_monitor::watch_server(
+        client.clone(),
+        base.to_owned(),
+        accepted.clone(),
+        start,
+        watching.clone(),
+    ));
+    let signer = signer_from_env();
+    let sampler = tokio::spawn(super::http_monitor::sample_freshness(
+        client.clone(),
+        base.to_owned(),
+        scenario.clone(),
+        move |event| ndjson_line(event, &signer),
+        watching,
+    ));
     for index in 0..requests {
         let intended = start + interval * index as u32;
         tokio::time::sleep_until(intended.into()).await;
@@ -212,7 +254,8 @@ async fn drive(scenario: &Scenario, base: &str, connections: usize) -> anyhow::R
         let body = tokio::task::spawn_blocking(move || bodies.lock().expect("bodies").recv())
             .await?
             .context("the body generator stopped early")?;
-        let (client, url, tally) = (client.clone(), url.clone(), tally.clone());
+        let (client, url, tally, accepted) =
+            (client.clone(), url.clone(), tally.clone(), accepted.clone());
         tasks.spawn(async move {
             let sent = Instant::now();
             let result = client
@@ -248,6 +291,7 @@ async fn drive(scenario: &Scenario, base: &str, connections: usize) -> anyhow::R
                 Ok((status, body)) if status.is_success() || status.as_u16() == 400 => {
                     tally.requests_ok += 1;
                     if let Ok(answer) = serde_json::from_slice::<IngestAnswer>(&body) {
+                        accepted.fetch_add(answer.accepted, std::sync::atomic::Ordering::Relaxed);
                         tally.events_accepted += answer.accepted;
                         tally.events_rejected += answer.rejected;
                     }
@@ -261,8 +305,22 @@ async fn drive(scenario: &Scenario, base: &str, connections: usize) -> anyhow::R
     }
     while tasks.join_next().await.is_some() {}
     let elapsed = start.elapsed().as_secs_f64();
+    // Let the workers catch up (when the target answers /v1/freshness), then stop watching.
+    let drain_started = Instant::now();
+    while let Some(answer) = super::http_monitor::freshness(&client, base).await {
+        if super::http_monitor::drained(&answer)
+            || drain_started.elapsed() > Duration::from_secs(60)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let drain_ms = drain_started.elapsed().as_millis() as u64;
+    let _ = stop_watching.send(true);
+    let (timeline, last) = watcher.await?;
+    let (freshness_ms, _) = sampler.await?;
     let tally = tally.lock().expect("tally lock");
-    Ok(LoadReport {
+    let report = LoadReport {
         scenario: scenario.name.clone(),
         target: base.to_owned(),
         connections,
@@ -277,7 +335,104 @@ async fn drive(scenario: &Scenario, base: &str, connections: usize) -> anyhow::R
         requests_failed: tally.requests_failed,
         ack_latency_ms: percentiles(tally.corrected_us.as_ref().expect("set")),
         ack_latency_raw_ms: percentiles(tally.raw_us.as_ref().expect("set")),
-    })
+    };
+    let run_report = http_run_report(
+        scenario,
+        &report,
+        &tally,
+        (timeline, last, freshness_ms),
+        drain_ms,
+    );
+    Ok((report, run_report))
+}
+
+/// The same report shape as an in-process run, from what an HTTP client can see.
+fn http_run_report(
+    scenario: &Scenario,
+    report: &LoadReport,
+    tally: &Tally,
+    (timeline, last, freshness_ms): (
+        Vec<adclick_sim::measure::TimelinePoint>,
+        Option<adclick_server::api::Freshness>,
+        adclick_sim::measure::Distribution,
+    ),
+    drain_ms: u64,
+) -> adclick_sim::run::RunReport {
+    use adclick_sim::oracle::Verdict;
+    let statuses: Vec<_> = last
+        .as_ref()
+        .map(|answer| answer.partitions.iter().filter_map(|p| p.status).collect())
+        .unwrap_or_default();
+    let sum = |field: fn(&adclick_core::snapshot::PartitionStats) -> u64| {
+        statuses
+            .iter()
+            .map(|status| field(&status.stats))
+            .sum::<u64>()
+    };
+    let drained = last.as_ref().is_some_and(super::http_monitor::drained);
+    let needed = 0.95 * report.target_rate_per_s as f64;
+    let verdicts = vec![
+        Verdict {
+            invariant: "rate",
+            holds: report.achieved_rate_per_s >= needed,
+            checked: true,
+            detail: format!(
+                "sustained {:.0}/s, needed {needed:.0}/s",
+                report.achieved_rate_per_s
+            ),
+        },
+        Verdict {
+            invariant: "drained",
+            holds: drained,
+            checked: last.is_some(),
+            detail: format!(
+                "every partition committed up to the log's end {drain_ms} ms after the load"
+            ),
+        },
+        Verdict::skipped(
+            "exactly_once",
+            "checked by in-process runs and the simulator; an HTTP client cannot see the log",
+        ),
+    ];
+    adclick_sim::run::RunReport {
+        scenario: scenario.name.clone(),
+        seed: scenario.seed,
+        partitions: last
+            .as_ref()
+            .map_or(0, |answer| answer.partitions.len() as u32),
+        target_rate_per_s: report.target_rate_per_s,
+        traffic_s: report.duration_s,
+        generated: (report.target_rate_per_s as f64 * scenario.traffic.duration_s) as u64,
+        accepted: report.events_accepted,
+        rejected: report.events_rejected,
+        busy_answers: tally.requests_busy,
+        achieved_rate_per_s: report.achieved_rate_per_s,
+        duplicates_dropped: sum(|stats| stats.duplicates),
+        late_clicks: sum(|stats| stats.late),
+        fraud_clicks: sum(|stats| {
+            stats.fraud_known_ip + stats.fraud_known_user_agent + stats.fraud_rate
+        }),
+        unique_billable_clicks: 0,
+        worker_crashes_injected: 0,
+        worker_restarts: 0,
+        store_errors_injected: 0,
+        drain_ms,
+        passed: verdicts.iter().all(|verdict| verdict.holds),
+        verdicts,
+        measurements: adclick_sim::measure::Measurements {
+            ack_latency_ms: adclick_sim::measure::distribution(
+                tally.corrected_us.as_ref().expect("set"),
+            ),
+            ack_latency_raw_ms: adclick_sim::measure::distribution(
+                tally.raw_us.as_ref().expect("set"),
+            ),
+            freshness_ms,
+            timeline,
+            faults: Vec::new(),
+            partition_records: statuses.iter().map(|status| status.stats.records).collect(),
+        },
+        artifacts: None,
+    }
 }
 
 fn print_report(report: &LoadReport) {

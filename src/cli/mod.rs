@@ -3,6 +3,7 @@
 pub mod aggregate;
 pub mod billing;
 pub mod billing_check;
+pub mod http_monitor;
 pub mod load;
 pub mod report;
 pub mod run;
