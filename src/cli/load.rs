@@ -68,7 +68,7 @@ pub struct Percentiles {
     pub max: f64,
 }
 
-fn percentiles(histogram: &Histogram<u64>) -> Percentiles {
+pub fn percentiles(histogram: &Histogram<u64>) -> Percentiles {
     let ms = |us: u64| us as f64 / 1000.0;
     Percentiles {
         p50: ms(histogram.value_at_quantile(0.50)),
@@ -91,11 +91,22 @@ pub fn main(
     report_dir: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
     let scenario = Scenario::load(scenario_path)?;
+    if target.starts_with("kafka://") {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let report = runtime.block_on(super::load_kafka::drive(&scenario, target, connections))?;
+        print_report(&report);
+        if let Some(path) = json {
+            std::fs::write(path, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("--json {}", path.display()))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let base = target.trim_end_matches('/').to_owned();
     if !base.starts_with("http://") {
         anyhow::bail!(
-            "--target {target:?}: only http://HOST:PORT targets exist so far (inproc and kafka \
-             targets come with the load generator issue)"
+            "--target {target:?}: use inproc, http://HOST:PORT or kafka://BROKERS/TOPIC?partitions=N"
         );
     }
     anyhow::ensure!(connections > 0, "--connections must be at least 1");

@@ -1,0 +1,160 @@
+//! `adclick load SCENARIO --target kafka://BROKERS/TOPIC?partitions=N`: produces the scenario's
+//! clicks straight into a Kafka-protocol topic with the engine's own producer (rdkafka,
+//! idempotent, keyed by campaign), open loop, and reports the produce-ack latency from the
+//! intended send time. Workers of an `adclick serve` on that topic then count them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use adclick_engine::clock::SystemClock;
+use adclick_engine::scenario::Scenario;
+use adclick_engine::seams::{AppendBatch, Clock, Log, RecordBlock};
+use adclick_io::kafka::{KafkaConfig, KafkaLog, create_topic};
+use adclick_loadgen::{GeneratedBatch, Generator};
+use anyhow::Context;
+use hdrhistogram::Histogram;
+
+/// `kafka://host:port[,host:port]/topic?partitions=N`
+fn parse_target(target: &str) -> anyhow::Result<(String, String, u32)> {
+    let rest = target
+        .strip_prefix("kafka://")
+        .context("a kafka target starts with kafka://")?;
+    let (brokers, path) = rest
+        .split_once('/')
+        .context("--target kafka://BROKERS/TOPIC?partitions=N: the topic is missing")?;
+    let (topic, query) = path.split_once('?').unwrap_or((path, ""));
+    let partitions = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("partitions="))
+        .context("--target kafka://BROKERS/TOPIC?partitions=N: partitions is missing")?
+        .parse()
+        .context("partitions must be a positive integer")?;
+    anyhow::ensure!(!topic.is_empty(), "--target {target}: the topic is empty");
+    Ok((brokers.to_owned(), topic.to_owned(), partitions))
+}
+
+pub async fn drive(
+    scenario: &Scenario,
+    target: &str,
+    in_flight_max: usize,
+) -> anyhow::Result<super::load::LoadReport> {
+    let (brokers, topic, partitions) = parse_target(target)?;
+    let config = KafkaConfig::new(&brokers, &topic, partitions, &format!("{topic}-load"));
+    if let Err(error) = create_topic(&config, 1).await {
+        tracing::warn!(%error, "could not create the topic; it may exist already");
+    }
+    let log = Arc::new(KafkaLog::connect(config).await?);
+    let rate = scenario.traffic.rate_per_s.max(1);
+    let batch_events = scenario.traffic.batch_events.max(1);
+    let requests =
+        ((rate as f64 * scenario.traffic.duration_s) / batch_events as f64).ceil() as u64;
+    let interval = Duration::from_secs_f64(batch_events as f64 / rate as f64);
+    eprintln!(
+        "load {}: {rate} clicks/s for {} s into kafka topic {topic} ({partitions} partitions), {batch_events} per batch (open loop)",
+        scenario.name, scenario.traffic.duration_s
+    );
+    let mut generator = Generator::new(scenario);
+    let histograms = Arc::new(std::sync::Mutex::new((
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
+        0u64,
+        0u64,
+    )));
+    let permits = Arc::new(tokio::sync::Semaphore::new(in_flight_max));
+    let mut tasks = tokio::task::JoinSet::new();
+    let start = Instant::now() + Duration::from_millis(200);
+    let start_wall_ms = SystemClock.now_ms() + 200;
+    let mut sequences = vec![0u64; partitions as usize];
+    for index in 0..requests {
+        let intended = start + interval * index as u32;
+        tokio::time::sleep_until(intended.into()).await;
+        let permit = permits.clone().acquire_owned().await?;
+        let offset_ms = (interval * index as u32).as_millis() as u64;
+        let mut batch = GeneratedBatch::default();
+        generator.next_batch(
+            start_wall_ms + offset_ms,
+            offset_ms,
+            batch_events,
+            &mut batch,
+        );
+        let count = batch.events.len() as u64;
+        let mut appends = Vec::new();
+        for (partition, block) in RecordBlock::route(&batch.events, partitions)
+            .into_iter()
+            .enumerate()
+            .filter(|(_, block)| !block.is_empty())
+        {
+            let first_sequence = sequences[partition];
+            sequences[partition] += block.len() as u64;
+            appends.push((
+                adclick_core::ids::PartitionId(partition as u32),
+                AppendBatch {
+                    producer_id: 1,
+                    first_sequence,
+                    records: block,
+                },
+            ));
+        }
+        let (log, histograms) = (log.clone(), histograms.clone());
+        tasks.spawn(async move {
+            let sent = Instant::now();
+            let results = futures::future::join_all(
+                appends
+                    .into_iter()
+                    .map(|(partition, batch)| log.append(partition, batch)),
+            )
+            .await;
+            let done = Instant::now();
+            drop(permit);
+            let mut histograms = histograms.lock().expect("histogram lock");
+            let corrected = done.duration_since(intended).as_micros() as u64;
+            let raw = done.duration_since(sent).as_micros() as u64;
+            histograms.0.saturating_record(corrected.max(1));
+            histograms.1.saturating_record(raw.max(1));
+            if results.iter().all(Result::is_ok) {
+                histograms.2 += count;
+            } else {
+                histograms.3 += 1;
+            }
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = start.elapsed().as_secs_f64();
+    let histograms = histograms.lock().expect("histogram lock");
+    Ok(super::load::LoadReport {
+        scenario: scenario.name.clone(),
+        target: target.to_owned(),
+        connections: in_flight_max,
+        batch_events,
+        target_rate_per_s: rate,
+        achieved_rate_per_s: histograms.2 as f64 / elapsed,
+        duration_s: elapsed,
+        events_accepted: histograms.2,
+        events_rejected: 0,
+        requests_ok: requests - histograms.3,
+        requests_busy: 0,
+        requests_failed: histograms.3,
+        ack_latency_ms: super::load::percentiles(&histograms.0),
+        ack_latency_raw_ms: super::load::percentiles(&histograms.1),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_targets_parse_and_say_what_is_missing() {
+        assert_eq!(
+            parse_target("kafka://a:9092,b:9092/clicks?partitions=8").unwrap(),
+            ("a:9092,b:9092".into(), "clicks".into(), 8)
+        );
+        let error = parse_target("kafka://a:9092/clicks").unwrap_err();
+        assert!(
+            error.to_string().contains("partitions is missing"),
+            "{error}"
+        );
+        assert!(parse_target("kafka://a:9092").is_err());
+    }
+}
