@@ -139,12 +139,21 @@ fn main() -> ExitCode {
             json,
         } => {
             if max_rate_search {
-                if target != "inproc" {
-                    return fail("--max-rate-search runs with --target inproc only, for now");
-                }
+                let search_target = if target == "inproc" {
+                    cli::search::SearchTarget::Inproc
+                } else if target.starts_with("http://") {
+                    cli::search::SearchTarget::Http {
+                        base: target.trim_end_matches('/').to_owned(),
+                        connections,
+                    }
+                } else {
+                    return fail("--max-rate-search runs with --target inproc or http://HOST:PORT");
+                };
                 adclick_engine::scenario::Scenario::load(&scenario)
                     .map_err(anyhow::Error::from)
-                    .and_then(|scenario| cli::search::main(&scenario, trial_s, 8, json.as_deref()))
+                    .and_then(|scenario| {
+                        cli::search::main(&scenario, search_target, trial_s, 8, json.as_deref())
+                    })
             } else if target == "inproc" {
                 cli::run::main(&scenario, json.as_deref(), true, None, Some(&report_dir))
             } else {

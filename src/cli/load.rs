@@ -209,7 +209,7 @@ fn ndjson_line(event: &adclick_core::event::ClickEvent, signer: &Signer) -> Vec<
 
 type Signer = Option<(String, adclick_core::signing::SigningKeys)>;
 
-async fn drive(
+pub async fn drive(
     scenario: &Scenario,
     base: &str,
     connections: usize,
@@ -318,17 +318,21 @@ async fn drive(
     let elapsed = start.elapsed().as_secs_f64();
     // Let the workers catch up (when the target answers /v1/freshness), then stop watching.
     let drain_started = Instant::now();
+    let mut after_drain = None;
     while let Some(answer) = super::http_monitor::freshness(&client, base).await {
-        if super::http_monitor::drained(&answer)
-            || drain_started.elapsed() > Duration::from_secs(60)
-        {
+        let done = super::http_monitor::drained(&answer)
+            || drain_started.elapsed() > Duration::from_secs(60);
+        after_drain = Some(answer);
+        if done {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let drain_ms = drain_started.elapsed().as_millis() as u64;
     let _ = stop_watching.send(true);
-    let (timeline, last) = watcher.await?;
+    let (timeline, last_watched) = watcher.await?;
+    // The drain's own last answer is newer than the watcher's.
+    let last = after_drain.or(last_watched);
     let (freshness_ms, _) = sampler.await?;
     let tally = tally.lock().expect("tally lock");
     let report = LoadReport {

@@ -30,8 +30,16 @@ struct Search {
     trials: Vec<Trial>,
 }
 
+/// Where a trial runs: the whole engine in process (every invariant checked by the oracle), or a
+/// running `adclick serve` over HTTP (the rate, and every partition drained afterwards).
+pub enum SearchTarget {
+    Inproc,
+    Http { base: String, connections: usize },
+}
+
 pub fn main(
     scenario: &Scenario,
+    target: SearchTarget,
     trial_s: f64,
     trials_max: usize,
     json: Option<&std::path::Path>,
@@ -65,7 +73,18 @@ pub fn main(
         trial.traffic.rate_per_s = rate;
         trial.traffic.duration_s = trial_s;
         trial.expect.min_rate_fraction = 0.95;
-        let report = runtime.block_on(run_scenario(&trial, RunOptions::default()))?;
+        let report = match &target {
+            SearchTarget::Inproc => {
+                runtime.block_on(run_scenario(&trial, RunOptions::default()))?
+            }
+            SearchTarget::Http { base, connections } => {
+                // A fresh seed per trial, so no trial's clicks are resends of another's.
+                trial.seed = scenario.seed.wrapping_add(trials.len() as u64 + 1);
+                runtime
+                    .block_on(super::load::drive(&trial, base, *connections))?
+                    .1
+            }
+        };
         let ack_p99_ms = report.measurements.ack_latency_ms.summary.p99;
         let invariants_hold = report.passed;
         let holds = invariants_hold && (bound <= 0.0 || ack_p99_ms <= bound);
