@@ -6,9 +6,9 @@ use std::sync::Arc;
 use adclick_core::billing::{BillKey, BillableClick, HourBill, PeriodBiller};
 use adclick_core::codec;
 use adclick_core::fraud::FraudList;
-use adclick_core::ids::{CampaignId, Offset, PartitionId};
+use adclick_core::ids::{CampaignId, PartitionId};
 use adclick_core::limits::HOUR_MS;
-use adclick_engine::seams::{BlobStore, Log};
+use adclick_engine::seams::{BlobStore, Log, read_partition};
 
 use crate::store::{BilledRow, BillingStore, BillingStoreError, RunRecord};
 
@@ -101,25 +101,14 @@ pub async fn feed_from_log(
             .end_offset(partition)
             .await
             .map_err(|error| BillingError::Input(error.to_string()))?;
-        let mut offset = Offset(0);
-        while offset < end {
-            let batches = log
-                .read(partition, offset, 65_536)
-                .await
-                .map_err(|error| BillingError::Input(error.to_string()))?;
-            if batches.is_empty() {
-                break;
+        // Undecodable records are counted by the workers; billing skips them too.
+        read_partition(log, partition, end, |_, bytes| {
+            if let Ok(click) = codec::decode(bytes) {
+                biller.on_click(partition, (&click).into());
             }
-            for batch in &batches {
-                for (record_offset, bytes) in batch.iter() {
-                    offset = Offset(record_offset.0 + 1);
-                    // Undecodable records are counted by the workers; billing skips them too.
-                    if let Ok(click) = codec::decode(bytes) {
-                        biller.on_click(partition, (&click).into());
-                    }
-                }
-            }
-        }
+        })
+        .await
+        .map_err(|error| BillingError::Input(error.to_string()))?;
         inputs.push(format!("log/p{}@0..{}", partition.0, end.0));
     }
     Ok(inputs)

@@ -185,6 +185,36 @@ pub trait Log: Send + Sync {
     async fn end_offset(&self, partition: PartitionId) -> Result<Offset, LogError>;
 }
 
+/// Reads a partition from offset 0 until `end`, in offset order, handing each record to
+/// `visit`. For whole-log readers (the oracle, billing from a log). A log that stops returning
+/// records before `end` is an error, never a silently short read.
+pub async fn read_partition(
+    log: &dyn Log,
+    partition: PartitionId,
+    end: Offset,
+    mut visit: impl FnMut(Offset, &[u8]),
+) -> Result<(), LogError> {
+    let mut offset = Offset(0);
+    while offset < end {
+        let batches = log.read(partition, offset, 65_536).await?;
+        if batches.is_empty() {
+            return Err(LogError::Unavailable {
+                message: format!(
+                    "partition {partition}: the log ends at {} but reads stop at {}",
+                    end.0, offset.0
+                ),
+            });
+        }
+        for batch in &batches {
+            for (record_offset, bytes) in batch.iter() {
+                offset = Offset(record_offset.0 + 1);
+                visit(record_offset, bytes);
+            }
+        }
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     #[error(

@@ -419,19 +419,11 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
         .map(|(_, counts)| counts.unique)
         .sum();
     let passed = verdicts.iter().all(|verdict| verdict.holds);
-    let mut expected_hours = std::collections::BTreeMap::new();
-    for (series, counts) in &expected.series {
-        if let adclick_core::operator::Series::Hour(hour) = series {
-            *expected_hours
-                .entry((hour.campaign_id, hour.hour_start_ms))
-                .or_insert(0) += counts.unique;
-        }
-    }
     let artifacts = Some(RunArtifacts {
         log: log.clone(),
         scan: scan.clone(),
         fraud_list: fraud_list.clone(),
-        expected_hours,
+        expected_hours: expected.unique_by_campaign_hour(),
     });
     Ok(RunReport {
         scenario: scenario.name.clone(),

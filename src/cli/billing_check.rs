@@ -92,28 +92,7 @@ async fn check(scenario: &Scenario, artifacts: &RunArtifacts) -> anyhow::Result<
             )
         })
         .collect();
-    let expected: BTreeMap<(CampaignId, u64), u64> = artifacts
-        .expected_hours
-        .iter()
-        .filter(|(_, unique)| **unique > 0)
-        .map(|(key, unique)| (*key, *unique))
-        .collect();
-    let mismatches: Vec<String> = expected
-        .keys()
-        .chain(billed.keys())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .filter(|key| expected.get(key) != billed.get(key))
-        .take(3)
-        .map(|(campaign, hour)| {
-            format!(
-                "campaign {} hour {hour}: billed {:?}, oracle {:?}",
-                campaign.0,
-                billed.get(&(*campaign, *hour)),
-                expected.get(&(*campaign, *hour))
-            )
-        })
-        .collect();
+    let mismatches = adclick_sim::oracle::billing_mismatches(&artifacts.expected_hours, &billed);
 
     let reconciliation = reconcile(
         &artifacts.scan,

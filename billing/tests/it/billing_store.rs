@@ -9,7 +9,6 @@ use adclick_core::billing::{BillKey, HourBill};
 use adclick_core::fraud::FraudList;
 use adclick_core::ids::*;
 use adclick_core::limits::HOUR_MS;
-use adclick_core::operator::Series;
 use adclick_engine::embedded::MemoryLog;
 use adclick_engine::scenario::Scenario;
 use adclick_engine::seams::{AppendBatch, RecordBlock};
@@ -96,17 +95,19 @@ async fn oracle_billable(
     let expected = oracle::expected_from_log(log, list, &scenario.aggregator_config(), false)
         .await
         .unwrap();
-    let mut billable = BTreeMap::new();
-    for (series, counts) in &expected.series {
-        if let Series::Hour(hour) = series {
-            let key = BillKey {
-                campaign_id: hour.campaign_id,
-                hour_start_ms: hour.hour_start_ms,
-            };
-            *billable.entry(key).or_insert(0) += counts.unique;
-        }
-    }
-    billable
+    expected
+        .unique_by_campaign_hour()
+        .into_iter()
+        .map(|((campaign_id, hour_start_ms), unique)| {
+            (
+                BillKey {
+                    campaign_id,
+                    hour_start_ms,
+                },
+                unique,
+            )
+        })
+        .collect()
 }
 
 fn postgres_config(schema: &str) -> String {
