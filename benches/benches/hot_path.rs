@@ -994,6 +994,9 @@ struct ChainDriver {
     /// Every change of the dedup table's allocation: (records so far, len, bytes before, after,
     /// time of the batch that did it).
     dedup_growths: Vec<(u64, usize, usize, usize, Duration)>,
+    /// Bytes per retained dedup id after each batch since warm-up: (min, sum, max, samples).
+    /// Bucketed expiry makes it a sawtooth, so one end-of-run figure would be arbitrary.
+    dedup_bytes_per_id: (f64, f64, f64, u64),
 }
 
 fn chain_config() -> AggregatorConfig {
@@ -1032,6 +1035,7 @@ impl ChainDriver {
             times: ChainTimes::default(),
             dedup_bytes: 0,
             dedup_growths: Vec::new(),
+            dedup_bytes_per_id: (f64::MAX, 0.0, 0.0, 0),
         };
         driver.dedup_bytes = driver.aggregator.dedup().allocated_bytes();
         // Fill dedup to its steady size: the horizon plus a few epochs of event time.
@@ -1040,6 +1044,7 @@ impl ChainDriver {
             driver.run_batch();
         }
         driver.times = ChainTimes::default();
+        driver.dedup_bytes_per_id = (f64::MAX, 0.0, 0.0, 0);
         driver
     }
 
@@ -1093,6 +1098,14 @@ impl ChainDriver {
             ));
             self.dedup_bytes = dedup_bytes;
         }
+        let per_id = dedup_bytes as f64 / self.aggregator.dedup().len().max(1) as f64;
+        let (low, sum, high, samples) = &mut self.dedup_bytes_per_id;
+        (*low, *sum, *high, *samples) = (
+            low.min(per_id),
+            *sum + per_id,
+            high.max(per_id),
+            *samples + 1,
+        );
         if !self.times.batches.is_multiple_of(BATCHES_PER_EPOCH) {
             return batch_done - start;
         }
@@ -1217,6 +1230,11 @@ impl ChainDriver {
             mb(dedup.allocated_bytes()),
             dedup.allocated_bytes() as f64 / dedup.len() as f64,
             dedup.stats()
+        ));
+        let (low, sum, high, samples) = self.dedup_bytes_per_id;
+        print(&format!(
+            "whole_chain: dedup bytes per retained id over {samples} batches: min {low:.2}, mean {:.2}, max {high:.2}",
+            sum / samples.max(1) as f64
         ));
         for (records, len, before, after, took) in &self.dedup_growths {
             print(&format!(

@@ -21,6 +21,9 @@ pub const DEDUP_HORIZON_MS_DEFAULT: u64 = 180_000;
 /// 20 s longer (measured in reports/2026-11-28-rust-svc/criterion-hot-path.md).
 pub const DEDUP_BUCKET_MS_DEFAULT: u64 = 30_000;
 /// Retained click ids per partition. 2^24 * 7/8 fills a power-of-two table to its max load.
+/// A dedup horizon holds at most this many buckets, so that every retained id's bucket fits the
+/// table's one-byte tag (255 buckets of span) with room for the watermark to move in an epoch.
+pub const DEDUP_BUCKETS_PER_HORIZON_MAX: u64 = 100;
 pub const DEDUP_IDS_PER_PARTITION_MAX_DEFAULT: usize = (1 << 24) / 8 * 7;
 /// Late-event counts per window are kept (and rewritten absolutely) for this long.
 pub const LATE_RETENTION_MS_DEFAULT: u64 = 86_400_000;

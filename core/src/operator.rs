@@ -20,6 +20,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
 use crate::dedup::{DedupConfig, DedupOutcome, DedupSet};
+
+/// How many records ahead `on_batch` prefetches dedup slots. Far enough to cover a DRAM miss
+/// (a few hundred ns) at tens of ns per record, near enough that the line is still cached.
+const PREFETCH_DISTANCE: usize = 16;
 use crate::event::ClickView;
 use crate::fraud::{FraudList, FraudRegistry, FraudVerdict, RateRule};
 use crate::ids::*;
@@ -224,9 +228,18 @@ impl PartitionAggregator {
         processing_ms: u64,
     ) -> Vec<(Offset, CodecError)> {
         let mut undecodable = Vec::new();
-        let mut any = false;
-        for (offset, bytes) in records {
-            any = true;
+        // The batch is read ahead so that each click's dedup slot is requested from memory
+        // `PREFETCH_DISTANCE` clicks before it is needed: a fresh id's slot is almost always a
+        // cache miss, and this overlaps those misses instead of paying them one after another.
+        let records: Vec<(Offset, &'a [u8])> = records.into_iter().collect();
+        let any = !records.is_empty();
+        for (index, &(offset, bytes)) in records.iter().enumerate() {
+            if let Some(ahead) = records
+                .get(index + PREFETCH_DISTANCE)
+                .and_then(|(_, bytes)| codec::peek_click_id(bytes))
+            {
+                self.dedup.prefetch(ahead);
+            }
             match codec::decode(bytes) {
                 Ok(click) => self.on_click(offset, &click),
                 Err(error) => {

@@ -1,0 +1,557 @@
+//! Exact dedup by click id within a bounded event-time horizon.
+//!
+//! One open-addressing table (`table`) holds 18 bytes a slot per retained id: the full 128-bit
+//! click id (compared in full, so no false duplicates), a fingerprint byte that lets most lookups
+//! skip the ids, and a one-byte tag for the event-time bucket the id expires with, relative to a
+//! base bucket. Pre-sized for `ids_expected` at 85% load, that is 21.2 bytes per id, and it stays
+//! so in steady state: expiry leaves no tombstones.
+//! Expiry is driven by the watermark: a bucket goes once the watermark is past its end plus the
+//! horizon. Ids expire a bucket at a time, in one sequential sweep, at barriers.
+//!
+//! Memory is bounded by `ids_max`. At the bound the oldest buckets are evicted early (the
+//! effective horizon shrinks and `early_evictions` counts it); if even that frees nothing, a new
+//! id is counted but not remembered (`unremembered`). Either way nothing is dropped, and billing,
+//! which dedupes over its whole period, explains the difference as a duplicate beyond the horizon.
+//!
+//! **Invariant:** the set's behaviour depends only on the sequence of inserts and watermarks, so a
+//! replay makes identical decisions. The hasher has a fixed seed and no iteration order leaks.
+
+mod table;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::ClickId;
+use crate::limits;
+use table::{IdTable, Lookup};
+
+/// What `make_tag_room` did.
+enum TagRoom {
+    Fits,
+    /// Fits after a sweep, which moved ids: an earlier lookup's vacancy is stale.
+    Rebased,
+    NoRoom,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupConfig {
+    pub horizon_ms: u64,
+    pub bucket_ms: u64,
+    /// The bound on retained ids.
+    pub ids_max: usize,
+    /// The table is pre-sized for this many ids, so that steady state never rehashes.
+    pub ids_expected: usize,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig {
+            horizon_ms: limits::DEDUP_HORIZON_MS_DEFAULT,
+            bucket_ms: limits::DEDUP_BUCKET_MS_DEFAULT,
+            ids_max: limits::DEDUP_IDS_PER_PARTITION_MAX_DEFAULT,
+            ids_expected: 1 << 16,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DedupConfigError {
+    #[error("dedup bucket_ms {bucket_ms} must be positive and divide horizon_ms {horizon_ms}")]
+    Bucket { bucket_ms: u64, horizon_ms: u64 },
+    #[error(
+        "dedup horizon_ms {horizon_ms} spans {buckets} buckets of bucket_ms {bucket_ms}; the limit is {limit}: make bucket_ms larger"
+    )]
+    TooManyBuckets {
+        horizon_ms: u64,
+        bucket_ms: u64,
+        buckets: u64,
+        limit: u64,
+    },
+    #[error("dedup ids_max {ids_max} must be at least 1 and at least ids_expected {ids_expected}")]
+    Bound { ids_max: usize, ids_expected: usize },
+}
+
+impl DedupConfig {
+    pub fn validate(&self) -> Result<(), DedupConfigError> {
+        if self.bucket_ms == 0 || !self.horizon_ms.is_multiple_of(self.bucket_ms) {
+            return Err(DedupConfigError::Bucket {
+                bucket_ms: self.bucket_ms,
+                horizon_ms: self.horizon_ms,
+            });
+        }
+        let buckets = self.horizon_ms / self.bucket_ms;
+        if buckets > limits::DEDUP_BUCKETS_PER_HORIZON_MAX {
+            return Err(DedupConfigError::TooManyBuckets {
+                horizon_ms: self.horizon_ms,
+                bucket_ms: self.bucket_ms,
+                buckets,
+                limit: limits::DEDUP_BUCKETS_PER_HORIZON_MAX,
+            });
+        }
+        if self.ids_max == 0 || self.ids_max < self.ids_expected {
+            return Err(DedupConfigError::Bound {
+                ids_max: self.ids_max,
+                ids_expected: self.ids_expected,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What dedup decided about one click.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DedupOutcome {
+    New,
+    Duplicate,
+}
+
+/// Counters that explain what the bound did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupStats {
+    pub early_evictions: u64,
+    pub unremembered: u64,
+}
+
+/// The widest span of buckets the table's one-byte tags can tell apart.
+const TAG_SPAN: u32 = u8::MAX as u32;
+
+pub struct DedupSet {
+    config: DedupConfig,
+    table: IdTable,
+    /// The bucket a tag of 0 stands for.
+    base_bucket: u32,
+    /// Buckets below this are gone (expired or evicted).
+    cutoff_bucket: u32,
+    /// The oldest and newest bucket in `table`, when it holds anything.
+    table_min_bucket: u32,
+    table_max_bucket: u32,
+    /// Ids the table cannot hold, by bucket: the nil id (the table's empty marker; validation
+    /// rejects nil ids but the codec does not) and ids whose bucket lies more than `TAG_SPAN`
+    /// buckets from the table's (an event-time jump of hours at the default 30 s buckets).
+    /// Normally empty; ordered, so nothing about it depends on a hasher.
+    aside: BTreeMap<u128, u32>,
+    /// Ids inserted since the last `take_journal`: the dedup part of a delta checkpoint.
+    journal: Vec<(ClickId, u32)>,
+    stats: DedupStats,
+}
+
+impl DedupSet {
+    pub fn new(config: DedupConfig) -> DedupSet {
+        config
+            .validate()
+            .expect("dedup config is validated before use");
+        DedupSet {
+            config,
+            table: IdTable::with_capacity(config.ids_expected),
+            base_bucket: 0,
+            cutoff_bucket: 0,
+            table_min_bucket: u32::MAX,
+            table_max_bucket: 0,
+            aside: BTreeMap::new(),
+            journal: Vec::new(),
+            stats: DedupStats::default(),
+        }
+    }
+
+    fn bucket_of(&self, event_time_ms: u64) -> u32 {
+        u32::try_from(event_time_ms / self.config.bucket_ms).unwrap_or(u32::MAX)
+    }
+
+    /// Starts loading the memory `insert(click_id, ..)` will touch. A hint: no effect on results.
+    /// Callers that know the next few ids (a batch) hide most of a cache miss per id with it.
+    #[inline]
+    pub fn prefetch(&self, click_id: ClickId) {
+        self.table.prefetch(self.table.hash(click_id.0));
+    }
+
+    /// Remembers the click and says whether it was seen before.
+    pub fn insert(&mut self, click_id: ClickId, event_time_ms: u64) -> DedupOutcome {
+        let hash = self.table.hash(click_id.0);
+        // One probe both answers "seen?" and finds the slot a new id goes to.
+        self.table.reserve_one();
+        let vacant = match self.lookup(hash, click_id) {
+            Lookup::Found => return DedupOutcome::Duplicate,
+            Lookup::Vacant(index) => index,
+        };
+        // An id whose bucket is already below the cutoff would be expired at once: it is counted
+        // as new, and not kept.
+        let bucket = self.bucket_of(event_time_ms);
+        if bucket < self.cutoff_bucket {
+            return DedupOutcome::New;
+        }
+        let mut vacancy_holds = true;
+        if self.len() >= self.config.ids_max {
+            if !self.evict_oldest_bucket() {
+                self.stats.unremembered += 1;
+                return DedupOutcome::New;
+            }
+            vacancy_holds = false;
+        }
+        self.store(hash, click_id, bucket, vacancy_holds.then_some(vacant));
+        self.journal.push((click_id, bucket));
+        DedupOutcome::New
+    }
+
+    /// The table's answer, or for the nil id and ids aside, theirs (`Vacant` in a slot that
+    /// only a non-nil id may take).
+    fn lookup(&self, hash: u64, click_id: ClickId) -> Lookup {
+        if !self.aside.is_empty() && self.aside.contains_key(&click_id.0) {
+            return Lookup::Found;
+        }
+        if click_id.0 == 0 {
+            return Lookup::Vacant(usize::MAX);
+        }
+        self.table.lookup(hash, click_id.0)
+    }
+
+    fn contains(&self, hash: u64, click_id: ClickId) -> bool {
+        self.lookup(hash, click_id) == Lookup::Found
+    }
+
+    /// Stores an id known to be absent, in the table when its bucket fits the tags' span
+    /// (rebasing the tags if that makes it fit), else aside. `vacant` is the slot a lookup just
+    /// found for it, if nothing moved since.
+    fn store(&mut self, hash: u64, click_id: ClickId, bucket: u32, vacant: Option<usize>) {
+        if click_id.0 == 0 {
+            self.aside.insert(click_id.0, bucket);
+            return;
+        }
+        match self.make_tag_room(bucket) {
+            TagRoom::NoRoom => {
+                self.aside.insert(click_id.0, bucket);
+                return;
+            }
+            TagRoom::Fits if vacant.is_some() => {
+                let tag = (bucket - self.base_bucket) as u8;
+                self.table
+                    .insert_at(vacant.unwrap_or_default(), hash, click_id.0, tag);
+            }
+            TagRoom::Fits | TagRoom::Rebased => {
+                let tag = (bucket - self.base_bucket) as u8;
+                self.table.find_or_insert(hash, click_id.0, tag);
+            }
+        }
+        self.table_min_bucket = self.table_min_bucket.min(bucket);
+        self.table_max_bucket = self.table_max_bucket.max(bucket);
+    }
+
+    /// Makes `bucket` expressible as a tag, rebasing the tags (a sweep, which moves ids) if
+    /// needed.
+    fn make_tag_room(&mut self, bucket: u32) -> TagRoom {
+        if self.table.len() == 0 {
+            self.base_bucket = bucket;
+            return TagRoom::Fits;
+        }
+        if bucket >= self.base_bucket && bucket - self.base_bucket <= TAG_SPAN {
+            return TagRoom::Fits;
+        }
+        let new_min = self.table_min_bucket.min(bucket);
+        if self.table_max_bucket.max(bucket) - new_min > TAG_SPAN {
+            return TagRoom::NoRoom;
+        }
+        self.sweep(new_min);
+        TagRoom::Rebased
+    }
+
+    /// The oldest and newest bucket held anywhere, if anything is held.
+    fn bucket_range(&self) -> Option<(u32, u32)> {
+        let table =
+            (self.table.len() > 0).then_some((self.table_min_bucket, self.table_max_bucket));
+        self.aside
+            .values()
+            .map(|&bucket| (bucket, bucket))
+            .chain(table)
+            .reduce(|(low, high), (min, max)| (low.min(min), high.max(max)))
+    }
+
+    /// At the bound: drops the oldest bucket, unless it is the newest one too.
+    fn evict_oldest_bucket(&mut self) -> bool {
+        let Some((oldest, newest)) = self.bucket_range() else {
+            return false;
+        };
+        if oldest >= newest {
+            return false;
+        }
+        self.stats.early_evictions += 1;
+        self.remove_below(oldest + 1);
+        true
+    }
+
+    fn remove_below(&mut self, cutoff_bucket: u32) {
+        self.cutoff_bucket = self.cutoff_bucket.max(cutoff_bucket);
+        let oldest = self.bucket_range().map_or(u32::MAX, |(oldest, _)| oldest);
+        if oldest >= self.cutoff_bucket {
+            return;
+        }
+        // The base stays: rewriting every tag would dirty every cache line of the table, and
+        // the live span (a horizon, about 8 buckets) leaves hundreds of buckets of headroom.
+        self.sweep(self.base_bucket);
+    }
+
+    /// One pass over the table: removes every id below the cutoff, rebases the tags of the rest
+    /// onto `new_base` (which must not be above any bucket that stays in the table), and moves
+    /// ids from aside into the table where their buckets now fit.
+    fn sweep(&mut self, new_base: u32) {
+        let (base, cutoff) = (self.base_bucket, self.cutoff_bucket);
+        let (mut min_bucket, mut max_bucket) = (u32::MAX, 0);
+        self.table.remove_where(
+            |tag| base + u32::from(tag) < cutoff,
+            |tag| {
+                let bucket = base + u32::from(tag);
+                min_bucket = min_bucket.min(bucket);
+                max_bucket = max_bucket.max(bucket);
+                u8::try_from(bucket - new_base).expect("the caller checked the span")
+            },
+        );
+        self.base_bucket = new_base;
+        (self.table_min_bucket, self.table_max_bucket) = (min_bucket, max_bucket);
+        self.aside.retain(|_, bucket| *bucket >= cutoff);
+        let movable: Vec<(u128, u32)> = self
+            .aside
+            .iter()
+            .filter(|&(&id, &bucket)| {
+                id != 0 && bucket >= new_base && bucket - new_base <= TAG_SPAN
+            })
+            .map(|(&id, &bucket)| (id, bucket))
+            .collect();
+        for (id, bucket) in movable {
+            self.aside.remove(&id);
+            self.table
+                .find_or_insert(self.table.hash(id), id, (bucket - new_base) as u8);
+            self.table_min_bucket = self.table_min_bucket.min(bucket);
+            self.table_max_bucket = self.table_max_bucket.max(bucket);
+        }
+    }
+
+    /// Forgets every id whose bucket ended more than the horizon before the watermark.
+    pub fn expire(&mut self, watermark_ms: u64) {
+        let forget_before_ms = watermark_ms.saturating_sub(self.config.horizon_ms);
+        let cutoff = self.bucket_of(forget_before_ms);
+        self.remove_below(cutoff);
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.len() + self.aside.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn stats(&self) -> DedupStats {
+        self.stats
+    }
+
+    /// Bytes the table allocated. Divide by `len` for bytes per retained id.
+    pub fn allocated_bytes(&self) -> usize {
+        self.table.allocation_size()
+    }
+
+    pub fn cutoff_bucket(&self) -> u32 {
+        self.cutoff_bucket
+    }
+
+    pub fn take_journal(&mut self) -> Vec<(ClickId, u32)> {
+        // The next epoch journals about as many ids as this one: start it at that size.
+        let capacity = self.journal.len();
+        std::mem::replace(&mut self.journal, Vec::with_capacity(capacity))
+    }
+
+    /// Every retained id, sorted: the full-checkpoint form.
+    pub fn entries_sorted(&self) -> Vec<(ClickId, u32)> {
+        let mut all: Vec<(ClickId, u32)> = self
+            .table
+            .iter()
+            .map(|(id, tag)| (ClickId(id), self.base_bucket + u32::from(tag)))
+            .chain(
+                self.aside
+                    .iter()
+                    .map(|(&id, &bucket)| (ClickId(id), bucket)),
+            )
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// Restore: applies ids from a checkpoint (full or delta), then the checkpoint's cutoff.
+    pub fn restore(&mut self, entries: &[(ClickId, u32)], cutoff_bucket: u32, stats: DedupStats) {
+        for &(click_id, bucket) in entries {
+            let hash = self.table.hash(click_id.0);
+            if !self.contains(hash, click_id) && bucket >= self.cutoff_bucket {
+                self.store(hash, click_id, bucket, None);
+            }
+        }
+        self.remove_below(cutoff_bucket);
+        self.stats = stats;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn config(ids_max: usize) -> DedupConfig {
+        DedupConfig {
+            horizon_ms: 100,
+            bucket_ms: 10,
+            ids_max,
+            ids_expected: ids_max.min(64),
+        }
+    }
+
+    #[test]
+    fn detects_duplicates_until_the_horizon_passes() {
+        let mut set = DedupSet::new(config(1000));
+        assert_eq!(set.insert(ClickId(1), 5), DedupOutcome::New);
+        assert_eq!(set.insert(ClickId(1), 5), DedupOutcome::Duplicate);
+        set.expire(109);
+        assert_eq!(
+            set.insert(ClickId(1), 5),
+            DedupOutcome::Duplicate,
+            "bucket 0 ends at 10"
+        );
+        set.expire(110);
+        assert!(set.is_empty());
+    }
+
+    #[test]
+    fn at_the_bound_the_oldest_bucket_goes_first() {
+        let mut set = DedupSet::new(config(3));
+        set.insert(ClickId(1), 0);
+        set.insert(ClickId(2), 10);
+        set.insert(ClickId(3), 20);
+        assert_eq!(set.insert(ClickId(4), 20), DedupOutcome::New);
+        assert_eq!(set.stats().early_evictions, 1);
+        assert_eq!(set.insert(ClickId(2), 10), DedupOutcome::Duplicate);
+        assert_eq!(
+            set.insert(ClickId(1), 0),
+            DedupOutcome::New,
+            "evicted, below the cutoff"
+        );
+        assert_eq!(set.len(), 3);
+    }
+
+    #[test]
+    fn ids_more_than_the_tag_span_apart_are_all_kept_and_expire_in_order() {
+        let mut set = DedupSet::new(config(1000));
+        set.insert(ClickId(1), 10 * 300);
+        assert_eq!(set.insert(ClickId(2), 10 * 100), DedupOutcome::New);
+        assert_eq!(set.insert(ClickId(3), 10 * 40), DedupOutcome::New);
+        assert_eq!(set.insert(ClickId(4), 10 * 700), DedupOutcome::New);
+        for (id, bucket) in [(1, 300), (2, 100), (3, 40), (4, 700)] {
+            assert_eq!(
+                set.insert(ClickId(id), 10 * bucket),
+                DedupOutcome::Duplicate
+            );
+        }
+        assert_eq!(set.stats(), DedupStats::default(), "nothing evicted early");
+        assert_eq!(set.len(), 4);
+        set.expire(10 * 250 + 100);
+        assert_eq!(
+            set.entries_sorted(),
+            vec![(ClickId(1), 300), (ClickId(4), 700)]
+        );
+        set.expire(10 * 650 + 100);
+        assert_eq!(set.entries_sorted(), vec![(ClickId(4), 700)]);
+        assert_eq!(set.insert(ClickId(4), 10 * 700), DedupOutcome::Duplicate);
+        assert_eq!(set.insert(ClickId(1), 10 * 300), DedupOutcome::New);
+        assert_eq!(set.insert(ClickId(5), 10 * 1000), DedupOutcome::New);
+        set.expire(10 * 1000 + 100);
+        assert_eq!(
+            set.insert(ClickId(5), 10 * 1000),
+            DedupOutcome::Duplicate,
+            "an id aside lives as long as its bucket is not below the cutoff"
+        );
+        assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn the_nil_id_is_deduplicated_kept_and_expired_like_any_other() {
+        let mut set = DedupSet::new(config(1000));
+        assert_eq!(set.insert(ClickId(0), 5), DedupOutcome::New);
+        assert_eq!(set.insert(ClickId(0), 7), DedupOutcome::Duplicate);
+        assert_eq!(set.len(), 1);
+        assert_eq!(set.entries_sorted(), vec![(ClickId(0), 0)]);
+        let mut restored = DedupSet::new(config(1000));
+        restored.restore(&set.entries_sorted(), 0, set.stats());
+        assert_eq!(restored.insert(ClickId(0), 5), DedupOutcome::Duplicate);
+        restored.expire(110);
+        assert!(restored.is_empty());
+        assert_eq!(
+            restored.insert(ClickId(0), 5),
+            DedupOutcome::New,
+            "below the cutoff"
+        );
+    }
+
+    #[test]
+    fn too_many_buckets_per_horizon_is_refused_with_the_limit() {
+        let error = DedupConfig {
+            horizon_ms: 101_000,
+            bucket_ms: 1000,
+            ..DedupConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "dedup horizon_ms 101000 spans 101 buckets of bucket_ms 1000; the limit is 100: make bucket_ms larger"
+        );
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Insert { id: u8, time: u16 },
+        Expire { watermark: u16 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (any::<u8>(), 0u16..6000).prop_map(|(id, time)| Op::Insert { id, time }),
+            1 => (0u16..6500).prop_map(|watermark| Op::Expire { watermark }),
+        ]
+    }
+
+    proptest! {
+        /// The set against a BTreeMap model of "id -> bucket, forgotten below the cutoff", over
+        /// times 600 buckets apart (so ids go aside and tags rebase both ways), with
+        /// a restart (checkpoint, drop, restore) at a random point.
+        #[test]
+        fn matches_a_map_model(ops in proptest::collection::vec(op(), 1..400), restart_at in 0usize..400) {
+            let mut set = DedupSet::new(config(10_000));
+            let mut model: BTreeMap<u128, u32> = BTreeMap::new();
+            let mut model_cutoff = 0u32;
+            let mut model_watermark = 0u64;
+            for (index, op) in ops.iter().enumerate() {
+                if index == restart_at {
+                    let entries = set.entries_sorted();
+                    let mut restored = DedupSet::new(config(10_000));
+                    restored.restore(&entries, set.cutoff_bucket(), set.stats());
+                    set = restored;
+                }
+                match *op {
+                    Op::Insert { id, time } => {
+                        let bucket = u32::from(time) / 10;
+                        let known = model.contains_key(&u128::from(id));
+                        if !known && bucket >= model_cutoff {
+                            model.insert(u128::from(id), bucket);
+                        }
+                        let expected = if known { DedupOutcome::Duplicate } else { DedupOutcome::New };
+                        prop_assert_eq!(set.insert(ClickId(u128::from(id)), u64::from(time)), expected);
+                    }
+                    Op::Expire { watermark } => {
+                        model_watermark = model_watermark.max(u64::from(watermark));
+                        let cutoff = (model_watermark.saturating_sub(100) / 10) as u32;
+                        model_cutoff = model_cutoff.max(cutoff);
+                        model.retain(|_, bucket| *bucket >= model_cutoff);
+                        set.expire(model_watermark);
+                    }
+                }
+                prop_assert_eq!(set.len(), model.len());
+            }
+        }
+    }
+}
