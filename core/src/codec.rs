@@ -124,16 +124,6 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     )
 }
 
-/// The click id of a record, read without validating the rest: a hint for prefetching only.
-/// Whatever it returns, `decode` still decides whether the record is valid.
-pub fn peek_click_id(bytes: &[u8]) -> Option<ClickId> {
-    if bytes.first() != Some(&CODEC_VERSION) {
-        return None;
-    }
-    let id: [u8; 16] = bytes.get(8..24)?.try_into().ok()?;
-    Some(ClickId(u128::from_le_bytes(id)))
-}
-
 /// Decodes a record into a view that borrows the user agent from `bytes`.
 pub fn decode(bytes: &[u8]) -> Result<ClickView<'_>, CodecError> {
     let Some(&version) = bytes.first() else {

@@ -13,6 +13,8 @@ use std::hash::Hash;
 
 use serde::{Deserialize, Serialize};
 
+use crate::open_table::OpenTable;
+
 use crate::ids::{AdId, CampaignId, Salt};
 use crate::limits;
 
@@ -159,7 +161,9 @@ impl Counts {
 }
 
 /// The key of a window series: one (campaign, ad, salt) in one window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct WindowKey {
     pub campaign_id: CampaignId,
     pub ad_id: AdId,
@@ -168,7 +172,9 @@ pub struct WindowKey {
 }
 
 /// The key of an hour rollup: one (campaign, salt) in one hour.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct HourKey {
     pub campaign_id: CampaignId,
     pub salt: Salt,
@@ -176,7 +182,7 @@ pub struct HourKey {
 }
 
 /// Keys that know which window they belong to.
-pub trait SeriesStart: Copy + Eq + Hash + Ord {
+pub trait SeriesStart: Copy + Default + Eq + Hash + Ord {
     fn start_ms(&self) -> u64;
 }
 
@@ -192,7 +198,7 @@ impl SeriesStart for HourKey {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Entry {
     counts: Counts,
     dirty: bool,
@@ -205,7 +211,7 @@ struct Entry {
 /// replays it by calling `retire_before` with the restored watermark.
 #[derive(Clone, Debug)]
 pub struct CountsTable<K: SeriesStart> {
-    entries: hashbrown::HashMap<K, Entry, foldhash::fast::FixedState>,
+    entries: OpenTable<K, Entry>,
     dirty: Vec<K>,
     /// The smallest series start present, so that a barrier with nothing to retire costs O(1).
     min_start_ms: u64,
@@ -214,7 +220,7 @@ pub struct CountsTable<K: SeriesStart> {
 impl<K: SeriesStart> Default for CountsTable<K> {
     fn default() -> Self {
         CountsTable {
-            entries: hashbrown::HashMap::with_hasher(foldhash::fast::FixedState::with_seed(0)),
+            entries: OpenTable::default(),
             dirty: Vec::new(),
             min_start_ms: u64::MAX,
         }
@@ -224,10 +230,7 @@ impl<K: SeriesStart> Default for CountsTable<K> {
 impl<K: SeriesStart> CountsTable<K> {
     /// Adds `delta` to a series and returns its new counts.
     pub fn add(&mut self, key: K, delta: Counts) -> Counts {
-        let entry = self.entries.entry(key).or_insert(Entry {
-            counts: Counts::default(),
-            dirty: false,
-        });
+        let entry = self.entries.get_or_insert(key, Entry::default());
         entry.counts.add(delta);
         let counts = entry.counts;
         if !entry.dirty {
@@ -247,7 +250,14 @@ impl<K: SeriesStart> CountsTable<K> {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.len() == 0
+    }
+
+    /// Asks the CPU to start loading `key`'s slot: callers that know the next keys of a batch
+    /// overlap the cache misses instead of paying them one by one. A hint only.
+    #[inline]
+    pub fn prefetch(&self, key: &K) {
+        self.entries.prefetch(key);
     }
 
     /// The series changed since the last call, with their absolute counts, sorted by key so that

@@ -24,6 +24,8 @@
 
 use std::hash::BuildHasher;
 
+use crate::probing::{self, ProbeSlots, advise_huge_pages, fingerprint, prefetch_line};
+
 /// Bytes per slot: fingerprint, tag and id.
 const SLOT_BYTES: usize = 1 + 1 + 16;
 
@@ -59,57 +61,6 @@ pub(crate) enum Probe {
     Inserted,
 }
 
-/// The fingerprint of a hash: its low byte, with 0 (the empty marker) folded onto 1. The home
-/// slot comes from the high bits, so the two are independent.
-fn fingerprint(hash: u64) -> u8 {
-    (hash as u8).max(1)
-}
-
-/// Asks Linux to back a large array with transparent huge pages, where the host allows it (THP
-/// `always` or `madvise`). Every fresh id lands on a random page of a table of hundreds of MiB;
-/// on 4 KiB pages nearly each one is also a TLB miss, and in a VM a two-level page walk.
-/// Measured: the whole per-event chain ran about 1.5 times as fast with the heap on huge pages
-/// (reports/2026-11-28-rust-svc/criterion-hot-path.md). A hint only: results never change.
-fn advise_huge_pages<T>(array: &mut [T]) {
-    const HUGE_PAGE_BYTES: usize = 2 << 20;
-    #[cfg(target_os = "linux")]
-    {
-        const PAGE_BYTES: usize = 4096;
-        let start = array.as_mut_ptr() as usize;
-        let end = start + std::mem::size_of_val(array);
-        let first_page = start.next_multiple_of(PAGE_BYTES);
-        let last_page_end = end / PAGE_BYTES * PAGE_BYTES;
-        if last_page_end > first_page + 2 * HUGE_PAGE_BYTES {
-            // SAFETY: the range is whole pages inside the array's own allocation, which lives
-            // until the array is dropped. MADV_HUGEPAGE changes how the kernel backs the pages,
-            // never their contents; a refusal (THP off) is harmless, so the result is ignored.
-            unsafe {
-                libc::madvise(
-                    first_page as *mut libc::c_void,
-                    last_page_end - first_page,
-                    libc::MADV_HUGEPAGE,
-                );
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (array, HUGE_PAGE_BYTES);
-}
-
-/// Asks the CPU to start loading the cache line of `value`. A hint only.
-#[inline]
-fn prefetch_line<T>(value: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `_mm_prefetch` only hints the cache and never dereferences; the pointer comes from
-    // a live reference, and SSE is part of the x86_64 baseline.
-    unsafe {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(value).cast::<i8>());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
-}
-
 impl IdTable {
     /// A table that holds `ids` at the target load without growing.
     pub(crate) fn with_capacity(ids: usize) -> IdTable {
@@ -132,10 +83,6 @@ impl IdTable {
         self.len
     }
 
-    fn slots(&self) -> usize {
-        self.ids.len()
-    }
-
     pub(crate) fn allocation_size(&self) -> usize {
         self.slots() * SLOT_BYTES
     }
@@ -147,15 +94,11 @@ impl IdTable {
     /// The home slot: the hash scaled onto the slot count (no power-of-two rounding, so the
     /// table is exactly as large as it was sized).
     fn home(&self, hash: u64) -> usize {
-        ((u128::from(hash) * self.slots() as u128) >> 64) as usize
+        probing::home(hash, self.slots())
     }
 
     fn next(&self, index: usize) -> usize {
-        if index + 1 == self.slots() {
-            0
-        } else {
-            index + 1
-        }
+        probing::next(index, self.slots())
     }
 
     /// Asks the CPU to start loading what a lookup and insert of `hash` will touch: the
@@ -236,53 +179,46 @@ impl IdTable {
         self.ids[index] = 0;
     }
 
-    /// One sequential sweep: removes every id whose tag `remove` selects, rewrites the tags of
-    /// the others with `retag`, and compacts the probe runs so that no tombstone is left.
-    ///
-    /// The sweep starts just after an empty slot, so no probe run straddles its start. Each
-    /// survivor whose run has had a removal before it moves back to the first empty slot after
-    /// its home; slots before it are final by then, so one pass suffices.
+    /// One sequential sweep (`probing::sweep`): removes every id whose tag `remove` selects,
+    /// rewrites the tags of the others with `retag`, and leaves no tombstone.
     pub(crate) fn remove_where(
         &mut self,
         remove: impl Fn(u8) -> bool,
         mut retag: impl FnMut(u8) -> u8,
     ) {
-        let capacity = self.slots();
-        let Some(start) = self.control.iter().position(|&[stored, _]| stored == 0) else {
-            unreachable!("the load stays below {LOAD_MAX}, so an empty slot exists");
-        };
-        // The first removed slot of the current probe run, if any: survivors may move back.
-        let mut first_hole: Option<usize> = None;
-        let mut index = start;
-        for _ in 0..capacity {
-            index = self.next(index);
-            if self.control[index][0] == 0 {
-                first_hole = None;
-                continue;
-            }
-            let tag = self.control[index][1];
+        probing::sweep(self, |table, index| {
+            let tag = table.control[index][1];
             if remove(tag) {
-                self.clear_slot(index);
-                self.len -= 1;
-                first_hole.get_or_insert(index);
-                continue;
+                table.clear_slot(index);
+                table.len -= 1;
+                return true;
             }
             let new_tag = retag(tag);
             if new_tag != tag {
-                self.control[index][1] = new_tag;
+                table.control[index][1] = new_tag;
             }
-            if first_hole.is_some() {
-                let mut target = self.home(self.hash(self.ids[index]));
-                while target != index && self.control[target][0] != 0 {
-                    target = self.next(target);
-                }
-                if target != index {
-                    self.control[target] = self.control[index];
-                    self.ids[target] = self.ids[index];
-                    self.clear_slot(index);
-                }
-            }
-        }
+            false
+        });
+    }
+}
+
+impl ProbeSlots for IdTable {
+    fn slots(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn is_vacant(&self, index: usize) -> bool {
+        self.control[index][0] == 0
+    }
+
+    fn home_of(&self, index: usize) -> usize {
+        self.home(self.hash(self.ids[index]))
+    }
+
+    fn move_slot(&mut self, from: usize, to: usize) {
+        self.control[to] = self.control[from];
+        self.ids[to] = self.ids[from];
+        self.clear_slot(from);
     }
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests of the pure core: the aggregator against a naive model, and restart
 //! equivalence through real checkpoints.
 
+mod batching;
 mod inputs;
 mod model;
 mod restart;
