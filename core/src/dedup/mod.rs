@@ -123,9 +123,6 @@ pub struct DedupSet {
     base_bucket: u32,
     /// Buckets below this are gone (expired or evicted).
     cutoff_bucket: u32,
-    /// The oldest and newest bucket in `table`, when it holds anything.
-    table_min_bucket: u32,
-    table_max_bucket: u32,
     /// Ids the table cannot hold, by bucket: the nil id (the table's empty marker; validation
     /// rejects nil ids but the codec does not) and ids whose bucket lies more than `TAG_SPAN`
     /// buckets from the table's (an event-time jump of hours at the default 30 s buckets).
@@ -146,8 +143,6 @@ impl DedupSet {
             table: IdTable::with_capacity(config.ids_expected),
             base_bucket: 0,
             cutoff_bucket: 0,
-            table_min_bucket: u32::MAX,
-            table_max_bucket: 0,
             aside: BTreeMap::new(),
             journal: Vec::new(),
             stats: DedupStats::default(),
@@ -180,15 +175,12 @@ impl DedupSet {
         if bucket < self.cutoff_bucket {
             return DedupOutcome::New;
         }
-        let mut vacancy_holds = true;
-        if self.len() >= self.config.ids_max {
-            if !self.evict_oldest_bucket() {
-                self.stats.unremembered += 1;
-                return DedupOutcome::New;
-            }
-            vacancy_holds = false;
+        // Evicting only kills ids (nothing moves), so the vacancy stays good.
+        if self.len() >= self.config.ids_max && !self.evict_oldest_bucket() {
+            self.stats.unremembered += 1;
+            return DedupOutcome::New;
         }
-        self.store(hash, click_id, bucket, vacancy_holds.then_some(vacant));
+        self.store(hash, click_id, bucket, Some(vacant));
         self.journal.push((click_id, bucket));
         DedupOutcome::New
     }
@@ -217,51 +209,70 @@ impl DedupSet {
             self.aside.insert(click_id.0, bucket);
             return;
         }
-        match self.make_tag_room(bucket) {
-            TagRoom::NoRoom => {
+        let room = self.make_tag_room(bucket);
+        let tag = bucket.wrapping_sub(self.base_bucket) as u8;
+        match (room, vacant) {
+            (TagRoom::NoRoom, _) => {
                 self.aside.insert(click_id.0, bucket);
-                return;
             }
-            TagRoom::Fits if vacant.is_some() => {
-                let tag = (bucket - self.base_bucket) as u8;
-                self.table
-                    .insert_at(vacant.unwrap_or_default(), hash, click_id.0, tag);
-            }
-            TagRoom::Fits | TagRoom::Rebased => {
-                let tag = (bucket - self.base_bucket) as u8;
+            (TagRoom::Fits, Some(vacant)) => self.table.insert_at(vacant, hash, click_id.0, tag),
+            (TagRoom::Fits | TagRoom::Rebased, _) => {
                 self.table.find_or_insert(hash, click_id.0, tag);
             }
         }
-        self.table_min_bucket = self.table_min_bucket.min(bucket);
-        self.table_max_bucket = self.table_max_bucket.max(bucket);
     }
 
-    /// Makes `bucket` expressible as a tag, rebasing the tags (a sweep, which moves ids) if
+    /// The oldest and newest live bucket in the table.
+    fn table_bucket_range(&self) -> Option<(u32, u32)> {
+        let (oldest, newest) = self.table.live_tag_range()?;
+        Some((
+            self.base_bucket + u32::from(oldest),
+            self.base_bucket + u32::from(newest),
+        ))
+    }
+
+    /// Makes `bucket` expressible as a tag, rebasing the tags (a compaction, which moves ids) if
     /// needed.
     fn make_tag_room(&mut self, bucket: u32) -> TagRoom {
-        if self.table.len() == 0 {
-            self.base_bucket = bucket;
-            return TagRoom::Fits;
-        }
         if bucket >= self.base_bucket && bucket - self.base_bucket <= TAG_SPAN {
             return TagRoom::Fits;
         }
-        let new_min = self.table_min_bucket.min(bucket);
-        if self.table_max_bucket.max(bucket) - new_min > TAG_SPAN {
+        let (oldest, newest) = self.table_bucket_range().unwrap_or((bucket, bucket));
+        let new_base = oldest.min(bucket);
+        if newest.max(bucket) - new_base > TAG_SPAN {
             return TagRoom::NoRoom;
         }
-        self.sweep(new_min);
+        self.rebase(new_base);
         TagRoom::Rebased
+    }
+
+    /// Moves the tags' base to `new_base`, which must not be above any live bucket, then moves
+    /// ids from aside into the table where their buckets now fit.
+    fn rebase(&mut self, new_base: u32) {
+        self.table
+            .rebase(i64::from(new_base) - i64::from(self.base_bucket));
+        self.base_bucket = new_base;
+        let movable: Vec<(u128, u32)> = self
+            .aside
+            .iter()
+            .filter(|&(&id, &bucket)| {
+                id != 0 && bucket >= new_base && bucket - new_base <= TAG_SPAN
+            })
+            .map(|(&id, &bucket)| (id, bucket))
+            .collect();
+        for (id, bucket) in movable {
+            self.aside.remove(&id);
+            self.table
+                .find_or_insert(self.table.hash(id), id, (bucket - new_base) as u8);
+        }
     }
 
     /// The oldest and newest bucket held anywhere, if anything is held.
     fn bucket_range(&self) -> Option<(u32, u32)> {
-        let table =
-            (self.table.len() > 0).then_some((self.table_min_bucket, self.table_max_bucket));
         self.aside
             .values()
             .map(|&bucket| (bucket, bucket))
-            .chain(table)
+            .chain(self.table_bucket_range())
             .reduce(|(low, high), (min, max)| (low.min(min), high.max(max)))
     }
 
@@ -278,49 +289,14 @@ impl DedupSet {
         true
     }
 
+    /// Raises the cutoff. Constant time: the table only moves its liveness threshold.
     fn remove_below(&mut self, cutoff_bucket: u32) {
         self.cutoff_bucket = self.cutoff_bucket.max(cutoff_bucket);
-        let oldest = self.bucket_range().map_or(u32::MAX, |(oldest, _)| oldest);
-        if oldest >= self.cutoff_bucket {
-            return;
-        }
-        // The base stays: rewriting every tag would dirty every cache line of the table, and
-        // the live span (a horizon, about 8 buckets) leaves hundreds of buckets of headroom.
-        self.sweep(self.base_bucket);
-    }
-
-    /// One pass over the table: removes every id below the cutoff, rebases the tags of the rest
-    /// onto `new_base` (which must not be above any bucket that stays in the table), and moves
-    /// ids from aside into the table where their buckets now fit.
-    fn sweep(&mut self, new_base: u32) {
-        let (base, cutoff) = (self.base_bucket, self.cutoff_bucket);
-        let (mut min_bucket, mut max_bucket) = (u32::MAX, 0);
-        self.table.remove_where(
-            |tag| base + u32::from(tag) < cutoff,
-            |tag| {
-                let bucket = base + u32::from(tag);
-                min_bucket = min_bucket.min(bucket);
-                max_bucket = max_bucket.max(bucket);
-                u8::try_from(bucket - new_base).expect("the caller checked the span")
-            },
-        );
-        self.base_bucket = new_base;
-        (self.table_min_bucket, self.table_max_bucket) = (min_bucket, max_bucket);
-        self.aside.retain(|_, bucket| *bucket >= cutoff);
-        let movable: Vec<(u128, u32)> = self
-            .aside
-            .iter()
-            .filter(|&(&id, &bucket)| {
-                id != 0 && bucket >= new_base && bucket - new_base <= TAG_SPAN
-            })
-            .map(|(&id, &bucket)| (id, bucket))
-            .collect();
-        for (id, bucket) in movable {
-            self.aside.remove(&id);
-            self.table
-                .find_or_insert(self.table.hash(id), id, (bucket - new_base) as u8);
-            self.table_min_bucket = self.table_min_bucket.min(bucket);
-            self.table_max_bucket = self.table_max_bucket.max(bucket);
+        self.table
+            .expire_tags_below(i64::from(self.cutoff_bucket) - i64::from(self.base_bucket));
+        if !self.aside.is_empty() {
+            let cutoff = self.cutoff_bucket;
+            self.aside.retain(|_, bucket| *bucket >= cutoff);
         }
     }
 

@@ -1,12 +1,10 @@
 //! The dedup set's storage: an open-addressing table of 128-bit ids with linear probing, a
-//! fingerprint byte per slot, and no tombstones.
+//! fingerprint byte per slot, lazy expiry and no tombstones.
 //!
 //! Why not hashbrown: expiry removes a whole time bucket at a time. hashbrown leaves a tombstone
 //! per removed id, tombstones use up the free slots, and the table then doubles although the
 //! number of live ids never grew (measured 35–102 bytes per id in steady state, and a 1.45 s
-//! stall at the doubling; reports/2026-11-28-rust-svc/criterion-hot-path.md). Here a removal pass
-//! compacts every probe run in the same sequential sweep, so a steady set stays at its pre-sized
-//! capacity forever.
+//! stall at the doubling; reports/2026-11-28-rust-svc/criterion-hot-path.md).
 //!
 //! Layout: two arrays indexed by slot, 18 bytes a slot in all.
 //! - `control`: two bytes a slot. The fingerprint: 0 for an empty slot, else one byte of the
@@ -14,13 +12,17 @@
 //!   they are 1/9 of the table, so they mostly stay in the CPU's caches, and a fresh id (the
 //!   common case) is usually decided there without touching `ids` at all, as a swiss table's
 //!   control bytes do. And the tag: the id's expiry bucket minus the caller's base bucket. It
-//!   shares the fingerprint's cache line, so an insert writes two lines, not three, and the
-//!   expiry sweep reads only `control`, plus the ids it moves.
+//!   shares the fingerprint's cache line, so an insert writes two lines, not three.
 //! - `ids`: the full 128-bit click id, so there are no false duplicates.
 //!
-//! **Invariant (linear probing):** for every stored id, every slot from its home slot up to its
-//! own slot (cyclically) is occupied. `remove_where` keeps it by moving each survivor to the
-//! first free slot of its probe path.
+//! Expiry is lazy: `expire_tags_below` only moves a threshold (and a per-tag count), in constant
+//! time. A slot whose tag is below it is dead: lookups pass over it and the next insert whose
+//! probe run crosses it takes it over, so the table stays at its steady size without sweeping
+//! it at every bucket. A dead slot is never emptied outside a `compact` (when the table fills
+//! or the caller rebases its tags), so no probe run is ever cut short.
+//!
+//! **Invariant (linear probing):** for every stored id, live or dead, every slot from its home
+//! slot up to its own slot (cyclically) is occupied.
 
 use std::hash::BuildHasher;
 
@@ -29,9 +31,14 @@ use crate::probing::{self, ProbeSlots, advise_huge_pages, fingerprint, prefetch_
 /// Bytes per slot: fingerprint, tag and id.
 const SLOT_BYTES: usize = 1 + 1 + 16;
 
-/// The highest load the table runs at before it grows. The fingerprint run an unsuccessful
-/// lookup scans is 1/2 (1 + 1/(1 - load)^2) slots on average: 23 at 0.85, 72 at 0.92.
-const LOAD_MAX: f64 = 0.92;
+/// The highest occupancy (live and dead slots) before the table compacts, and grows if
+/// compacting does not free enough. The fingerprint run an unsuccessful lookup scans is
+/// 1/2 (1 + 1/(1 - load)^2) slots on average: 23 at 0.85, 50 at 0.9.
+const LOAD_MAX: f64 = 0.9;
+/// After compacting, the table grows if its live ids are still above this load (above the
+/// pre-size target, so a set at its expected size never grows), so that it does not compact
+/// again after a handful of inserts.
+const LIVE_AFTER_COMPACT_MAX: f64 = 0.87;
 /// The load a table is pre-sized for: `with_capacity(n)` holds n ids at this load, 21.2 bytes
 /// each.
 pub(crate) const LOAD_TARGET: f64 = 0.85;
@@ -40,9 +47,15 @@ pub(crate) struct IdTable {
     /// Per slot: [fingerprint, tag].
     control: Vec<[u8; 2]>,
     ids: Vec<u128>,
-    len: usize,
-    /// The most ids the table holds before it grows: `LOAD_MAX` of its slots.
-    len_max: usize,
+    /// Slots holding an id, live or dead.
+    occupied: usize,
+    /// Live ids per tag; tags below `live_tag_min` count 0.
+    live_per_tag: [usize; 256],
+    live: usize,
+    /// Slots whose tag is below this are dead. Negative: none is; above 255: every slot is.
+    live_tag_min: i64,
+    /// The most occupied slots before the table compacts or grows: `LOAD_MAX` of its slots.
+    occupied_max: usize,
     hasher: foldhash::fast::FixedState,
 }
 
@@ -50,15 +63,8 @@ pub(crate) struct IdTable {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Lookup {
     Found,
-    /// Absent; it would go to this slot.
+    /// Absent or dead; it would go to this slot (empty, or dead and free to take over).
     Vacant(usize),
-}
-
-/// What `find_or_insert` did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Probe {
-    Found,
-    Inserted,
 }
 
 impl IdTable {
@@ -73,14 +79,18 @@ impl IdTable {
         IdTable {
             control,
             ids,
-            len: 0,
-            len_max: (slots as f64 * LOAD_MAX) as usize,
+            occupied: 0,
+            live_per_tag: [0; 256],
+            live: 0,
+            live_tag_min: 0,
+            occupied_max: (slots as f64 * LOAD_MAX) as usize,
             hasher: foldhash::fast::FixedState::with_seed(0x5eed_dedd),
         }
     }
 
+    /// Live ids.
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.live
     }
 
     pub(crate) fn allocation_size(&self) -> usize {
@@ -91,14 +101,34 @@ impl IdTable {
         self.hasher.hash_one(id)
     }
 
-    /// The home slot: the hash scaled onto the slot count (no power-of-two rounding, so the
-    /// table is exactly as large as it was sized).
     fn home(&self, hash: u64) -> usize {
         probing::home(hash, self.slots())
     }
 
     fn next(&self, index: usize) -> usize {
         probing::next(index, self.slots())
+    }
+
+    fn is_live(&self, tag: u8) -> bool {
+        i64::from(tag) >= self.live_tag_min
+    }
+
+    /// The oldest and newest live tag, if any id is live.
+    pub(crate) fn live_tag_range(&self) -> Option<(u8, u8)> {
+        let mut live = (0u8..=255).filter(|&tag| self.live_per_tag[usize::from(tag)] > 0);
+        let oldest = live.next()?;
+        Some((oldest, live.next_back().unwrap_or(oldest)))
+    }
+
+    /// Kills every id whose tag is below `tag`: constant time, nothing moves.
+    pub(crate) fn expire_tags_below(&mut self, tag: i64) {
+        let old = self.live_tag_min.clamp(0, 256) as usize;
+        let new = tag.clamp(0, 256) as usize;
+        for count in self.live_per_tag.get_mut(old..new).into_iter().flatten() {
+            self.live -= *count;
+            *count = 0;
+        }
+        self.live_tag_min = self.live_tag_min.max(tag);
     }
 
     /// Asks the CPU to start loading what a lookup and insert of `hash` will touch: the
@@ -110,67 +140,92 @@ impl IdTable {
         prefetch_line(&self.ids[(home + 2).min(self.slots() - 1)]);
     }
 
-    /// Grows the table if one more id would take it past its highest load. Call before a
-    /// `lookup` whose vacancy may be filled.
+    /// Makes room for one more id: compacts the table when live and dead slots reach the
+    /// highest load, and grows it if the live ids alone stay close to it. Call before a `lookup`
+    /// whose vacancy may be filled.
     pub(crate) fn reserve_one(&mut self) {
-        if self.len + 1 > self.len_max {
+        if self.occupied < self.occupied_max {
+            return;
+        }
+        self.compact();
+        if self.live as f64 >= self.slots() as f64 * LIVE_AFTER_COMPACT_MAX {
             self.grow();
         }
     }
 
-    /// Finds `id` (not 0), or the slot it would go to.
+    /// Finds `id` (not 0) among the live ids, or the slot it would go to: its own dead slot, the
+    /// first dead slot of its probe run, or the empty slot that ends the run.
     #[inline]
     pub(crate) fn lookup(&self, hash: u64, id: u128) -> Lookup {
         let wanted = fingerprint(hash);
         let mut index = self.home(hash);
+        let mut first_dead = None;
         loop {
-            let stored = self.control[index][0];
+            let [stored, tag] = self.control[index];
             if stored == 0 {
-                return Lookup::Vacant(index);
+                return Lookup::Vacant(first_dead.unwrap_or(index));
             }
+            let live = self.is_live(tag);
             if stored == wanted && self.ids[index] == id {
-                return Lookup::Found;
+                return if live {
+                    Lookup::Found
+                } else {
+                    Lookup::Vacant(index)
+                };
+            }
+            if !live && first_dead.is_none() {
+                first_dead = Some(index);
             }
             index = self.next(index);
         }
     }
 
     /// Stores `id` in the slot a `lookup` of the same `hash` returned, with nothing changed in
-    /// between.
+    /// between. `tag` must be live.
     #[inline]
     pub(crate) fn insert_at(&mut self, vacant: usize, hash: u64, id: u128, tag: u8) {
-        debug_assert!(self.control[vacant][0] == 0 && id != 0 && self.len < self.len_max);
+        debug_assert!(self.is_live(tag) && id != 0);
+        let [stored, old_tag] = self.control[vacant];
+        debug_assert!(
+            stored == 0 || !self.is_live(old_tag),
+            "only a vacancy is taken"
+        );
+        if stored == 0 {
+            self.occupied += 1;
+        }
         self.control[vacant] = [fingerprint(hash), tag];
         self.ids[vacant] = id;
-        self.len += 1;
+        self.live_per_tag[usize::from(tag)] += 1;
+        self.live += 1;
     }
 
-    /// Looks `id` (not 0) up and, when absent, stores it with `tag`.
-    pub(crate) fn find_or_insert(&mut self, hash: u64, id: u128, tag: u8) -> Probe {
+    /// Looks `id` (not 0) up and, when absent, stores it with `tag`; says whether it was absent.
+    pub(crate) fn find_or_insert(&mut self, hash: u64, id: u128, tag: u8) -> bool {
         self.reserve_one();
         match self.lookup(hash, id) {
-            Lookup::Found => Probe::Found,
+            Lookup::Found => false,
             Lookup::Vacant(index) => {
                 self.insert_at(index, hash, id, tag);
-                Probe::Inserted
+                true
             }
         }
     }
 
-    /// Moves to a table 1.5 times as large. Only when the set outgrows its pre-size.
+    /// Moves the live ids to a table 1.5 times as large. Only when the set outgrows its pre-size.
     fn grow(&mut self) {
         let mut larger = IdTable::with_capacity(self.slots() * 3 / 2);
         larger.hasher = self.hasher.clone();
+        larger.live_tag_min = self.live_tag_min;
         for (id, tag) in self.iter() {
             larger.find_or_insert(larger.hash(id), id, tag);
         }
         *self = larger;
     }
 
-    /// Every stored (id, tag).
+    /// Every live (id, tag).
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u128, u8)> + '_ {
         (0..self.slots())
-            .filter(|&index| self.control[index][0] != 0)
+            .filter(|&index| self.control[index][0] != 0 && self.is_live(self.control[index][1]))
             .map(|index| (self.ids[index], self.control[index][1]))
     }
 
@@ -179,26 +234,36 @@ impl IdTable {
         self.ids[index] = 0;
     }
 
-    /// One sequential sweep (`probing::sweep`): removes every id whose tag `remove` selects,
-    /// rewrites the tags of the others with `retag`, and leaves no tombstone.
-    pub(crate) fn remove_where(
-        &mut self,
-        remove: impl Fn(u8) -> bool,
-        mut retag: impl FnMut(u8) -> u8,
-    ) {
+    /// Empties every dead slot, in one sweep that leaves no tombstone (`probing::sweep`).
+    fn compact(&mut self) {
         probing::sweep(self, |table, index| {
-            let tag = table.control[index][1];
-            if remove(tag) {
-                table.clear_slot(index);
-                table.len -= 1;
-                return true;
+            if table.is_live(table.control[index][1]) {
+                return false;
             }
-            let new_tag = retag(tag);
-            if new_tag != tag {
-                table.control[index][1] = new_tag;
-            }
-            false
+            table.clear_slot(index);
+            table.occupied -= 1;
+            true
         });
+    }
+
+    /// Compacts, then moves every tag down by `shift` (a bucket `shift` newer becomes the base),
+    /// or up when `shift` is negative. The caller makes sure every live tag still fits.
+    pub(crate) fn rebase(&mut self, shift: i64) {
+        self.compact();
+        let retag = |tag: u8| u8::try_from(i64::from(tag) - shift).expect("the caller checked");
+        for index in 0..self.slots() {
+            if self.control[index][0] != 0 {
+                self.control[index][1] = retag(self.control[index][1]);
+            }
+        }
+        let mut live_per_tag = [0; 256];
+        for (tag, &count) in self.live_per_tag.iter().enumerate() {
+            if count > 0 {
+                live_per_tag[usize::from(retag(tag as u8))] = count;
+            }
+        }
+        self.live_per_tag = live_per_tag;
+        self.live_tag_min -= shift;
     }
 }
 
@@ -228,78 +293,120 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
-    fn id(n: u64) -> u128 {
-        u128::from(n)
-    }
-
-    /// Checks the linear-probing invariant over the whole table.
-    fn assert_probe_runs_intact(table: &IdTable) {
+    /// Checks the linear-probing invariant and the counters over the whole table.
+    fn assert_consistent(table: &IdTable) {
+        let mut occupied = 0;
+        let mut live_per_tag = [0usize; 256];
         for index in 0..table.slots() {
-            if table.control[index][0] == 0 {
+            if table.is_vacant(index) {
                 continue;
             }
+            occupied += 1;
             let stored = table.ids[index];
-            assert_eq!(table.control[index][0], fingerprint(table.hash(stored)));
-            let mut at = table.home(table.hash(stored));
+            let [fp, tag] = table.control[index];
+            assert_eq!(fp, fingerprint(table.hash(stored)));
+            if table.is_live(tag) {
+                live_per_tag[usize::from(tag)] += 1;
+            }
+            let mut at = table.home_of(index);
             while at != index {
-                assert_ne!(
-                    table.control[at][0], 0,
+                assert!(
+                    !table.is_vacant(at),
                     "a hole between an id's home and its slot"
                 );
                 at = table.next(at);
             }
         }
+        assert_eq!(table.occupied, occupied);
+        assert_eq!(table.live_per_tag, live_per_tag);
+        assert_eq!(table.live, live_per_tag.iter().sum::<usize>());
     }
 
     #[test]
     fn a_pre_sized_table_holds_its_ids_in_18_bytes_a_slot() {
         let mut table = IdTable::with_capacity(1000);
-        for n in 1..=1000 {
-            let hash = table.hash(id(n));
-            assert_eq!(table.find_or_insert(hash, id(n), 0), Probe::Inserted);
+        for n in 1..=1000u128 {
+            assert!(table.find_or_insert(table.hash(n), n, 0));
         }
         assert_eq!(table.allocation_size(), 1177 * 18);
         assert!(table.allocation_size() as f64 / table.len() as f64 <= 21.2);
     }
 
     #[test]
-    fn grows_past_its_pre_size_and_keeps_every_id() {
-        let mut table = IdTable::with_capacity(10);
-        for n in 1..=500 {
-            let hash = table.hash(id(n));
-            table.find_or_insert(hash, id(n), (n % 7) as u8);
+    fn dead_slots_are_taken_over_so_a_steady_set_keeps_its_size() {
+        let mut table = IdTable::with_capacity(1000);
+        let size = table.allocation_size();
+        for round in 0..50u32 {
+            for n in 1..=1000u128 {
+                let id = u128::from(round) << 64 | n;
+                assert!(table.find_or_insert(table.hash(id), id, (round % 200) as u8));
+            }
+            // Rebase before the tags run out, as the dedup set does.
+            if round % 200 == 199 {
+                table.rebase(199);
+            }
+            table.expire_tags_below(i64::from(round % 200 + 1));
+            assert_eq!(table.len(), 0);
         }
-        assert_eq!(table.len(), 500);
-        for n in 1..=500 {
-            assert_eq!(table.lookup(table.hash(id(n)), id(n)), Lookup::Found);
-        }
-        assert_probe_runs_intact(&table);
+        assert_eq!(table.allocation_size(), size, "never grew");
+        assert_consistent(&table);
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Insert { id: u128, tag: u8 },
+        Expire { below: u8 },
+        Rebase { shift: i8 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            12 => (1u128..300, 0u8..40).prop_map(|(id, tag)| Op::Insert { id, tag }),
+            2 => (0u8..40).prop_map(|below| Op::Expire { below }),
+            1 => (-10i8..10).prop_map(|shift| Op::Rebase { shift }),
+        ]
     }
 
     proptest! {
-        /// Against a map model, through inserts and removal sweeps, on a small table so probe
-        /// runs are long and wrap around its end; the probing invariant is checked after every
-        /// sweep.
+        /// Against a map of live ids, through inserts, lazy expiry, take-overs, compaction,
+        /// growth and rebases, on a small table so probe runs are long and wrap around its end.
         #[test]
-        fn matches_a_map_model_through_sweeps(
-            ops in proptest::collection::vec((1u64..300, 0u8..6, proptest::bool::weighted(0.05)), 1..600),
-        ) {
+        fn matches_a_map_of_live_ids(ops in proptest::collection::vec(op(), 1..800)) {
             let mut table = IdTable::with_capacity(8);
             let mut model: BTreeMap<u128, u8> = BTreeMap::new();
-            for (n, tag, sweep) in ops {
-                if sweep {
-                    table.remove_where(|t| t < tag, |t| t + 1);
-                    model.retain(|_, t| *t >= tag);
-                    model.values_mut().for_each(|t| *t += 1);
-                    assert_probe_runs_intact(&table);
-                } else {
-                    let hash = table.hash(id(n));
-                    let expected = if model.contains_key(&id(n)) { Probe::Found } else { Probe::Inserted };
-                    model.entry(id(n)).or_insert(tag);
-                    prop_assert_eq!(table.find_or_insert(hash, id(n), tag), expected);
+            // Tags are offsets from a base; the model keeps absolute buckets.
+            let (mut base, mut live_min) = (100i64, 100i64);
+            for op in ops {
+                match op {
+                    Op::Insert { id, tag } => {
+                        let bucket = live_min + i64::from(tag);
+                        let Ok(tag) = u8::try_from(bucket - base) else { continue };
+                        let absent = !model.contains_key(&id);
+                        if absent {
+                            model.insert(id, tag);
+                        }
+                        prop_assert_eq!(table.find_or_insert(table.hash(id), id, tag), absent);
+                    }
+                    Op::Expire { below } => {
+                        live_min += i64::from(below / 8);
+                        table.expire_tags_below(live_min - base);
+                        model.retain(|_, tag| base + i64::from(*tag) >= live_min);
+                    }
+                    Op::Rebase { shift } => {
+                        let shift = i64::from(shift);
+                        let fits = model.values().all(|&tag| u8::try_from(i64::from(tag) - shift).is_ok());
+                        if !fits {
+                            continue;
+                        }
+                        table.rebase(shift);
+                        base += shift;
+                        model.values_mut().for_each(|tag| *tag = (i64::from(*tag) - shift) as u8);
+                        assert_consistent(&table);
+                    }
                 }
                 prop_assert_eq!(table.len(), model.len());
             }
+            assert_consistent(&table);
             let stored: BTreeMap<u128, u8> = table.iter().collect();
             prop_assert_eq!(stored, model);
         }
