@@ -4,9 +4,10 @@
 //! click id (compared in full, so no false duplicates), a fingerprint byte that lets most lookups
 //! skip the ids, and a one-byte tag for the event-time bucket the id expires with, relative to a
 //! base bucket. Pre-sized for `ids_expected` at 85% load, that is 21.2 bytes per id, and it stays
-//! so in steady state: expiry leaves no tombstones.
+//! so in steady state.
 //! Expiry is driven by the watermark: a bucket goes once the watermark is past its end plus the
-//! horizon. Ids expire a bucket at a time, in one sequential sweep, at barriers.
+//! horizon. Ids expire a bucket at a time, at barriers, in constant time: the table only moves
+//! its liveness threshold, and inserts take the dead slots over (`table` says how).
 //!
 //! Memory is bounded by `ids_max`. At the bound the oldest buckets are evicted early (the
 //! effective horizon shrinks and `early_evictions` counts it); if even that frees nothing, a new
