@@ -160,6 +160,25 @@ pub struct PartitionAggregator {
     stats: PartitionStats,
 }
 
+/// The window series and the hour rollup a click counts in: one definition for counting and
+/// for prefetching, so the prefetch always names the slot the count will touch.
+fn series_keys(click: &ClickView<'_>, window_start_ms: u64) -> (WindowKey, HourKey) {
+    let event_time_ms = click.event_time_ms.0;
+    (
+        WindowKey {
+            campaign_id: click.campaign_id,
+            ad_id: click.ad_id,
+            salt: click.salt,
+            window_start_ms,
+        },
+        HourKey {
+            campaign_id: click.campaign_id,
+            salt: click.salt,
+            hour_start_ms: event_time_ms - event_time_ms % limits::HOUR_MS,
+        },
+    )
+}
+
 fn lane_index(lane: Lane) -> usize {
     match lane {
         Lane::OnTime => 0,
@@ -268,17 +287,10 @@ impl PartitionAggregator {
     fn prefetch(&self, click: &ClickView<'_>) {
         let event_time_ms = click.event_time_ms.0;
         self.dedup.prefetch(click.click_id);
-        self.windows[lane_index(Lane::OnTime)].prefetch(&WindowKey {
-            campaign_id: click.campaign_id,
-            ad_id: click.ad_id,
-            salt: click.salt,
-            window_start_ms: self.config.window.window_start(event_time_ms),
-        });
-        self.hours[lane_index(Lane::OnTime)].prefetch(&HourKey {
-            campaign_id: click.campaign_id,
-            salt: click.salt,
-            hour_start_ms: event_time_ms - event_time_ms % limits::HOUR_MS,
-        });
+        let (window_key, hour_key) =
+            series_keys(click, self.config.window.window_start(event_time_ms));
+        self.windows[lane_index(Lane::OnTime)].prefetch(&window_key);
+        self.hours[lane_index(Lane::OnTime)].prefetch(&hour_key);
         self.rate
             .counters
             .prefetch(&RateRule::key(click.ip, event_time_ms));
@@ -338,17 +350,7 @@ impl PartitionAggregator {
                 },
             },
         };
-        let window_key = WindowKey {
-            campaign_id: click.campaign_id,
-            ad_id: click.ad_id,
-            salt: click.salt,
-            window_start_ms,
-        };
-        let hour_key = HourKey {
-            campaign_id: click.campaign_id,
-            salt: click.salt,
-            hour_start_ms: event_time_ms - event_time_ms % limits::HOUR_MS,
-        };
+        let (window_key, hour_key) = series_keys(click, window_start_ms);
         self.windows[lane_index(lane)].add(window_key, delta);
         self.hours[lane_index(lane)].add(hour_key, delta);
     }

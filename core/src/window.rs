@@ -13,10 +13,9 @@ use std::hash::Hash;
 
 use serde::{Deserialize, Serialize};
 
-use crate::open_table::OpenTable;
-
 use crate::ids::{AdId, CampaignId, Salt};
 use crate::limits;
+use crate::open_table::OpenTable;
 
 /// The event-time rules of one partition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -171,6 +171,19 @@ async fn get_as(url: &str, token: Option<&str>) -> StatusCode {
     request.send().await.unwrap().status()
 }
 
+/// `GET /v1/top` for one window, as the holder of `token`.
+async fn top_as(base: &str, window_start_ms: u64, token: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{base}/v1/top?window={window_start_ms}&n=10"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_advertiser_sees_only_its_own_campaigns() {
     let secured = secured_server("").await;
@@ -211,30 +224,14 @@ async fn an_advertiser_sees_only_its_own_campaigns() {
     let window_start_ms = now / 1000 * 1000;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let top: Value = reqwest::Client::new()
-            .get(format!("{base}/v1/top?window={window_start_ms}&n=10"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let top = top_as(base, window_start_ms, ADMIN_TOKEN).await;
         if top["ads"].as_array().map_or(0, Vec::len) == 2 {
             break;
         }
         assert!(Instant::now() < deadline, "both clicks never showed: {top}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let top: Value = reqwest::Client::new()
-        .get(format!("{base}/v1/top?window={window_start_ms}&n=10"))
-        .bearer_auth(ACME_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let top = top_as(base, window_start_ms, ACME_TOKEN).await;
     let campaigns: Vec<u64> = top["ads"]
         .as_array()
         .unwrap()
