@@ -335,17 +335,21 @@ fn nonzero_lanes(lanes: u64) -> u64 {
 impl ControlGroup {
     #[inline]
     fn load(control: &[[u8; 2]], index: usize) -> ControlGroup {
-        let slots = (control.len() - index).min(GROUP_SLOTS);
-        let mut bytes = [0u8; 2 * GROUP_SLOTS];
-        if slots == GROUP_SLOTS {
-            bytes.copy_from_slice(control[index..index + GROUP_SLOTS].as_flattened());
-        } else {
-            // The table's last few slots; the missing lanes are masked off in `scan`.
-            bytes[..2 * slots].copy_from_slice(control[index..index + slots].as_flattened());
+        if let Some(group) = control.get(index..index + GROUP_SLOTS) {
+            let bytes: [u8; 2 * GROUP_SLOTS] = group.as_flattened().try_into().expect("4 slots");
+            return ControlGroup {
+                word: u64::from_le_bytes(bytes),
+                slots: GROUP_SLOTS,
+            };
         }
+        // The table's last few slots; the missing lanes are masked off in `scan`.
+        let tail = &control[index..];
+        let word = tail.iter().rev().fold(0u64, |word, &[fingerprint, tag]| {
+            word << 16 | u64::from(u16::from_le_bytes([fingerprint, tag]))
+        });
         ControlGroup {
-            word: u64::from_le_bytes(bytes),
-            slots,
+            word,
+            slots: tail.len(),
         }
     }
 
