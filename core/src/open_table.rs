@@ -18,6 +18,15 @@ const LOAD_MAX: f64 = 0.8;
 const SLOTS_MIN: usize = 16;
 /// How many entries from a key's home `prefetch` requests.
 const PREFETCH_ENTRIES: usize = 3;
+/// Every table hashes with this one fixed hasher, so a key's hash (`key_hash`) is the same in
+/// every table and a caller can compute it once for a prefetch and the lookup after it.
+const HASHER: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0);
+
+/// The hash of `key` in any `OpenTable`.
+#[inline]
+pub(crate) fn key_hash<K: Hash + ?Sized>(key: &K) -> u64 {
+    HASHER.hash_one(key)
+}
 
 #[derive(Clone, Debug)]
 pub(crate) struct OpenTable<K, V> {
@@ -26,7 +35,6 @@ pub(crate) struct OpenTable<K, V> {
     len: usize,
     /// The most keys the table holds before it grows.
     len_max: usize,
-    hasher: foldhash::fast::FixedState,
 }
 
 impl<K: Copy + Default + Eq + Hash, V: Copy + Default> Default for OpenTable<K, V> {
@@ -42,7 +50,6 @@ impl<K: Copy + Default + Eq + Hash, V: Copy + Default> OpenTable<K, V> {
             entries: vec![(K::default(), V::default()); slots],
             len: 0,
             len_max: (slots as f64 * LOAD_MAX) as usize,
-            hasher: foldhash::fast::FixedState::with_seed(0),
         }
     }
 
@@ -51,7 +58,14 @@ impl<K: Copy + Default + Eq + Hash, V: Copy + Default> OpenTable<K, V> {
     }
 
     fn hash(&self, key: &K) -> u64 {
-        self.hasher.hash_one(key)
+        key_hash(key)
+    }
+
+    /// The caller's precomputed hash of `key`, checked in debug builds.
+    #[inline]
+    fn checked(&self, hash: u64, key: &K) -> u64 {
+        debug_assert_eq!(hash, self.hash(key), "a hash from key_hash");
+        hash
     }
 
     /// Finds `key`: `Ok(slot)` where it is, or `Err(slot)` where it would go.
@@ -72,13 +86,14 @@ impl<K: Copy + Default + Eq + Hash, V: Copy + Default> OpenTable<K, V> {
         }
     }
 
-    /// Asks the CPU to start loading what a lookup of `key` will touch: its control bytes, and
-    /// the first `PREFETCH_ENTRIES` entries of its probe run (a key sits on average about one
-    /// slot past its home at these loads, and a counts entry fills a cache line). A hint only.
+    /// Asks the CPU to start loading what a lookup of the key whose `key_hash` is `hash` will
+    /// touch: its control bytes, and the first `PREFETCH_ENTRIES` entries of its probe run (a key
+    /// sits on average about one slot past its home at these loads, and a counts entry fills a
+    /// cache line). A hint only.
     #[inline]
-    pub(crate) fn prefetch(&self, key: &K) {
+    pub(crate) fn prefetch(&self, hash: u64) {
         let slots = self.control.len();
-        let home = probing::home(self.hash(key), slots);
+        let home = probing::home(hash, slots);
         prefetch_line(&self.control[home]);
         let mut index = home;
         for _ in 0..PREFETCH_ENTRIES {
@@ -100,10 +115,16 @@ impl<K: Copy + Default + Eq + Hash, V: Copy + Default> OpenTable<K, V> {
     /// The value of `key`, inserting `default` first if it is absent.
     #[inline]
     pub(crate) fn get_or_insert(&mut self, key: K, default: V) -> &mut V {
+        self.get_or_insert_hashed(key, self.hash(&key), default)
+    }
+
+    /// `get_or_insert` for a key whose `key_hash` the caller computed ahead.
+    #[inline]
+    pub(crate) fn get_or_insert_hashed(&mut self, key: K, hash: u64, default: V) -> &mut V {
         if self.len + 1 > self.len_max {
             self.grow();
         }
-        let hash = self.hash(&key);
+        let hash = self.checked(hash, &key);
         let index = match self.find(hash, &key) {
             Ok(index) => index,
             Err(vacant) => {

@@ -22,11 +22,13 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{self, CodecError};
 use crate::dedup::{DedupConfig, DedupOutcome, DedupSet};
 use crate::event::ClickView;
-use crate::fraud::{FraudList, FraudRegistry, FraudVerdict, RateRule};
+use crate::fraud::{FraudHashes, FraudList, FraudRegistry, FraudVerdict, RateKey, RateRule};
 use crate::ids::*;
 use crate::limits;
 use crate::snapshot::{CheckpointKind, PartitionCheckpoint, PartitionStats, encode_checkpoint};
-use crate::window::{Counts, CountsTable, HourKey, Lane, Watermark, WindowConfig, WindowKey};
+use crate::window::{
+    Counts, CountsTable, HourKey, Lane, Watermark, WindowConfig, WindowKey, key_hash,
+};
 
 /// How many records ahead `on_batch` decodes and prefetches. Far enough to cover a DRAM miss (a
 /// few hundred ns) at tens of ns per record, near enough that the lines are still cached.
@@ -179,6 +181,18 @@ fn series_keys(click: &ClickView<'_>, window_start_ms: u64) -> (WindowKey, HourK
     )
 }
 
+/// A decoded click with every key it will touch and their hashes, computed once: first to
+/// prefetch the keys' slots, then to count. The window and hour keys are the same in both lanes.
+struct Staged<'a> {
+    click: ClickView<'a>,
+    window_start_ms: u64,
+    window: (WindowKey, u64),
+    hour: (HourKey, u64),
+    rate: (RateKey, u64),
+    dedup_hash: u64,
+    fraud: FraudHashes,
+}
+
 fn lane_index(lane: Lane) -> usize {
     match lane {
         Lane::OnTime => 0,
@@ -255,20 +269,20 @@ impl PartitionAggregator {
         // one after another. Counting still happens strictly in offset order.
         let records: Vec<(Offset, &'a [u8])> = records.into_iter().collect();
         let any = !records.is_empty();
-        let mut ahead: VecDeque<Result<ClickView<'a>, CodecError>> =
+        let mut ahead: VecDeque<Result<Staged<'a>, CodecError>> =
             VecDeque::with_capacity(PREFETCH_DISTANCE + 1);
         let mut decoded = 0;
         for &(offset, _) in &records {
             while decoded < records.len() && ahead.len() <= PREFETCH_DISTANCE {
-                let click = codec::decode(records[decoded].1);
-                if let Ok(click) = &click {
-                    self.prefetch(click);
+                let staged = codec::decode(records[decoded].1).map(|click| self.stage(click));
+                if let Ok(staged) = &staged {
+                    self.prefetch(staged);
                 }
-                ahead.push_back(click);
+                ahead.push_back(staged);
                 decoded += 1;
             }
             match ahead.pop_front().expect("decoded ahead of counting") {
-                Ok(click) => self.on_click(offset, &click),
+                Ok(staged) => self.count(offset, &staged),
                 Err(error) => {
                     self.advance_offset(offset);
                     self.stats.undecodable += 1;
@@ -282,19 +296,31 @@ impl PartitionAggregator {
         undecodable
     }
 
-    /// Requests the slots `on_click` will most likely touch for `click`. A hint: no effect on
-    /// results. The window and hour series are those of the on-time lane, the common case.
-    fn prefetch(&self, click: &ClickView<'_>) {
+    /// Names every key `click` will touch and hashes each once.
+    fn stage<'a>(&self, click: ClickView<'a>) -> Staged<'a> {
         let event_time_ms = click.event_time_ms.0;
-        self.dedup.prefetch(click.click_id);
-        let (window_key, hour_key) =
-            series_keys(click, self.config.window.window_start(event_time_ms));
-        self.windows[lane_index(Lane::OnTime)].prefetch(&window_key);
-        self.hours[lane_index(Lane::OnTime)].prefetch(&hour_key);
-        self.rate
-            .counters
-            .prefetch(&RateRule::key(click.ip, event_time_ms));
-        self.fraud_list.prefetch(click.ip, click.user_agent);
+        let window_start_ms = self.config.window.window_start(event_time_ms);
+        let (window_key, hour_key) = series_keys(&click, window_start_ms);
+        let rate_key = RateRule::key(click.ip, event_time_ms);
+        Staged {
+            window_start_ms,
+            window: (window_key, key_hash(&window_key)),
+            hour: (hour_key, key_hash(&hour_key)),
+            rate: (rate_key, key_hash(&rate_key)),
+            dedup_hash: self.dedup.hash(click.click_id),
+            fraud: self.fraud_list.hashes(click.ip, click.user_agent),
+            click,
+        }
+    }
+
+    /// Requests the slots `count` will most likely touch for `staged`. A hint: no effect on
+    /// results. The window and hour series are those of the on-time lane, the common case.
+    fn prefetch(&self, staged: &Staged<'_>) {
+        self.dedup.prefetch(staged.dedup_hash);
+        self.windows[lane_index(Lane::OnTime)].prefetch(staged.window.1);
+        self.hours[lane_index(Lane::OnTime)].prefetch(staged.hour.1);
+        self.rate.counters.prefetch(staged.rate.1);
+        self.fraud_list.prefetch(staged.fraud);
     }
 
     fn advance_offset(&mut self, offset: Offset) {
@@ -311,11 +337,17 @@ impl PartitionAggregator {
 
     /// Counts one decoded click read at `offset`.
     pub fn on_click(&mut self, offset: Offset, click: &ClickView<'_>) {
+        let staged = self.stage(*click);
+        self.count(offset, &staged);
+    }
+
+    fn count(&mut self, offset: Offset, staged: &Staged<'_>) {
         self.advance_offset(offset);
         self.stats.clicks += 1;
+        let click = &staged.click;
         let event_time_ms = click.event_time_ms.0;
         let window = &self.config.window;
-        let window_start_ms = window.window_start(event_time_ms);
+        let window_start_ms = staged.window_start_ms;
         let watermark_ms = self.watermark.watermark_ms;
         let lane = if window.close_at(window_start_ms, window.window_ms) > watermark_ms {
             Lane::OnTime
@@ -328,7 +360,10 @@ impl PartitionAggregator {
         };
         self.watermark.observe_event(event_time_ms, window);
 
-        let delta = match self.dedup.insert(click.click_id, event_time_ms) {
+        let delta = match self
+            .dedup
+            .insert_hashed(click.click_id, staged.dedup_hash, event_time_ms)
+        {
             DedupOutcome::Duplicate => {
                 self.stats.duplicates += 1;
                 Counts {
@@ -337,7 +372,7 @@ impl PartitionAggregator {
                     fraud: 0,
                 }
             }
-            DedupOutcome::New => match self.fraud_verdict(click) {
+            DedupOutcome::New => match self.fraud_verdict(staged) {
                 FraudVerdict::Clean => Counts {
                     clicks: 1,
                     unique: 1,
@@ -350,20 +385,18 @@ impl PartitionAggregator {
                 },
             },
         };
-        let (window_key, hour_key) = series_keys(click, window_start_ms);
-        self.windows[lane_index(lane)].add(window_key, delta);
-        self.hours[lane_index(lane)].add(hour_key, delta);
+        let (window_key, window_hash) = staged.window;
+        let (hour_key, hour_hash) = staged.hour;
+        self.windows[lane_index(lane)].add_hashed(window_key, window_hash, delta);
+        self.hours[lane_index(lane)].add_hashed(hour_key, hour_hash, delta);
     }
 
-    /// Every unique click counts toward its IP's rate, whatever the list says.
-    fn fraud_verdict(&mut self, click: &ClickView<'_>) -> FraudVerdict {
-        let verdict = crate::fraud::judge(
-            &self.fraud_list,
-            &mut self.rate,
-            click.ip,
-            click.user_agent,
-            click.event_time_ms.0,
-        );
+    /// Every unique click counts toward its IP's rate, whatever the list says: the decision of
+    /// `fraud::judge`, on the hashes computed when the click was staged.
+    fn fraud_verdict(&mut self, staged: &Staged<'_>) -> FraudVerdict {
+        let (rate_key, rate_hash) = staged.rate;
+        let within_rate = self.rate.admit_hashed(rate_key, rate_hash);
+        let verdict = crate::fraud::decide(self.fraud_list.check_hashed(staged.fraud), within_rate);
         match verdict {
             FraudVerdict::Clean => {}
             FraudVerdict::KnownBadIp => self.stats.fraud_known_ip += 1,

@@ -17,6 +17,13 @@ use crate::ids::{AdId, CampaignId, Salt};
 use crate::limits;
 use crate::open_table::OpenTable;
 
+/// The hash of a series key in every `CountsTable`: a caller that knows its next keys computes
+/// it once, to `prefetch` and then to `add_hashed`.
+#[inline]
+pub fn key_hash<K: Hash>(key: &K) -> u64 {
+    crate::open_table::key_hash(key)
+}
+
 /// The event-time rules of one partition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowConfig {
@@ -229,7 +236,15 @@ impl<K: SeriesStart> Default for CountsTable<K> {
 impl<K: SeriesStart> CountsTable<K> {
     /// Adds `delta` to a series and returns its new counts.
     pub fn add(&mut self, key: K, delta: Counts) -> Counts {
-        let entry = self.entries.get_or_insert(key, Entry::default());
+        self.add_hashed(key, key_hash(&key), delta)
+    }
+
+    /// `add` for a key whose hash (`key_hash`) the caller computed ahead, to prefetch.
+    #[inline]
+    pub fn add_hashed(&mut self, key: K, hash: u64, delta: Counts) -> Counts {
+        let entry = self
+            .entries
+            .get_or_insert_hashed(key, hash, Entry::default());
         entry.counts.add(delta);
         let counts = entry.counts;
         if !entry.dirty {
@@ -252,11 +267,12 @@ impl<K: SeriesStart> CountsTable<K> {
         self.entries.len() == 0
     }
 
-    /// Asks the CPU to start loading `key`'s slot: callers that know the next keys of a batch
-    /// overlap the cache misses instead of paying them one by one. A hint only.
+    /// Asks the CPU to start loading the slot of the key whose `key_hash` is `hash`: callers
+    /// that know the next keys of a batch overlap the cache misses instead of paying them one by
+    /// one. A hint only.
     #[inline]
-    pub fn prefetch(&self, key: &K) {
-        self.entries.prefetch(key);
+    pub fn prefetch(&self, hash: u64) {
+        self.entries.prefetch(hash);
     }
 
     /// The series changed since the last call, with their absolute counts, sorted by key so that
