@@ -16,14 +16,18 @@ pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 /// How long after its event time a click id is remembered for dedup: window plus lateness plus a
 /// client retry window of one minute.
 pub const DEDUP_HORIZON_MS_DEFAULT: u64 = 180_000;
-/// Dedup expiry granularity: ids expire a bucket at a time, in one scan of the whole table. At
-/// 10 s the scans cost about 150 ns per insert at 7M ids; at 30 s about 58 ns, for ids kept up to
-/// 20 s longer (measured in reports/2026-11-28-rust-svc/criterion-hot-path.md).
-pub const DEDUP_BUCKET_MS_DEFAULT: u64 = 30_000;
-/// Retained click ids per partition. 2^24 * 7/8 fills a power-of-two table to its max load.
+/// Dedup expiry granularity: ids expire a bucket at a time. Expiry is lazy (it moves a
+/// threshold in constant time), so small buckets cost nothing per bucket; what they buy is
+/// memory: the table is sized for the most ids it holds, just before a bucket expires, and at
+/// 30 s buckets it held 26 bytes per id just after one did. At 5 s the whole-chain bench stays
+/// at 20.5-23.8 bytes per id. The price is a tag rebase (a compaction, ~0.12 s at 10M ids)
+/// every ~213 buckets, 2.3 ns per event amortized (reports/2026-11-28-rust-svc/
+/// hot-path-session-2.md).
+pub const DEDUP_BUCKET_MS_DEFAULT: u64 = 5_000;
 /// A dedup horizon holds at most this many buckets, so that every retained id's bucket fits the
 /// table's one-byte tag (255 buckets of span) with room for the watermark to move in an epoch.
 pub const DEDUP_BUCKETS_PER_HORIZON_MAX: u64 = 100;
+/// Retained click ids per partition. 2^24 * 7/8 fills a power-of-two table to its max load.
 pub const DEDUP_IDS_PER_PARTITION_MAX_DEFAULT: usize = (1 << 24) / 8 * 7;
 /// Late-event counts per window are kept (and rewritten absolutely) for this long.
 pub const LATE_RETENTION_MS_DEFAULT: u64 = 86_400_000;
