@@ -186,7 +186,9 @@ pub fn decode(bytes: &[u8]) -> Result<ClickView<'_>, CodecError> {
         let octets: [u8; 4] = ip_slice.try_into().expect("length checked");
         IpAddr::V4(Ipv4Addr::from(octets))
     };
-    let user_agent = std::str::from_utf8(&bytes[FIXED_BYTES + ip_bytes..])
+    // simdutf8 validates exactly what std does, several times as fast on the ~100-byte ASCII
+    // user agents of the hot path (std's validation was 3-6% of the whole per-event chain).
+    let user_agent = simdutf8::basic::from_utf8(&bytes[FIXED_BYTES + ip_bytes..])
         .map_err(|_| CodecError::UserAgentNotUtf8)?;
     Ok(ClickView {
         click_id,
@@ -277,6 +279,23 @@ mod tests {
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = decode(&bytes);
+        }
+
+        /// A user agent decodes exactly when std calls its bytes UTF-8, whatever the bytes.
+        #[test]
+        fn user_agents_decode_exactly_when_they_are_utf8(
+            agent in proptest::collection::vec(prop_oneof![any::<u8>(), 0x20u8..0x7f], 0..300)
+        ) {
+            let mut bytes = encode(&sample("192.0.2.1".parse().unwrap(), None), Salt(0));
+            let agent_at = bytes.len() - sample("192.0.2.1".parse().unwrap(), None).user_agent.len();
+            bytes.truncate(agent_at);
+            bytes.extend_from_slice(&agent);
+            bytes[6..8].copy_from_slice(&(agent.len() as u16).to_le_bytes());
+            let decoded = decode(&bytes);
+            match std::str::from_utf8(&agent) {
+                Ok(text) => prop_assert_eq!(decoded.map(|view| view.user_agent), Ok(text)),
+                Err(_) => prop_assert_eq!(decoded.map(|_| ()), Err(CodecError::UserAgentNotUtf8)),
+            }
         }
 
         #[test]
