@@ -158,6 +158,15 @@ impl<K: Copy + Default + Eq + Hash, V: Copy + Default> OpenTable<K, V> {
             .map(|(_, (key, value))| (key, value))
     }
 
+    /// Every (key, value) with the value mutable, in slot order: one sequential pass.
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> + '_ {
+        self.control
+            .iter()
+            .zip(&mut self.entries)
+            .filter(|(control, _)| **control != 0)
+            .map(|(_, (key, value))| (&*key, value))
+    }
+
     /// Keeps the entries `keep` says yes to, in one sweep that leaves no tombstone.
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
         probing::sweep(self, |table, index| {
