@@ -997,6 +997,8 @@ struct ChainDriver {
     /// Bytes per retained dedup id after each batch since warm-up: (min, sum, max, samples).
     /// Bucketed expiry makes it a sawtooth, so one end-of-run figure would be arbitrary.
     dedup_bytes_per_id: (f64, f64, f64, u64),
+    /// Dedup compactions during the warm-up, to count those of the timed run.
+    warm_compactions: u64,
 }
 
 fn chain_config() -> AggregatorConfig {
@@ -1036,6 +1038,7 @@ impl ChainDriver {
             dedup_bytes: 0,
             dedup_growths: Vec::new(),
             dedup_bytes_per_id: (f64::MAX, 0.0, 0.0, 0),
+            warm_compactions: 0,
         };
         driver.dedup_bytes = driver.aggregator.dedup().allocated_bytes();
         // Fill dedup to its steady size: the horizon plus a few epochs of event time.
@@ -1045,6 +1048,7 @@ impl ChainDriver {
         }
         driver.times = ChainTimes::default();
         driver.dedup_bytes_per_id = (f64::MAX, 0.0, 0.0, 0);
+        driver.warm_compactions = driver.aggregator.dedup().compactions();
         driver
     }
 
@@ -1224,12 +1228,14 @@ impl ChainDriver {
             (self.aggregator.watermark().watermark_ms - T0_MS) / 1000,
         ));
         print(&format!(
-            "whole_chain: dedup len {}, ids_expected {}, {:.1} MiB, {:.2} bytes per retained id, {:?}",
+            "whole_chain: dedup len {}, ids_expected {}, {:.1} MiB, {:.2} bytes per retained id, {:?}; {} compactions since warm-up ({} in all)",
             dedup.len(),
             chain_config().dedup.ids_expected,
             mb(dedup.allocated_bytes()),
             dedup.allocated_bytes() as f64 / dedup.len() as f64,
-            dedup.stats()
+            dedup.stats(),
+            dedup.compactions() - self.warm_compactions,
+            dedup.compactions(),
         ));
         let (low, sum, high, samples) = self.dedup_bytes_per_id;
         print(&format!(

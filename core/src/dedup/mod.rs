@@ -338,6 +338,12 @@ impl DedupSet {
     }
 
     /// Bytes the table allocated. Divide by `len` for bytes per retained id.
+    /// Passes over the whole table so far (compactions, at most one per grow or tag rebase
+    /// included): each stalls the insert that triggers it for a time proportional to the table.
+    pub fn compactions(&self) -> u64 {
+        self.table.compactions()
+    }
+
     pub fn allocated_bytes(&self) -> usize {
         self.table.allocation_size()
     }

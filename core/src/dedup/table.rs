@@ -56,6 +56,8 @@ pub(crate) struct IdTable {
     live_tag_min: i64,
     /// The most occupied slots before the table compacts or grows: `LOAD_MAX` of its slots.
     occupied_max: usize,
+    /// Compactions so far, grows and rebases included: each is a pass over the whole table.
+    compactions: u64,
     hasher: foldhash::fast::FixedState,
 }
 
@@ -84,6 +86,7 @@ impl IdTable {
             live: 0,
             live_tag_min: 0,
             occupied_max: (slots as f64 * LOAD_MAX) as usize,
+            compactions: 0,
             hasher: foldhash::fast::FixedState::with_seed(0x5eed_dedd),
         }
     }
@@ -91,6 +94,10 @@ impl IdTable {
     /// Live ids.
     pub(crate) fn len(&self) -> usize {
         self.live
+    }
+
+    pub(crate) fn compactions(&self) -> u64 {
+        self.compactions
     }
 
     pub(crate) fn allocation_size(&self) -> usize {
@@ -228,6 +235,7 @@ impl IdTable {
         let mut larger = IdTable::with_capacity(self.slots() * 3 / 2);
         larger.hasher = self.hasher.clone();
         larger.live_tag_min = self.live_tag_min;
+        larger.compactions = self.compactions;
         for (id, tag) in self.iter() {
             larger.find_or_insert(larger.hash(id), id, tag);
         }
@@ -248,6 +256,7 @@ impl IdTable {
 
     /// Empties every dead slot, in one sweep that leaves no tombstone (`probing::sweep`).
     fn compact(&mut self) {
+        self.compactions += 1;
         probing::sweep(self, |table, index| {
             if table.is_live(table.control[index][1]) {
                 return false;
