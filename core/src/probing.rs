@@ -90,39 +90,33 @@ pub(crate) trait ProbeSlots {
 /// left.
 ///
 /// The pass starts just after an empty slot, so no probe run straddles its start, and every slot
-/// before the current one is final when it is reached: one pass suffices. The empty slots of the
-/// current run are kept in order, so a survivor's new slot is found among them, not by walking
-/// the run from its home.
+/// before the current one is final when it is reached: one pass suffices.
 pub(crate) fn sweep<T: ProbeSlots>(table: &mut T, mut remove: impl FnMut(&mut T, usize) -> bool) {
     let slots = table.slots();
     let Some(start) = (0..slots).find(|&index| table.is_vacant(index)) else {
         unreachable!("tables grow before they fill, so an empty slot exists");
     };
-    // Steps from the start, which order the slots of a run even where it wraps past the end.
-    let step_of = |index: usize| (index + slots - start) % slots;
-    // The slots emptied so far in the current run, in run order.
-    let mut holes: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
+    // Whether the current probe run has had a slot emptied, so survivors may move back.
+    let mut run_has_hole = false;
     let mut index = start;
     for _ in 0..slots {
         index = next(index, slots);
         if table.is_vacant(index) {
-            holes.clear();
+            run_has_hole = false;
             continue;
         }
         if remove(table, index) {
-            holes.push_back(index);
+            run_has_hole = true;
             continue;
         }
-        if holes.is_empty() {
-            continue;
-        }
-        // The first hole at or after the survivor's home; holes before its home stay for later
-        // survivors whose homes are earlier.
-        let home = step_of(table.home_of(index));
-        if let Some(at) = holes.iter().position(|&hole| step_of(hole) >= home) {
-            let target = holes.remove(at).expect("position is in range");
-            table.move_slot(index, target);
-            holes.push_back(index);
+        if run_has_hole {
+            let mut target = table.home_of(index);
+            while target != index && !table.is_vacant(target) {
+                target = next(target, slots);
+            }
+            if target != index {
+                table.move_slot(index, target);
+            }
         }
     }
 }
