@@ -1001,19 +1001,19 @@ struct ChainDriver {
     warm_compactions: u64,
 }
 
-fn chain_config() -> AggregatorConfig {
-    let window = WindowConfig::default();
-    let dedup = DedupConfig::default();
-    // The most event time the set holds: the horizon, the bucket being filled, the watermark's
-    // lag, and one epoch of event time between expiries.
+/// The most event time the chain's dedup set holds under the default configs: the horizon, the
+/// bucket being filled, the watermark's lag, and one epoch of event time between expiries.
+fn chain_held_event_ms() -> u64 {
+    let (window, dedup) = (WindowConfig::default(), DedupConfig::default());
     let epoch_event_ms = BATCHES_PER_EPOCH * BATCH_RECORDS as u64 * 1000 / LIVE_EVENTS_PER_S;
-    let held_ms =
-        dedup.horizon_ms + dedup.bucket_ms + window.max_out_of_orderness_ms + epoch_event_ms;
+    dedup.horizon_ms + dedup.bucket_ms + window.max_out_of_orderness_ms + epoch_event_ms
+}
+
+fn chain_config() -> AggregatorConfig {
     AggregatorConfig {
-        window,
         dedup: DedupConfig {
-            ids_expected: (held_ms * LIVE_EVENTS_PER_S / 1000) as usize,
-            ..dedup
+            ids_expected: (chain_held_event_ms() * LIVE_EVENTS_PER_S / 1000) as usize,
+            ..DedupConfig::default()
         },
         ..AggregatorConfig::default()
     }
@@ -1260,12 +1260,7 @@ impl ChainDriver {
     /// the timed run: force one at the end (one click 255 buckets past the cutoff) and time it.
     fn report_tag_rebase(&mut self) {
         let dedup = chain_config().dedup;
-        let epoch_event_ms = BATCHES_PER_EPOCH * BATCH_RECORDS as u64 * 1000 / LIVE_EVENTS_PER_S;
-        let held_ms = dedup.horizon_ms
-            + dedup.bucket_ms
-            + chain_config().window.max_out_of_orderness_ms
-            + epoch_event_ms;
-        let held_buckets = held_ms.div_ceil(dedup.bucket_ms);
+        let held_buckets = chain_held_event_ms().div_ceil(dedup.bucket_ms);
         let events_between = (255 - held_buckets) * dedup.bucket_ms * LIVE_EVENTS_PER_S / 1000;
         let len = self.aggregator.dedup().len();
         let ahead_ms = u64::from(self.aggregator.dedup().cutoff_bucket() + 255) * dedup.bucket_ms;

@@ -211,9 +211,16 @@ impl FraudList {
         (self.bad_ips.num_bits() + self.bad_user_agents.num_bits()) / 8
     }
 
-    /// The filters' hashes of a click's IP and user agent. Every list hashes with the same
-    /// seeded hasher, so the hashes do not depend on which list is in force.
+    /// The filters' hashes of a click's IP and user agent, for `prefetch` and `check_hashed` on
+    /// this list. (Every list with entries hashes with the same seeded hasher.) An empty list
+    /// checks nothing, so it hashes nothing: no user agent is hashed for nothing per click.
     pub fn hashes(&self, ip: IpAddr, user_agent: &str) -> FraudHashes {
+        if self.entries == 0 {
+            return FraudHashes {
+                ip: 0,
+                user_agent: 0,
+            };
+        }
         FraudHashes {
             ip: self.bad_ips.source_hash(&ip_key(ip)),
             user_agent: self.bad_user_agents.source_hash(user_agent),

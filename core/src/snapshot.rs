@@ -166,7 +166,6 @@ pub fn encode_checkpoint(checkpoint: &PartitionCheckpoint) -> Vec<u8> {
     out.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&[0; 4 + 8]);
     let mut out = postcard::to_extend(checkpoint, out).expect("checkpoint state always serializes");
-    out.reserve(ids_bytes);
     out.extend_from_slice(&(checkpoint.dedup_ids.len() as u64).to_le_bytes());
     for (id, bucket) in &checkpoint.dedup_ids {
         out.extend_from_slice(&id.0.to_le_bytes());
