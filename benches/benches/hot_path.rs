@@ -997,8 +997,10 @@ struct ChainDriver {
     /// Bytes per retained dedup id after each batch since warm-up: (min, sum, max, samples).
     /// Bucketed expiry makes it a sawtooth, so one end-of-run figure would be arbitrary.
     dedup_bytes_per_id: (f64, f64, f64, u64),
-    /// Dedup compactions during the warm-up, to count those of the timed run.
-    warm_compactions: u64,
+    /// Dedup passes over the whole table (grows, tag rebases) and displacements during the
+    /// warm-up, to count those of the timed run.
+    warm_table_passes: u64,
+    warm_displacements: u64,
 }
 
 /// The most event time the chain's dedup set holds under the default configs: the horizon, the
@@ -1038,7 +1040,8 @@ impl ChainDriver {
             dedup_bytes: 0,
             dedup_growths: Vec::new(),
             dedup_bytes_per_id: (f64::MAX, 0.0, 0.0, 0),
-            warm_compactions: 0,
+            warm_table_passes: 0,
+            warm_displacements: 0,
         };
         driver.dedup_bytes = driver.aggregator.dedup().allocated_bytes();
         // Fill dedup to its steady size: the horizon plus a few epochs of event time.
@@ -1048,7 +1051,8 @@ impl ChainDriver {
         }
         driver.times = ChainTimes::default();
         driver.dedup_bytes_per_id = (f64::MAX, 0.0, 0.0, 0);
-        driver.warm_compactions = driver.aggregator.dedup().compactions();
+        driver.warm_table_passes = driver.aggregator.dedup().table_passes();
+        driver.warm_displacements = driver.aggregator.dedup().displacements();
         driver
     }
 
@@ -1228,14 +1232,16 @@ impl ChainDriver {
             (self.aggregator.watermark().watermark_ms - T0_MS) / 1000,
         ));
         print(&format!(
-            "whole_chain: dedup len {}, ids_expected {}, {:.1} MiB, {:.2} bytes per retained id, {:?}; {} compactions since warm-up ({} in all)",
+            "whole_chain: dedup len {}, ids_expected {}, {:.1} MiB, {:.2} bytes per retained id, {:?}; since warm-up {} passes over the table ({} in all) and {} displacements ({:.4} per event)",
             dedup.len(),
             chain_config().dedup.ids_expected,
             mb(dedup.allocated_bytes()),
             dedup.allocated_bytes() as f64 / dedup.len() as f64,
             dedup.stats(),
-            dedup.compactions() - self.warm_compactions,
-            dedup.compactions(),
+            dedup.table_passes() - self.warm_table_passes,
+            dedup.table_passes(),
+            dedup.displacements() - self.warm_displacements,
+            (dedup.displacements() - self.warm_displacements) as f64 / events.max(1) as f64,
         ));
         let (low, sum, high, samples) = self.dedup_bytes_per_id;
         print(&format!(
@@ -1255,7 +1261,7 @@ impl ChainDriver {
 
 impl ChainDriver {
     /// The dedup set's one-byte tags span 255 buckets, so every `255 - held` buckets of event
-    /// time it rebases them: a compaction and a pass over the whole table, inside the `on_batch`
+    /// time it rebases them: a pass over the whole table, inside the `on_batch`
     /// that needs it. With the default 5 s buckets that is every ~18 min of event time, outside
     /// the timed run: force one at the end (one click 255 buckets past the cutoff) and time it.
     fn report_tag_rebase(&mut self) {

@@ -20,7 +20,7 @@ pub const DEDUP_HORIZON_MS_DEFAULT: u64 = 180_000;
 /// threshold in constant time), so small buckets cost nothing per bucket; what they buy is
 /// memory: the table is sized for the most ids it holds, just before a bucket expires, and at
 /// 30 s buckets it held 26 bytes per id just after one did. At 5 s the whole-chain bench stays
-/// at 20.5-23.8 bytes per id. The price is a tag rebase (a compaction, up to ~0.15 s at 10M ids)
+/// at 20.5-23.8 bytes per id. The price is a tag rebase (a pass over the table, ~0.08 s at 10M ids)
 /// every ~213 buckets, at most ~3 ns per event amortized (reports/2026-11-28-rust-svc/
 /// hot-path-session-2.md).
 pub const DEDUP_BUCKET_MS_DEFAULT: u64 = 5_000;

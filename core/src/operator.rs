@@ -32,6 +32,10 @@ use crate::window::{
 /// How many records ahead `on_batch` decodes and prefetches. Far enough to cover a DRAM miss (a
 /// few hundred ns) at tens of ns per record, near enough that the lines are still cached.
 const PREFETCH_DISTANCE: usize = 16;
+/// How many records ahead `on_batch` prefetches the dedup id a record will read or write. Its
+/// control words, requested `PREFETCH_DISTANCE` records ahead, have arrived by then, and they
+/// name the id's slot.
+const ID_PREFETCH_DISTANCE: usize = 6;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AggregatorConfig {
@@ -288,6 +292,11 @@ impl PartitionAggregator {
             let next = index + PREFETCH_DISTANCE;
             if next < records.len() {
                 stage_into(self, next, &mut ahead[next % AHEAD]);
+            }
+            if let Some(Some(Ok(staged))) = ahead.get((index + ID_PREFETCH_DISTANCE) % AHEAD)
+                && index + ID_PREFETCH_DISTANCE < records.len()
+            {
+                self.dedup.prefetch_id(staged.dedup_hash);
             }
             let slot = &mut ahead[index % AHEAD];
             match slot {

@@ -1,6 +1,6 @@
 //! Exact dedup by click id within a bounded event-time horizon.
 //!
-//! One open-addressing table (`table`) holds 18 bytes a slot per retained id: the full 128-bit
+//! One bucketized cuckoo table (`table`) holds 18 bytes a slot per retained id: the full 128-bit
 //! click id (compared in full, so no false duplicates), a fingerprint byte that lets most lookups
 //! skip the ids, and a one-byte tag for the event-time bucket the id expires with, relative to a
 //! base bucket. Pre-sized for `ids_expected` at 85% load, that is 21.2 bytes per id, and it stays
@@ -30,7 +30,7 @@ use table::{IdTable, Lookup};
 /// What `make_tag_room` did.
 enum TagRoom {
     Fits,
-    /// Fits after a sweep, which moved ids: an earlier lookup's vacancy is stale.
+    /// Fits after a rebase, which emptied dead slots: look the vacancy up again.
     Rebased,
     NoRoom,
 }
@@ -168,6 +168,14 @@ impl DedupSet {
         self.table.prefetch(hash);
     }
 
+    /// Starts loading the id slot an insert of the id whose `hash` this is will most likely
+    /// read or write. A hint, like `prefetch`, for later in the pipeline: it reads the control
+    /// words that `prefetch` requested, so it pays off once they have arrived.
+    #[inline]
+    pub fn prefetch_id(&self, hash: u64) {
+        self.table.prefetch_id(hash);
+    }
+
     /// Remembers the click and says whether it was seen before.
     pub fn insert(&mut self, click_id: ClickId, event_time_ms: u64) -> DedupOutcome {
         self.insert_hashed(click_id, self.hash(click_id), event_time_ms)
@@ -185,7 +193,9 @@ impl DedupSet {
         self.table.reserve_one();
         let vacant = match self.lookup(hash, click_id) {
             Lookup::Found => return DedupOutcome::Duplicate,
-            Lookup::Vacant(index) => index,
+            Lookup::Vacant(index) => Some(index),
+            // Both its buckets hold live ids: the store displaces one.
+            Lookup::Full => None,
         };
         // An id whose bucket is already below the cutoff would be expired at once: it is counted
         // as new, and not kept.
@@ -198,7 +208,7 @@ impl DedupSet {
             self.stats.unremembered += 1;
             return DedupOutcome::New;
         }
-        self.store(hash, click_id, bucket, Some(vacant));
+        self.store(hash, click_id, bucket, vacant);
         self.journal.push((click_id, bucket));
         DedupOutcome::New
     }
@@ -249,8 +259,7 @@ impl DedupSet {
         ))
     }
 
-    /// Makes `bucket` expressible as a tag, rebasing the tags (a compaction, which moves ids) if
-    /// needed.
+    /// Makes `bucket` expressible as a tag, rebasing the tags (a pass over the table) if needed.
     fn make_tag_room(&mut self, bucket: u32) -> TagRoom {
         if bucket >= self.base_bucket && bucket - self.base_bucket <= TAG_SPAN {
             return TagRoom::Fits;
@@ -338,10 +347,16 @@ impl DedupSet {
     }
 
     /// Bytes the table allocated. Divide by `len` for bytes per retained id.
-    /// Passes over the whole table so far (compactions, at most one per grow or tag rebase
-    /// included): each stalls the insert that triggers it for a time proportional to the table.
-    pub fn compactions(&self) -> u64 {
-        self.table.compactions()
+    /// Passes over the whole table so far (grows and tag rebases): each stalls the insert that
+    /// triggers it for a time proportional to the table.
+    pub fn table_passes(&self) -> u64 {
+        self.table.table_passes()
+    }
+
+    /// Ids moved to their other bucket to make room for an insert, so far: each is a cache miss
+    /// that no prefetch covers.
+    pub fn displacements(&self) -> u64 {
+        self.table.displacements()
     }
 
     pub fn allocated_bytes(&self) -> usize {

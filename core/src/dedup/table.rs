@@ -1,63 +1,75 @@
-//! The dedup set's storage: an open-addressing table of 128-bit ids with linear probing, a
-//! fingerprint byte per slot, lazy expiry and no tombstones.
+//! The dedup set's storage: a bucketized cuckoo table of 128-bit ids, a fingerprint byte per
+//! slot, and lazy expiry.
+//!
+//! Every id has two candidate buckets of eight slots, both named by its hash, and lives in one of
+//! them. So a lookup reads exactly two control words, both known (and prefetched) before the
+//! lookup starts, and an insert needs no probe run: it takes any vacant slot of the two buckets.
+//! When all sixteen slots hold live ids, the insert moves one of them to its other bucket (a
+//! cuckoo displacement), which may move another, and so on.
+//!
+//! Why not linear probing (this table's previous design, `reports/2026-11-28-rust-svc/
+//! hot-path-session-3.md`): at the 80–90% occupancy that keeps the table under 24 bytes per id,
+//! an absent id's probe run is 13 to 50 slots, spread over two or three cache lines, and the slot
+//! a new id lands in lies at the run's unknown end, so neither could be prefetched; and dead slots
+//! outside a probe run's reach stayed until a compaction swept the whole table (~15% of
+//! `on_batch`). Here a dead slot is free the moment its bucket expires, so nothing ever sweeps.
 //!
 //! Why not hashbrown: expiry removes a whole time bucket at a time. hashbrown leaves a tombstone
 //! per removed id, tombstones use up the free slots, and the table then doubles although the
-//! number of live ids never grew (measured 35–102 bytes per id in steady state, and a 1.45 s
-//! stall at the doubling; reports/2026-11-28-rust-svc/criterion-hot-path.md).
+//! number of live ids never grew (reports/2026-11-28-rust-svc/criterion-hot-path.md).
 //!
-//! Layout: two arrays indexed by slot, 18 bytes a slot in all.
-//! - `control`: two bytes a slot. The fingerprint: 0 for an empty slot, else one byte of the
-//!   id's hash (never 0). A lookup scans fingerprints from the home slot to the first empty one;
-//!   they are 1/9 of the table, so they mostly stay in the CPU's caches, and a fresh id (the
-//!   common case) is usually decided there without touching `ids` at all, as a swiss table's
-//!   control bytes do. And the tag: the id's expiry bucket minus the caller's base bucket. It
-//!   shares the fingerprint's cache line, so an insert writes two lines, not three.
-//! - `ids`: the full 128-bit click id, so there are no false duplicates.
+//! Layout: two arrays, 18 bytes a slot in all.
+//! - `control`: one 16-byte word per bucket, two bytes a slot. The fingerprint: 0 for an empty
+//!   slot, else one byte of the id's hash (never 0). And the tag: the id's expiry bucket minus
+//!   the caller's base bucket. A word is aligned, so it never straddles a cache line, and a
+//!   lookup decides a fresh id (the common case) from two words without touching `ids`.
+//! - `ids`: the full 128-bit click id, eight per bucket, so there are no false duplicates.
 //!
 //! Expiry is lazy: `expire_tags_below` only moves a threshold (and a per-tag count), in constant
-//! time. A slot whose tag is below it is dead: lookups pass over it and the next insert whose
-//! probe run crosses it takes it over, so the table stays at its steady size without sweeping
-//! it at every bucket. A dead slot is never emptied outside a `compact` (when the table fills
-//! or the caller rebases its tags), so no probe run is ever cut short.
+//! time. A slot whose tag is below it is dead: lookups pass over it and any insert into its
+//! bucket takes it over.
 //!
-//! **Invariant (linear probing):** for every stored id, live or dead, every slot from its home
-//! slot up to its own slot (cyclically) is occupied.
+//! **Invariant:** every stored id, live or dead, is in one of its two buckets, and a live id is
+//! stored once.
 
 use std::hash::BuildHasher;
 
-use crate::probing::{self, ProbeSlots, advise_huge_pages, fingerprint, prefetch_line};
+use crate::probing::{self, advise_huge_pages, fingerprint, prefetch_line};
 
+/// Slots per bucket: eight two-byte control lanes make one 16-byte word.
+const BUCKET_SLOTS: usize = 8;
 /// Bytes per slot: fingerprint, tag and id.
 const SLOT_BYTES: usize = 1 + 1 + 16;
 
-/// The highest occupancy (live and dead slots) before the table compacts, and grows if
-/// compacting does not free enough. The fingerprint run an unsuccessful lookup scans is
-/// 1/2 (1 + 1/(1 - load)^2) slots on average: 23 at 0.85, 50 at 0.9.
-const LOAD_MAX: f64 = 0.9;
-/// After compacting, the table grows if its live ids are still above this load (above the
-/// pre-size target, so a set at its expected size never grows), so that it does not compact
-/// again after a handful of inserts.
-const LIVE_AFTER_COMPACT_MAX: f64 = 0.87;
+/// The most live ids per slot before the table grows. A (2, 8) cuckoo table can be filled to
+/// about 98%; displacement chains lengthen as it fills, so it grows well before.
+const LIVE_LOAD_MAX: f64 = 0.93;
 /// The load a table is pre-sized for: `with_capacity(n)` holds n ids at this load, 21.2 bytes
 /// each.
 pub(crate) const LOAD_TARGET: f64 = 0.85;
+/// Displacements one insert may make before the table grows instead. A chain this long means
+/// the table is nearly full somewhere; at `LIVE_LOAD_MAX` chains are a few moves.
+const DISPLACEMENTS_PER_INSERT_MAX: usize = 500;
 
 pub(crate) struct IdTable {
-    /// Per slot: [fingerprint, tag].
-    control: Vec<[u8; 2]>,
+    /// Per bucket: eight [fingerprint, tag] lanes, lane `i` in bits `16 i .. 16 i + 16`.
+    control: Vec<u128>,
+    /// Per slot (`bucket * BUCKET_SLOTS + lane`): the id.
     ids: Vec<u128>,
-    /// Slots holding an id, live or dead.
-    occupied: usize,
     /// Live ids per tag; tags below `live_tag_min` count 0.
     live_per_tag: [usize; 256],
     live: usize,
     /// Slots whose tag is below this are dead. Negative: none is; above 255: every slot is.
     live_tag_min: i64,
-    /// The most occupied slots before the table compacts or grows: `LOAD_MAX` of its slots.
-    occupied_max: usize,
-    /// Compactions so far, grows and rebases included: each is a pass over the whole table.
-    compactions: u64,
+    /// The most live ids before the table grows: `LIVE_LOAD_MAX` of its slots.
+    live_max: usize,
+    /// Passes over the whole table so far (grows and tag rebases).
+    passes: u64,
+    /// Ids moved to their other bucket to make room, so far.
+    displacements: u64,
+    /// Picks which slot a displacement empties: a fixed-seed sequence, so a replay builds the
+    /// same table.
+    victim_state: u64,
     hasher: foldhash::fast::FixedState,
 }
 
@@ -67,26 +79,30 @@ pub(crate) enum Lookup {
     Found,
     /// Absent or dead; it would go to this slot (empty, or dead and free to take over).
     Vacant(usize),
+    /// Absent, and both its buckets hold live ids only: an insert must displace one.
+    Full,
 }
 
 impl IdTable {
     /// A table that holds `ids` at the target load without growing.
     pub(crate) fn with_capacity(ids: usize) -> IdTable {
-        let slots = ((ids.max(1) as f64 / LOAD_TARGET).ceil() as usize).max(16);
+        let slots = (ids.max(1) as f64 / LOAD_TARGET).ceil() as usize;
+        let buckets = slots.div_ceil(BUCKET_SLOTS).max(2);
         // `vec!` of zeroes is a zeroed allocation: untouched pages cost nothing until used.
-        let mut ids = vec![0u128; slots];
+        let mut ids = vec![0u128; buckets * BUCKET_SLOTS];
         advise_huge_pages(&mut ids);
-        let mut control = vec![[0u8; 2]; slots];
+        let mut control = vec![0u128; buckets];
         advise_huge_pages(&mut control);
         IdTable {
             control,
             ids,
-            occupied: 0,
             live_per_tag: [0; 256],
             live: 0,
             live_tag_min: 0,
-            occupied_max: (slots as f64 * LOAD_MAX) as usize,
-            compactions: 0,
+            live_max: (buckets as f64 * BUCKET_SLOTS as f64 * LIVE_LOAD_MAX) as usize,
+            passes: 0,
+            displacements: 0,
+            victim_state: 0x5eed_cafe,
             hasher: foldhash::fast::FixedState::with_seed(0x5eed_dedd),
         }
     }
@@ -96,8 +112,16 @@ impl IdTable {
         self.live
     }
 
-    pub(crate) fn compactions(&self) -> u64 {
-        self.compactions
+    pub(crate) fn table_passes(&self) -> u64 {
+        self.passes
+    }
+
+    pub(crate) fn displacements(&self) -> u64 {
+        self.displacements
+    }
+
+    fn slots(&self) -> usize {
+        self.ids.len()
     }
 
     pub(crate) fn allocation_size(&self) -> usize {
@@ -108,17 +132,25 @@ impl IdTable {
         self.hasher.hash_one(id)
     }
 
-    fn home(&self, hash: u64) -> usize {
-        probing::home(hash, self.slots())
-    }
-
-    #[cfg(test)]
-    fn next(&self, index: usize) -> usize {
-        probing::next(index, self.slots())
+    /// The two buckets an id of this hash may live in. The first comes from the hash's high
+    /// bits, the second from all of them remixed, and the fingerprint from its low byte, so the
+    /// three are independent. They may coincide.
+    #[inline]
+    fn buckets_of(&self, hash: u64) -> [usize; 2] {
+        let buckets = self.control.len();
+        let remixed = (hash ^ (hash >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        [
+            probing::home(hash, buckets),
+            probing::home(remixed, buckets),
+        ]
     }
 
     fn is_live(&self, tag: u8) -> bool {
         i64::from(tag) >= self.live_tag_min
+    }
+
+    fn live_tag_threshold(&self) -> u64 {
+        self.live_tag_min.clamp(0, 256) as u64
     }
 
     /// The oldest and newest live tag, if any id is live.
@@ -139,45 +171,70 @@ impl IdTable {
         self.live_tag_min = self.live_tag_min.max(tag);
     }
 
-    /// Asks the CPU to start loading what a lookup and insert of `hash` will touch: the
-    /// fingerprints from the home slot, and the ids where a fresh id will land (a few slots on).
+    /// Asks the CPU to start loading the two control words a lookup of `hash` reads.
     #[inline]
     pub(crate) fn prefetch(&self, hash: u64) {
-        let home = self.home(hash);
-        prefetch_line(&self.control[home]);
-        prefetch_line(&self.ids[(home + 2).min(self.slots() - 1)]);
+        for bucket in self.buckets_of(hash) {
+            prefetch_line(&self.control[bucket]);
+        }
     }
 
-    /// Makes room for one more id: compacts the table when live and dead slots reach the
-    /// highest load, and grows it if the live ids alone stay close to it. Call before a `lookup`
-    /// whose vacancy may be filled.
-    pub(crate) fn reserve_one(&mut self) {
-        if self.occupied < self.occupied_max {
-            return;
+    /// Asks the CPU to start loading the id a lookup of `hash` will most likely read or write:
+    /// the first fingerprint match, else the slot a fresh id would take. Reads the control
+    /// words, so call it once `prefetch` had time to bring them in.
+    #[inline]
+    pub(crate) fn prefetch_id(&self, hash: u64) {
+        let [first, second] = self.scan_buckets(hash);
+        let matching = [&first, &second].into_iter().find_map(|(bucket, scan)| {
+            Some(bucket * BUCKET_SLOTS + lanes_of(scan.matching).next()?)
+        });
+        if let Some(slot) = matching.or_else(|| Self::emptier_vacancy(&first, &second)) {
+            prefetch_line(&self.ids[slot]);
         }
-        self.compact();
-        if self.live as f64 >= self.slots() as f64 * LIVE_AFTER_COMPACT_MAX {
+    }
+
+    /// Each of the two buckets of `hash` with its scan.
+    #[inline]
+    fn scan_buckets(&self, hash: u64) -> [(usize, BucketScan); 2] {
+        let wanted = fingerprint(hash);
+        let live_tag_min = self.live_tag_threshold();
+        self.buckets_of(hash).map(|bucket| {
+            (
+                bucket,
+                BucketScan::new(self.control[bucket], wanted, live_tag_min),
+            )
+        })
+    }
+
+    /// The first vacant slot of whichever bucket has more vacancies (the first on a tie).
+    /// Filling the emptier bucket keeps the buckets even, so that both of an id's buckets are
+    /// seldom full and displacements stay rare.
+    #[inline]
+    fn emptier_vacancy(first: &(usize, BucketScan), second: &(usize, BucketScan)) -> Option<usize> {
+        let (bucket, scan) = if second.1.vacant.count_ones() > first.1.vacant.count_ones() {
+            second
+        } else {
+            first
+        };
+        Some(bucket * BUCKET_SLOTS + lanes_of(scan.vacant).next()?)
+    }
+
+    /// Grows the table if one more live id would take it past its highest load. Call before a
+    /// `lookup` whose vacancy may be filled.
+    pub(crate) fn reserve_one(&mut self) {
+        if self.live >= self.live_max {
             self.grow();
         }
     }
 
-    /// Finds `id` (not 0) among the live ids, or the slot it would go to: its own dead slot, the
-    /// first dead slot of its probe run, or the empty slot that ends the run.
-    ///
-    /// Scans the control bytes a group of slots at a time (`ControlGroup`): at the loads this
-    /// table runs at, a probe run is 20 to 50 slots long, and one slot at a time the scan was the
-    /// largest cost of a dedup insert.
+    /// Finds `id` (not 0) among the live ids, or the slot it would go to: its own dead slot, or
+    /// a vacant slot of the emptier of its buckets (`emptier_vacancy`).
     #[inline]
     pub(crate) fn lookup(&self, hash: u64, id: u128) -> Lookup {
-        let wanted = fingerprint(hash);
-        let live_tag_min = self.live_tag_min.clamp(0, 256) as u64;
-        let mut index = self.home(hash);
-        let mut first_dead = None;
-        loop {
-            let group = ControlGroup::load(&self.control, index);
-            let scan = group.scan(wanted, live_tag_min);
+        let [first, second] = self.scan_buckets(hash);
+        for (bucket, scan) in [&first, &second] {
             for lane in lanes_of(scan.matching) {
-                let slot = index + lane;
+                let slot = bucket * BUCKET_SLOTS + lane;
                 if self.ids[slot] == id {
                     return if scan.is_live(lane) {
                         Lookup::Found
@@ -186,33 +243,35 @@ impl IdTable {
                     };
                 }
             }
-            if first_dead.is_none() {
-                first_dead = lanes_of(scan.dead).next().map(|lane| index + lane);
-            }
-            if let Some(lane) = scan.first_empty {
-                return Lookup::Vacant(first_dead.unwrap_or(index + lane));
-            }
-            index += group.slots;
-            if index == self.slots() {
-                index = 0;
-            }
         }
+        Self::emptier_vacancy(&first, &second).map_or(Lookup::Full, Lookup::Vacant)
     }
 
-    /// Stores `id` in the slot a `lookup` of the same `hash` returned, with nothing changed in
-    /// between. `tag` must be live.
+    fn lane(&self, slot: usize) -> [u8; 2] {
+        let word = self.control[slot / BUCKET_SLOTS];
+        let lane = (word >> (16 * (slot % BUCKET_SLOTS))) as u16;
+        lane.to_le_bytes()
+    }
+
+    fn set_lane(&mut self, slot: usize, lane: [u8; 2]) {
+        let shift = 16 * (slot % BUCKET_SLOTS);
+        let word = &mut self.control[slot / BUCKET_SLOTS];
+        *word = (*word & !(0xffff << shift)) | u128::from(u16::from_le_bytes(lane)) << shift;
+    }
+
+    /// Stores `id` in the slot a `lookup` of the same `hash` returned as vacant, with nothing
+    /// changed in between. `tag` must be live.
     #[inline]
     pub(crate) fn insert_at(&mut self, vacant: usize, hash: u64, id: u128, tag: u8) {
         debug_assert!(self.is_live(tag) && id != 0);
-        let [stored, old_tag] = self.control[vacant];
         debug_assert!(
-            stored == 0 || !self.is_live(old_tag),
+            {
+                let [stored, old_tag] = self.lane(vacant);
+                stored == 0 || !self.is_live(old_tag)
+            },
             "only a vacancy is taken"
         );
-        if stored == 0 {
-            self.occupied += 1;
-        }
-        self.control[vacant] = [fingerprint(hash), tag];
+        self.set_lane(vacant, [fingerprint(hash), tag]);
         self.ids[vacant] = id;
         self.live_per_tag[usize::from(tag)] += 1;
         self.live += 1;
@@ -223,11 +282,63 @@ impl IdTable {
         self.reserve_one();
         match self.lookup(hash, id) {
             Lookup::Found => false,
-            Lookup::Vacant(index) => {
-                self.insert_at(index, hash, id, tag);
+            Lookup::Vacant(slot) => {
+                self.insert_at(slot, hash, id, tag);
+                true
+            }
+            Lookup::Full => {
+                self.insert_displacing(hash, id, tag);
                 true
             }
         }
+    }
+
+    /// Stores an absent `id` whose two buckets hold live ids only: it takes a slot of one of
+    /// them, and the id it evicts moves to its own other bucket, and so on until an id finds a
+    /// vacancy (a random walk). If none does within `DISPLACEMENTS_PER_INSERT_MAX` moves, the
+    /// table grows and the id still carried is stored there: nothing is lost.
+    #[cold]
+    pub(crate) fn insert_displacing(&mut self, hash: u64, id: u128, tag: u8) {
+        let live_tag_min = self.live_tag_threshold();
+        let (mut carried_id, mut carried_lane) = (id, [fingerprint(hash), tag]);
+        let mut bucket = self.buckets_of(hash)[self.next_victim() % 2];
+        for _ in 0..DISPLACEMENTS_PER_INSERT_MAX {
+            let slot = bucket * BUCKET_SLOTS + self.next_victim() % BUCKET_SLOTS;
+            let evicted = (self.ids[slot], self.lane(slot));
+            self.ids[slot] = carried_id;
+            self.set_lane(slot, carried_lane);
+            (carried_id, carried_lane) = evicted;
+            self.displacements += 1;
+            let [first, second] = self.buckets_of(self.hash(carried_id));
+            bucket = if first == bucket { second } else { first };
+            let scan = BucketScan::new(self.control[bucket], 0xff, live_tag_min);
+            if let Some(lane) = lanes_of(scan.vacant).next() {
+                let slot = bucket * BUCKET_SLOTS + lane;
+                self.ids[slot] = carried_id;
+                self.set_lane(slot, carried_lane);
+                self.live_per_tag[usize::from(tag)] += 1;
+                self.live += 1;
+                return;
+            }
+        }
+        // The new id is in the table now and `carried_id` is out of it; count it as in, then
+        // re-store the carried one in a larger table (it is live: every displaced id is).
+        self.live_per_tag[usize::from(tag)] += 1;
+        self.live += 1;
+        let [_, carried_tag] = carried_lane;
+        self.live_per_tag[usize::from(carried_tag)] -= 1;
+        self.live -= 1;
+        self.grow();
+        self.find_or_insert(self.hash(carried_id), carried_id, carried_tag);
+    }
+
+    /// The next value of the victim sequence (splitmix64).
+    fn next_victim(&mut self) -> usize {
+        self.victim_state = self.victim_state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.victim_state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) as usize
     }
 
     /// Moves the live ids to a table 1.5 times as large. Only when the set outgrows its pre-size.
@@ -235,7 +346,9 @@ impl IdTable {
         let mut larger = IdTable::with_capacity(self.slots() * 3 / 2);
         larger.hasher = self.hasher.clone();
         larger.live_tag_min = self.live_tag_min;
-        larger.compactions = self.compactions;
+        larger.passes = self.passes + 1;
+        larger.displacements = self.displacements;
+        larger.victim_state = self.victim_state;
         for (id, tag) in self.iter() {
             larger.find_or_insert(larger.hash(id), id, tag);
         }
@@ -244,37 +357,29 @@ impl IdTable {
 
     /// Every live (id, tag).
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u128, u8)> + '_ {
-        (0..self.slots())
-            .filter(|&index| self.control[index][0] != 0 && self.is_live(self.control[index][1]))
-            .map(|index| (self.ids[index], self.control[index][1]))
+        (0..self.slots()).filter_map(|slot| {
+            let [stored, tag] = self.lane(slot);
+            (stored != 0 && self.is_live(tag)).then(|| (self.ids[slot], tag))
+        })
     }
 
-    fn clear_slot(&mut self, index: usize) {
-        self.control[index] = [0; 2];
-        self.ids[index] = 0;
-    }
-
-    /// Empties every dead slot, in one sweep that leaves no tombstone (`probing::sweep`).
-    fn compact(&mut self) {
-        self.compactions += 1;
-        probing::sweep(self, |table, index| {
-            if table.is_live(table.control[index][1]) {
-                return false;
-            }
-            table.clear_slot(index);
-            table.occupied -= 1;
-            true
-        });
-    }
-
-    /// Compacts, then moves every tag down by `shift` (a bucket `shift` newer becomes the base),
-    /// or up when `shift` is negative. The caller makes sure every live tag still fits.
+    /// Moves every tag down by `shift` (a bucket `shift` newer becomes the base), or up when
+    /// `shift` is negative, in one pass over the control words. Dead slots are emptied first, so
+    /// that no dead tag wraps into the live range. The caller makes sure every live tag still
+    /// fits.
     pub(crate) fn rebase(&mut self, shift: i64) {
-        self.compact();
+        self.passes += 1;
         let retag = |tag: u8| u8::try_from(i64::from(tag) - shift).expect("the caller checked");
-        for index in 0..self.slots() {
-            if self.control[index][0] != 0 {
-                self.control[index][1] = retag(self.control[index][1]);
+        for slot in 0..self.slots() {
+            let [stored, tag] = self.lane(slot);
+            if stored == 0 {
+                continue;
+            }
+            if self.is_live(tag) {
+                self.set_lane(slot, [stored, retag(tag)]);
+            } else {
+                self.set_lane(slot, [0, 0]);
+                self.ids[slot] = 0;
             }
         }
         let mut live_per_tag = [0; 256];
@@ -288,43 +393,49 @@ impl IdTable {
     }
 }
 
-/// The control bytes of up to `GROUP_SLOTS` consecutive slots read as one little-endian word,
-/// so that one lookup step looks at four slots with a handful of integer operations (SWAR).
-/// Lane `i` (bits `16 i .. 16 i + 16`) holds slot `i`'s fingerprint in its low byte and its tag
-/// in its high byte.
-struct ControlGroup {
-    word: u64,
-    /// Slots in the group: `GROUP_SLOTS`, fewer at the end of the table.
-    slots: usize,
-}
-
-const GROUP_SLOTS: usize = 4;
 /// 1 in each lane's lowest bit: multiplying a byte by it repeats the byte in every lane.
-const LANE_ONES: u64 = 0x0001_0001_0001_0001;
+const LANE_ONES: u128 = 0x0001_0001_0001_0001_0001_0001_0001_0001;
 /// Each lane's top bit: where the per-lane answers below are kept.
-const LANE_TOPS: u64 = 0x8000_8000_8000_8000;
-const LOW_BYTES: u64 = 0x00ff_00ff_00ff_00ff;
+const LANE_TOPS: u128 = 0x8000_8000_8000_8000_8000_8000_8000_8000;
+const LOW_BYTES: u128 = 0x00ff_00ff_00ff_00ff_00ff_00ff_00ff_00ff;
 
-/// What one group holds, as masks of lane top bits, already cut off at the first empty slot.
-struct GroupScan {
+/// What one bucket's control word holds, as masks of lane top bits, found with a handful of
+/// integer operations on the whole word (SWAR).
+struct BucketScan {
     /// Occupied slots whose fingerprint is the wanted one.
-    matching: u64,
-    /// Occupied slots whose tag is below the live threshold.
-    dead: u64,
+    matching: u128,
     /// Occupied slots whose tag is live.
-    live: u64,
-    /// The lane of the first empty slot: the probe run ends there.
-    first_empty: Option<usize>,
+    live: u128,
+    /// Empty or dead slots: free to take.
+    vacant: u128,
 }
 
-impl GroupScan {
+impl BucketScan {
+    #[inline]
+    fn new(word: u128, wanted: u8, live_tag_min: u64) -> BucketScan {
+        debug_assert!(wanted != 0 && live_tag_min <= 256);
+        let fingerprints = word & LOW_BYTES;
+        let tags = (word >> 8) & LOW_BYTES;
+        let occupied = nonzero_lanes(fingerprints);
+        // A lane whose fingerprint equals a non-zero `wanted` is occupied.
+        let matching = !nonzero_lanes(fingerprints ^ (u128::from(wanted) * LANE_ONES)) & LANE_TOPS;
+        // tag >= live_tag_min exactly when tag + 0x8000 - live_tag_min reaches the lane's top
+        // bit; with live_tag_min <= 256 the sum stays below 0x8100, so no lane carries.
+        let live = (tags + u128::from(0x8000 - live_tag_min) * LANE_ONES) & LANE_TOPS & occupied;
+        BucketScan {
+            matching,
+            live,
+            vacant: !live & LANE_TOPS,
+        }
+    }
+
     fn is_live(&self, lane: usize) -> bool {
         self.live & (0x8000 << (16 * lane)) != 0
     }
 }
 
 /// The lanes set in a mask of lane top bits, first lane first.
-fn lanes_of(mut mask: u64) -> impl Iterator<Item = usize> {
+fn lanes_of(mut mask: u128) -> impl Iterator<Item = usize> {
     std::iter::from_fn(move || {
         if mask == 0 {
             return None;
@@ -337,75 +448,8 @@ fn lanes_of(mut mask: u64) -> impl Iterator<Item = usize> {
 
 /// Sets each lane's top bit where the lane (at most 0xff) is not zero. Adding 0x7fff to a lane
 /// of at most 0xff never carries into the next lane.
-fn nonzero_lanes(lanes: u64) -> u64 {
+fn nonzero_lanes(lanes: u128) -> u128 {
     (lanes + 0x7fff * LANE_ONES) & LANE_TOPS
-}
-
-impl ControlGroup {
-    #[inline]
-    fn load(control: &[[u8; 2]], index: usize) -> ControlGroup {
-        if let Some(group) = control.get(index..index + GROUP_SLOTS) {
-            let bytes: [u8; 2 * GROUP_SLOTS] = group.as_flattened().try_into().expect("4 slots");
-            return ControlGroup {
-                word: u64::from_le_bytes(bytes),
-                slots: GROUP_SLOTS,
-            };
-        }
-        // The table's last few slots; the missing lanes are masked off in `scan`.
-        let tail = &control[index..];
-        let word = tail.iter().rev().fold(0u64, |word, &[fingerprint, tag]| {
-            word << 16 | u64::from(u16::from_le_bytes([fingerprint, tag]))
-        });
-        ControlGroup {
-            word,
-            slots: tail.len(),
-        }
-    }
-
-    #[inline]
-    fn scan(&self, wanted: u8, live_tag_min: u64) -> GroupScan {
-        debug_assert!(wanted != 0 && live_tag_min <= 256);
-        let present = LANE_TOPS >> (16 * (GROUP_SLOTS - self.slots));
-        let fingerprints = self.word & LOW_BYTES;
-        let tags = (self.word >> 8) & LOW_BYTES;
-        let occupied = nonzero_lanes(fingerprints);
-        let empty = !occupied & present;
-        // Every lane below the first empty one: the rest of the group is past the run's end.
-        let in_run = match empty {
-            0 => present,
-            _ => ((empty & empty.wrapping_neg()) - 1) & present,
-        };
-        let matching = !nonzero_lanes(fingerprints ^ (u64::from(wanted) * LANE_ONES)) & in_run;
-        // tag >= live_tag_min exactly when tag + 0x8000 - live_tag_min reaches the lane's top
-        // bit; with live_tag_min <= 256 the sum stays below 0x8100, so no lane carries.
-        let live = (tags + (0x8000 - live_tag_min) * LANE_ONES) & LANE_TOPS & occupied;
-        GroupScan {
-            matching,
-            dead: occupied & !live & in_run,
-            live,
-            first_empty: (empty != 0).then(|| empty.trailing_zeros() as usize / 16),
-        }
-    }
-}
-
-impl ProbeSlots for IdTable {
-    fn slots(&self) -> usize {
-        self.ids.len()
-    }
-
-    fn is_vacant(&self, index: usize) -> bool {
-        self.control[index][0] == 0
-    }
-
-    fn home_of(&self, index: usize) -> usize {
-        self.home(self.hash(self.ids[index]))
-    }
-
-    fn move_slot(&mut self, from: usize, to: usize) {
-        self.control[to] = self.control[from];
-        self.ids[to] = self.ids[from];
-        self.clear_slot(from);
-    }
 }
 
 #[cfg(test)]
@@ -414,31 +458,27 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
-    /// Checks the linear-probing invariant and the counters over the whole table.
+    /// Checks the cuckoo invariant and the counters over the whole table.
     fn assert_consistent(table: &IdTable) {
-        let mut occupied = 0;
         let mut live_per_tag = [0usize; 256];
-        for index in 0..table.slots() {
-            if table.is_vacant(index) {
+        let mut live_ids = BTreeMap::new();
+        for slot in 0..table.slots() {
+            let [fp, tag] = table.lane(slot);
+            if fp == 0 {
                 continue;
             }
-            occupied += 1;
-            let stored = table.ids[index];
-            let [fp, tag] = table.control[index];
-            assert_eq!(fp, fingerprint(table.hash(stored)));
+            let stored = table.ids[slot];
+            let hash = table.hash(stored);
+            assert_eq!(fp, fingerprint(hash));
+            assert!(
+                table.buckets_of(hash).contains(&(slot / BUCKET_SLOTS)),
+                "an id outside both its buckets"
+            );
             if table.is_live(tag) {
                 live_per_tag[usize::from(tag)] += 1;
-            }
-            let mut at = table.home_of(index);
-            while at != index {
-                assert!(
-                    !table.is_vacant(at),
-                    "a hole between an id's home and its slot"
-                );
-                at = table.next(at);
+                assert!(live_ids.insert(stored, slot).is_none(), "a live id twice");
             }
         }
-        assert_eq!(table.occupied, occupied);
         assert_eq!(table.live_per_tag, live_per_tag);
         assert_eq!(table.live, live_per_tag.iter().sum::<usize>());
     }
@@ -449,8 +489,26 @@ mod tests {
         for n in 1..=1000u128 {
             assert!(table.find_or_insert(table.hash(n), n, 0));
         }
-        assert_eq!(table.allocation_size(), 1177 * 18);
-        assert!(table.allocation_size() as f64 / table.len() as f64 <= 21.2);
+        assert_eq!(table.allocation_size(), 1184 * 18);
+        assert!(table.allocation_size() as f64 / table.len() as f64 <= 21.4);
+        assert_eq!(table.table_passes(), 0, "never grew");
+        assert_consistent(&table);
+    }
+
+    #[test]
+    fn a_full_table_displaces_ids_then_grows_and_loses_none() {
+        let mut table = IdTable::with_capacity(100);
+        let size = table.allocation_size();
+        for n in 1..=1000u128 {
+            assert!(table.find_or_insert(table.hash(n), n, 0));
+        }
+        assert!(table.displacements() > 0);
+        assert!(table.allocation_size() > size);
+        assert_eq!(table.len(), 1000);
+        for n in 1..=1000u128 {
+            assert!(!table.find_or_insert(table.hash(n), n, 0), "{n} was lost");
+        }
+        assert_consistent(&table);
     }
 
     #[test]
@@ -488,61 +546,34 @@ mod tests {
         ]
     }
 
-    /// `lookup` one slot at a time: the definition the grouped scan must agree with.
-    fn lookup_slot_by_slot(table: &IdTable, hash: u64, id: u128) -> Lookup {
-        let wanted = fingerprint(hash);
-        let mut index = table.home(hash);
-        let mut first_dead = None;
-        loop {
-            let [stored, tag] = table.control[index];
-            if stored == 0 {
-                return Lookup::Vacant(first_dead.unwrap_or(index));
-            }
-            let live = table.is_live(tag);
-            if stored == wanted && table.ids[index] == id {
-                return if live {
-                    Lookup::Found
-                } else {
-                    Lookup::Vacant(index)
-                };
-            }
-            if !live && first_dead.is_none() {
-                first_dead = Some(index);
-            }
-            index = table.next(index);
-        }
-    }
-
     proptest! {
-        /// The grouped scan against the slot-by-slot one, on arbitrary control bytes (any
-        /// fingerprint, tag and threshold, runs that wrap around a table of any length) and ids
-        /// drawn from a few values, so that matching fingerprints with other ids are common.
+        /// The word-at-a-time scan against the same questions asked lane by lane, on arbitrary
+        /// control words and thresholds, with the wanted fingerprint made likely.
         #[test]
-        fn grouped_lookup_matches_slot_by_slot(
-            slots in proptest::collection::vec((0u8..6, 0u8..=255, 1u128..5), 1..40),
-            empty_at in 0usize..40,
-            live_tag_min in -3i64..260,
-            hash in any::<u64>(),
-            id in 1u128..5,
+        fn bucket_scan_matches_lane_by_lane(
+            lanes in proptest::array::uniform8((0u8..6, 0u8..=255)),
+            wanted in 1u8..=255,
+            live_tag_min in 0u64..=256,
         ) {
-            let mut table = IdTable::with_capacity(1);
-            let count = slots.len();
-            table.control = slots.iter().map(|&(fp, tag, _)| [fp, tag]).collect();
-            table.ids = slots.iter().map(|&(_, _, id)| id).collect();
-            // Fingerprints 0..6 against a wanted one of 1..=255: make the wanted one likely.
-            let wanted = fingerprint(hash);
-            for pair in &mut table.control {
-                if pair[0] == 5 {
-                    pair[0] = wanted;
-                }
+            let lanes = lanes.map(|(fp, tag)| [if fp == 5 { wanted } else { fp }, tag]);
+            let word = lanes
+                .iter()
+                .enumerate()
+                .fold(0u128, |word, (lane, &pair)| word | u128::from(u16::from_le_bytes(pair)) << (16 * lane));
+            let scan = BucketScan::new(word, wanted, live_tag_min);
+            for (lane, &[fp, tag]) in lanes.iter().enumerate() {
+                let live = fp != 0 && u64::from(tag) >= live_tag_min;
+                let top = 0x8000u128 << (16 * lane);
+                prop_assert_eq!(scan.matching & top != 0, fp == wanted, "matching, lane {}", lane);
+                prop_assert_eq!(scan.live & top != 0, live, "live, lane {}", lane);
+                prop_assert_eq!(scan.vacant & top != 0, !live, "vacant, lane {}", lane);
             }
-            table.control[empty_at % count][0] = 0;
-            table.live_tag_min = live_tag_min;
-            prop_assert_eq!(table.lookup(hash, id), lookup_slot_by_slot(&table, hash, id));
+            let expected_lanes: Vec<usize> = (0..8).filter(|&lane| lanes[lane][0] == wanted).collect();
+            prop_assert_eq!(lanes_of(scan.matching).collect::<Vec<_>>(), expected_lanes);
         }
 
-        /// Against a map of live ids, through inserts, lazy expiry, take-overs, compaction,
-        /// growth and rebases, on a small table so probe runs are long and wrap around its end.
+        /// Against a map of live ids, through inserts, lazy expiry, take-overs, displacements,
+        /// growth and rebases, on a small table so its buckets fill and ids are displaced.
         #[test]
         fn matches_a_map_of_live_ids(ops in proptest::collection::vec(op(), 1..800)) {
             let mut table = IdTable::with_capacity(8);
