@@ -1122,7 +1122,10 @@ impl ChainDriver {
         self.aggregator.on_commit(Epoch(self.epoch));
         let kind = output.checkpoint.kind;
         let checkpoint_bytes = output.checkpoint_bytes.len();
-        drop(black_box(output));
+        let output = black_box(output);
+        // As the engine's worker does once the checkpoint is stored.
+        self.aggregator
+            .recycle(output.checkpoint, output.checkpoint_bytes);
         let done = now();
         if kind == CheckpointKind::Full {
             self.times.full_barriers += 1;

@@ -24,7 +24,9 @@ use crate::event::ClickView;
 use crate::fraud::{FraudHashes, FraudList, FraudRegistry, FraudVerdict, RateRule};
 use crate::ids::*;
 use crate::limits;
-use crate::snapshot::{CheckpointKind, PartitionCheckpoint, PartitionStats, encode_checkpoint};
+use crate::snapshot::{
+    CheckpointKind, PartitionCheckpoint, PartitionStats, encode_checkpoint_into,
+};
 use crate::window::{
     Counts, CountsTable, HourKey, Lane, Watermark, WindowConfig, WindowKey, key_hash,
 };
@@ -163,6 +165,8 @@ pub struct PartitionAggregator {
     windows: [CountsTable<WindowKey>; 2],
     hours: [CountsTable<HourKey>; 2],
     stats: PartitionStats,
+    /// A checkpoint buffer handed back by `recycle`, for the next barrier to encode into.
+    spare_checkpoint_bytes: Vec<u8>,
 }
 
 /// The window series and the hour rollup a click counts in: one definition for counting and
@@ -231,6 +235,7 @@ impl PartitionAggregator {
             windows: Default::default(),
             hours: Default::default(),
             stats: PartitionStats::default(),
+            spare_checkpoint_bytes: Vec::new(),
         }
     }
 
@@ -543,12 +548,26 @@ impl PartitionAggregator {
                 ..self.checkpoint_scalars(CheckpointKind::Full)
             }
         };
-        let checkpoint_bytes = encode_checkpoint(&checkpoint);
+        let checkpoint_bytes = encode_checkpoint_into(
+            &checkpoint,
+            std::mem::take(&mut self.spare_checkpoint_bytes),
+        );
         BarrierOutput {
             epoch,
             updates,
             checkpoint,
             checkpoint_bytes,
+        }
+    }
+
+    /// Hands a barrier's checkpoint and its bytes back once they are stored, so that the next
+    /// barriers reuse their memory (the dedup journal and the encoded checkpoint, tens of MiB
+    /// an epoch at a million clicks) instead of page-faulting fresh memory in. Optional: without
+    /// it every barrier allocates anew.
+    pub fn recycle(&mut self, checkpoint: PartitionCheckpoint, checkpoint_bytes: Vec<u8>) {
+        self.dedup.recycle_journal(checkpoint.dedup_ids);
+        if checkpoint_bytes.capacity() > self.spare_checkpoint_bytes.capacity() {
+            self.spare_checkpoint_bytes = checkpoint_bytes;
         }
     }
 

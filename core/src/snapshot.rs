@@ -159,9 +159,20 @@ impl From<Format1Body> for PartitionCheckpoint {
 }
 
 pub fn encode_checkpoint(checkpoint: &PartitionCheckpoint) -> Vec<u8> {
+    encode_checkpoint_into(checkpoint, Vec::new())
+}
+
+/// `encode_checkpoint` into `out`'s memory (its contents are discarded): a caller that encodes
+/// a checkpoint every epoch reuses one buffer instead of page-faulting a fresh one in.
+pub fn encode_checkpoint_into(checkpoint: &PartitionCheckpoint, mut out: Vec<u8>) -> Vec<u8> {
     // One buffer: the header is written with placeholders and patched once the body is known.
     let ids_bytes = 8 + checkpoint.dedup_ids.len() * PACKED_ID_BYTES;
-    let mut out = Vec::with_capacity(HEADER_BYTES + 1024 + ids_bytes);
+    // Room for the postcard body too, so that the buffer is normally not reallocated (and
+    // copied) on the way: a series (key and counts as varints) takes well under this many bytes.
+    const SERIES_BYTES_MAX: usize = 96;
+    let series = checkpoint.windows.len() + checkpoint.hours.len() + checkpoint.rate.len();
+    out.clear();
+    out.reserve(HEADER_BYTES + 1024 + series * SERIES_BYTES_MAX + ids_bytes);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&[0; 4 + 8]);

@@ -337,6 +337,7 @@ impl PartitionWorker {
             .map_err(|e| self.checkpoint_error(e))?;
         self.crash_point(EpochStep::AfterComplete, epoch)?;
         self.aggregator().on_commit(epoch);
+        self.aggregator().recycle(checkpoint, checkpoint_bytes);
         self.last_barrier_ms = self.env.clock.now_ms().saturating_sub(started_ms);
         let aggregator = self.aggregator.as_ref().expect("recovered before use");
         tracing::trace!(

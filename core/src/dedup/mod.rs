@@ -131,6 +131,9 @@ pub struct DedupSet {
     aside: BTreeMap<u128, u32>,
     /// Ids inserted since the last `take_journal`: the dedup part of a delta checkpoint.
     journal: Vec<(ClickId, u32)>,
+    /// An empty journal handed back (`recycle_journal`), whose memory the next epoch's journal
+    /// reuses.
+    spare_journal: Vec<(ClickId, u32)>,
     stats: DedupStats,
 }
 
@@ -146,6 +149,7 @@ impl DedupSet {
             cutoff_bucket: 0,
             aside: BTreeMap::new(),
             journal: Vec::new(),
+            spare_journal: Vec::new(),
             stats: DedupStats::default(),
         }
     }
@@ -368,9 +372,22 @@ impl DedupSet {
     }
 
     pub fn take_journal(&mut self) -> Vec<(ClickId, u32)> {
-        // The next epoch journals about as many ids as this one: start it at that size.
+        // The next epoch journals about as many ids as this one: start it at that size, in the
+        // spare's memory when it has room. A fresh allocation of tens of MiB page-faults 4 KiB
+        // at a time as it fills; at 1M ids an epoch that was ~8% of `on_batch`.
         let capacity = self.journal.len();
-        std::mem::replace(&mut self.journal, Vec::with_capacity(capacity))
+        let mut next = std::mem::take(&mut self.spare_journal);
+        next.reserve(capacity);
+        std::mem::replace(&mut self.journal, next)
+    }
+
+    /// Hands back a journal `take_journal` returned, once its checkpoint is written, so that a
+    /// later epoch reuses its memory.
+    pub fn recycle_journal(&mut self, mut journal: Vec<(ClickId, u32)>) {
+        journal.clear();
+        if journal.capacity() > self.spare_journal.capacity() {
+            self.spare_journal = journal;
+        }
     }
 
     /// Every retained id, sorted: the full-checkpoint form.

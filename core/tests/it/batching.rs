@@ -1,6 +1,7 @@
 //! Batch equivalence: `on_batch` decodes and prefetches records ahead of counting them, so a
 //! batch of thousands must count exactly as the same records one call at a time, undecodable
-//! records in the middle included.
+//! records in the middle included. The batched run also hands every barrier's buffers back
+//! (`recycle`), which must not change a byte of any later checkpoint.
 
 use adclick_core::codec::CodecError;
 use adclick_core::operator::{BarrierOutput, PartitionAggregator, SeriesUpdate};
@@ -10,9 +11,11 @@ use proptest::prelude::*;
 
 use crate::inputs::{self, Call};
 
-/// What one run emitted: the updates of every barrier, the undecodable offsets, the stats.
+/// What one run emitted: the updates and checkpoint bytes of every barrier, the undecodable
+/// offsets, the stats.
 type Output = (
     Vec<(u64, SeriesUpdate)>,
+    Vec<Vec<u8>>,
     Vec<(Offset, CodecError)>,
     PartitionStats,
 );
@@ -30,7 +33,8 @@ fn records(clicks: &[(u64, ClickEvent)], garbage_every: usize) -> Vec<(Offset, V
     records
 }
 
-/// Drives the calls; consecutive clicks go to `on_batch` together, or one by one.
+/// Drives the calls; consecutive clicks go to `on_batch` together, or one by one. Together,
+/// every barrier's checkpoint and bytes are recycled.
 fn run(calls: &[Call], together: bool, garbage_every: usize) -> Output {
     let registry = inputs::registry();
     let mut aggregator = PartitionAggregator::new(
@@ -39,6 +43,7 @@ fn run(calls: &[Call], together: bool, garbage_every: usize) -> Output {
         registry.get(FraudListVersion(0)).unwrap(),
     );
     let mut updates = Vec::new();
+    let mut checkpoints = Vec::new();
     let mut undecodable = Vec::new();
     let mut epoch = 0;
     let mut pending: Vec<(u64, ClickEvent)> = Vec::new();
@@ -88,14 +93,21 @@ fn run(calls: &[Call], together: bool, garbage_every: usize) -> Output {
             Call::Barrier => {
                 epoch += 1;
                 let BarrierOutput {
-                    updates: emitted, ..
+                    updates: emitted,
+                    checkpoint,
+                    checkpoint_bytes,
+                    ..
                 } = aggregator.on_barrier(Epoch(epoch));
                 updates.extend(emitted.into_iter().map(|update| (epoch, update)));
                 aggregator.on_commit(Epoch(epoch));
+                checkpoints.push(checkpoint_bytes.clone());
+                if together {
+                    aggregator.recycle(checkpoint, checkpoint_bytes);
+                }
             }
         }
     }
-    (updates, undecodable, aggregator.stats())
+    (updates, checkpoints, undecodable, aggregator.stats())
 }
 
 proptest! {
