@@ -204,12 +204,17 @@ impl IdTable {
     fn scan_buckets(&self, hash: u64) -> [(usize, BucketScan); 2] {
         let wanted = fingerprint(hash);
         let live_tag_min = self.live_tag_threshold();
-        self.buckets_of(hash).map(|bucket| {
+        let [first, second] = self.buckets_of(hash);
+        [
             (
-                bucket,
-                BucketScan::new(&self.control[bucket], wanted, live_tag_min),
-            )
-        })
+                first,
+                BucketScan::new(&self.control[first], wanted, live_tag_min),
+            ),
+            (
+                second,
+                BucketScan::new(&self.control[second], wanted, live_tag_min),
+            ),
+        ]
     }
 
     /// The first vacant slot of whichever bucket has more vacancies (the first on a tie).
@@ -410,82 +415,92 @@ const LOW_BYTES: u128 = 0x00ff_00ff_00ff_00ff_00ff_00ff_00ff_00ff;
 #[repr(align(32))]
 struct ControlBucket([u128; BUCKET_WORDS]);
 
-/// What one control word holds, as masks of lane top bits, found with a handful of integer
-/// operations on the whole word (SWAR).
-struct WordScan {
+/// What one bucket's control words hold, one bit per slot (bit `i` for slot offset `i`),
+/// found with a handful of integer operations per 16-byte word (SWAR).
+#[derive(Clone, Copy)]
+struct BucketScan {
     /// Occupied slots whose fingerprint is the wanted one.
-    matching: u128,
-    /// Occupied slots whose tag is live.
-    live: u128,
-    /// Empty or dead slots: free to take.
-    vacant: u128,
+    matching: u32,
+    /// Occupied slots whose tag is live. The others are vacant: empty or dead, free to take.
+    live: u32,
 }
 
-impl WordScan {
-    #[inline]
-    fn new(word: u128, wanted: u8, live_tag_min: u64) -> WordScan {
-        debug_assert!(wanted != 0 && live_tag_min <= 256);
-        let fingerprints = word & LOW_BYTES;
-        let tags = (word >> 8) & LOW_BYTES;
-        let occupied = nonzero_lanes(fingerprints);
-        // A lane whose fingerprint equals a non-zero `wanted` is occupied.
-        let matching = !nonzero_lanes(fingerprints ^ (u128::from(wanted) * LANE_ONES)) & LANE_TOPS;
-        // tag >= live_tag_min exactly when tag + 0x8000 - live_tag_min reaches the lane's top
-        // bit; with live_tag_min <= 256 the sum stays below 0x8100, so no lane carries.
-        let live = (tags + u128::from(0x8000 - live_tag_min) * LANE_ONES) & LANE_TOPS & occupied;
-        WordScan {
-            matching,
-            live,
-            vacant: !live & LANE_TOPS,
-        }
-    }
-}
-
-/// A bucket's word scans; slot offsets within the bucket run over its words in order.
-struct BucketScan([WordScan; BUCKET_WORDS]);
+/// Every slot of a bucket.
+const BUCKET_MASK: u32 = (1 << BUCKET_SLOTS) - 1;
 
 impl BucketScan {
     #[inline]
     fn new(bucket: &ControlBucket, wanted: u8, live_tag_min: u64) -> BucketScan {
-        BucketScan(
-            bucket
-                .0
-                .map(|word| WordScan::new(word, wanted, live_tag_min)),
-        )
+        debug_assert!(wanted != 0 && live_tag_min <= 256);
+        let mut scan = BucketScan {
+            matching: 0,
+            live: 0,
+        };
+        for (index, &word) in bucket.0.iter().enumerate() {
+            let fingerprints = word & LOW_BYTES;
+            let tags = (word >> 8) & LOW_BYTES;
+            let occupied = nonzero_lanes(fingerprints);
+            // A lane whose fingerprint equals a non-zero `wanted` is occupied.
+            let matching = !nonzero_lanes(fingerprints ^ (u128::from(wanted) * LANE_ONES));
+            // tag >= live_tag_min exactly when tag + 0x8000 - live_tag_min reaches the lane's
+            // top bit; with live_tag_min <= 256 the sum stays below 0x8100, so no lane carries.
+            let live = (tags + u128::from(0x8000 - live_tag_min) * LANE_ONES) & occupied;
+            let shift = index * WORD_SLOTS;
+            scan.matching |= lane_bits(matching) << shift;
+            scan.live |= lane_bits(live) << shift;
+        }
+        scan
     }
 
     /// The offsets of the slots whose fingerprint matches, first first.
-    fn matching(&self) -> impl Iterator<Item = usize> + '_ {
-        self.0.iter().enumerate().flat_map(|(word, scan)| {
-            lanes_of(scan.matching).map(move |lane| word * WORD_SLOTS + lane)
-        })
+    #[inline]
+    fn matching(&self) -> impl Iterator<Item = usize> {
+        bits_of(self.matching)
     }
 
+    #[inline]
+    fn vacant(&self) -> u32 {
+        !self.live & BUCKET_MASK
+    }
+
+    #[inline]
     fn first_vacant(&self) -> Option<usize> {
-        self.0
-            .iter()
-            .enumerate()
-            .find_map(|(word, scan)| Some(word * WORD_SLOTS + lanes_of(scan.vacant).next()?))
+        bits_of(self.vacant()).next()
     }
 
+    #[inline]
     fn vacancies(&self) -> u32 {
-        self.0.iter().map(|scan| scan.vacant.count_ones()).sum()
+        self.vacant().count_ones()
     }
 
+    #[inline]
     fn is_live(&self, offset: usize) -> bool {
-        self.0[offset / WORD_SLOTS].live & (0x8000 << (16 * (offset % WORD_SLOTS))) != 0
+        self.live >> offset & 1 != 0
     }
 }
 
-/// The lanes set in a mask of lane top bits, first lane first.
-fn lanes_of(mut mask: u128) -> impl Iterator<Item = usize> {
+/// The eight lanes' top bits of a word (other bits ignored) as eight bits, lane `i` at bit `i`.
+/// Per 64-bit half, the top bits shifted down sit at bits 0, 16, 32 and 48; one multiply by
+/// 2^48 + 2^33 + 2^18 + 2^3 moves bit 16 k to bit 48 + k, and every other product lands below
+/// bit 48 or past bit 63, never on another (so nothing carries into bits 48 to 51).
+#[inline]
+fn lane_bits(mask: u128) -> u32 {
+    const GATHER: u64 = 1 << 48 | 1 << 33 | 1 << 18 | 1 << 3;
+    const TOPS: u64 = 0x0001_0001_0001_0001;
+    let half = |half: u64| ((((half >> 15) & TOPS).wrapping_mul(GATHER)) >> 48) as u32 & 0xf;
+    half(mask as u64) | half((mask >> 64) as u64) << 4
+}
+
+/// The set bits of a mask, lowest first.
+#[inline]
+fn bits_of(mut mask: u32) -> impl Iterator<Item = usize> {
     std::iter::from_fn(move || {
         if mask == 0 {
             return None;
         }
-        let lane = mask.trailing_zeros() as usize / 16;
+        let bit = mask.trailing_zeros() as usize;
         mask &= mask - 1;
-        Some(lane)
+        Some(bit)
     })
 }
 
