@@ -11,7 +11,7 @@
 
 use std::hash::{BuildHasher, Hash};
 
-use crate::probing::{self, ProbeSlots, fingerprint, prefetch_line};
+use crate::probing::{self, ProbeSlots, filled_on_huge_pages, fingerprint, prefetch_line};
 
 /// The load the table grows at (doubling). Probe runs stay short below it.
 const LOAD_MAX: f64 = 0.8;
@@ -46,8 +46,11 @@ impl<K: Copy + Default + Eq + Hash, V: Copy + Default> Default for OpenTable<K, 
 impl<K: Copy + Default + Eq + Hash, V: Copy + Default> OpenTable<K, V> {
     fn with_slots(slots: usize) -> OpenTable<K, V> {
         OpenTable {
-            control: vec![0; slots],
-            entries: vec![(K::default(), V::default()); slots],
+            // The rate rule's table reaches tens of MiB (hundreds of thousands of IP-minutes):
+            // on 4 KiB pages nearly every access to it is a TLB miss too, and a prefetch waits
+            // for its page walk (reports/2026-11-28-rust-svc/hot-path-session-3.md).
+            control: filled_on_huge_pages(slots, 0),
+            entries: filled_on_huge_pages(slots, (K::default(), V::default())),
             len: 0,
             len_max: (slots as f64 * LOAD_MAX) as usize,
         }

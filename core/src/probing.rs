@@ -74,6 +74,15 @@ pub(crate) fn advise_huge_pages<T>(array: &mut [T]) {
     let _ = (array, HUGE_PAGE_BYTES);
 }
 
+/// `vec![value; len]` with its pages advised onto huge pages before it is written (advice after
+/// the write comes too late: the pages are small by then).
+pub(crate) fn filled_on_huge_pages<T: Clone>(len: usize, value: T) -> Vec<T> {
+    let mut vec = Vec::with_capacity(len);
+    advise_huge_pages(vec.spare_capacity_mut());
+    vec.resize(len, value);
+    vec
+}
+
 /// A linear-probing table as `sweep` sees it.
 pub(crate) trait ProbeSlots {
     fn slots(&self) -> usize;
