@@ -55,6 +55,8 @@ pub(crate) const LOAD_TARGET: f64 = 0.85;
 /// Displacements one insert may make before the table grows instead. A chain this long means
 /// the table is nearly full somewhere; at `LIVE_LOAD_MAX` chains are a few moves.
 const DISPLACEMENTS_PER_INSERT_MAX: usize = 500;
+/// How many ids ahead `grow` requests the buckets of the ids it moves.
+const GROW_PREFETCH_DISTANCE: usize = 16;
 
 pub(crate) struct IdTable {
     /// Per bucket: its slots' [fingerprint, tag] lanes, slot `8 w + i` in bits
@@ -360,9 +362,25 @@ impl IdTable {
         larger.passes = self.passes + 1;
         larger.displacements = self.displacements;
         larger.victim_state = self.victim_state;
-        for (id, tag) in self.iter() {
-            larger.find_or_insert(larger.hash(id), id, tag);
+        // Each id's buckets are requested `GROW_PREFETCH_DISTANCE` ids before it is inserted:
+        // one id after another, every insert waited for two cache misses (2.2 s at 8M ids).
+        let mut ahead = [(0u128, 0u8, 0u64); GROW_PREFETCH_DISTANCE];
+        for (index, (id, tag)) in self.iter().enumerate() {
+            let hash = larger.hash(id);
+            larger.prefetch(hash);
+            let slot = &mut ahead[index % GROW_PREFETCH_DISTANCE];
+            if index >= GROW_PREFETCH_DISTANCE {
+                let (id, tag, hash) = *slot;
+                larger.find_or_insert(hash, id, tag);
+            }
+            *slot = (id, tag, hash);
         }
+        let live = self.live;
+        for index in live.saturating_sub(GROW_PREFETCH_DISTANCE)..live {
+            let (id, tag, hash) = ahead[index % GROW_PREFETCH_DISTANCE];
+            larger.find_or_insert(hash, id, tag);
+        }
+        debug_assert_eq!(larger.live, self.live);
         *self = larger;
     }
 
