@@ -901,19 +901,12 @@ impl RateDriver {
             if admit {
                 exceeded += u32::from(!self.rule.admit(ip, event_time_ms));
             } else {
-                // What `admit` would cost with a single lookup: the same `add`, no `get`.
-                let key = RateKey {
-                    ip: ip_key(ip),
-                    minute_start_ms: event_time_ms - event_time_ms % limits::RATE_RULE_WINDOW_MS,
-                };
-                self.rule.counters.add(
-                    key,
-                    Counts {
-                        clicks: 1,
-                        unique: 0,
-                        fraud: 0,
-                    },
+                // The counter's `add` alone, without the threshold compare.
+                let key = RateKey::new(
+                    ip_key(ip),
+                    event_time_ms - event_time_ms % limits::RATE_RULE_WINDOW_MS,
                 );
+                self.rule.counters.add(key, 1);
             }
         }
         black_box(exceeded);

@@ -350,12 +350,54 @@ impl FraudRegistry {
 }
 
 /// Key of the rate rule's counter: an IP in one event-time minute.
+///
+/// The IP is kept as two `u64` halves (high first, so the derived order is the `u128`'s) so that
+/// the key aligns to 8 bytes: 24 bytes, and with its `u32` count a 32-byte table slot, where a
+/// `u128` field would align the slot to 16 and pad it to 48. On the wire (checkpoints) it is
+/// the `u128` it always was.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
+#[serde(from = "RateKeyWire", into = "RateKeyWire")]
 pub struct RateKey {
-    pub ip: u128,
+    ip_halves: [u64; 2],
     pub minute_start_ms: u64,
+}
+
+/// `RateKey` as checkpoints hold it.
+#[derive(Clone, Copy, Serialize, Deserialize)]
+struct RateKeyWire {
+    ip: u128,
+    minute_start_ms: u64,
+}
+
+impl From<RateKeyWire> for RateKey {
+    fn from(wire: RateKeyWire) -> RateKey {
+        RateKey::new(wire.ip, wire.minute_start_ms)
+    }
+}
+
+impl From<RateKey> for RateKeyWire {
+    fn from(key: RateKey) -> RateKeyWire {
+        RateKeyWire {
+            ip: key.ip(),
+            minute_start_ms: key.minute_start_ms,
+        }
+    }
+}
+
+impl RateKey {
+    /// The key of `ip` (as `ip_key` gives it) in the minute starting at `minute_start_ms`.
+    pub fn new(ip: u128, minute_start_ms: u64) -> RateKey {
+        RateKey {
+            ip_halves: [(ip >> 64) as u64, ip as u64],
+            minute_start_ms,
+        }
+    }
+
+    pub fn ip(&self) -> u128 {
+        u128::from(self.ip_halves[0]) << 64 | u128::from(self.ip_halves[1])
+    }
 }
 
 impl crate::window::SeriesStart for RateKey {
@@ -369,7 +411,7 @@ impl crate::window::SeriesStart for RateKey {
 #[derive(Clone, Debug, Default)]
 pub struct RateRule {
     pub clicks_per_ip_per_minute_max: u32,
-    pub counters: crate::window::CountsTable<RateKey>,
+    pub counters: crate::window::CountsTable<RateKey, u32>,
 }
 
 /// The fraud decision for one unique click: the list first, then the rate rule. Every unique
@@ -405,10 +447,10 @@ impl RateRule {
 
     /// The counter a click from `ip` at `event_time_ms` counts toward.
     pub fn key(ip: IpAddr, event_time_ms: u64) -> RateKey {
-        RateKey {
-            ip: ip_key(ip),
-            minute_start_ms: event_time_ms - event_time_ms % limits::RATE_RULE_WINDOW_MS,
-        }
+        RateKey::new(
+            ip_key(ip),
+            event_time_ms - event_time_ms % limits::RATE_RULE_WINDOW_MS,
+        )
     }
 
     /// Counts one unique click and says whether it is within the rule.
@@ -419,13 +461,7 @@ impl RateRule {
 
     /// `admit` for a counter key whose hash (`window::key_hash`) the caller computed ahead.
     pub fn admit_hashed(&mut self, key: RateKey, hash: u64) -> bool {
-        let one_click = crate::window::Counts {
-            clicks: 1,
-            unique: 0,
-            fraud: 0,
-        };
-        let counts = self.counters.add_hashed(key, hash, one_click);
-        counts.clicks <= u64::from(self.clicks_per_ip_per_minute_max)
+        self.counters.add_hashed(key, hash, 1) <= self.clicks_per_ip_per_minute_max
     }
 }
 
@@ -434,6 +470,24 @@ mod tests {
     use super::*;
 
     const LIST: &str = "# test list\nversion 4\nip 203.0.113.9\nip 2001:db8::7\nua EvilBot/2.0\n";
+
+    /// Checkpoints written before the key was split into halves hold `(u128, u64)`: the key's
+    /// wire form must stay exactly that, and its order the `u128`'s.
+    #[test]
+    fn a_rate_key_keeps_its_wire_form_and_order() {
+        let ip = ip_key("2001:db8::7".parse().unwrap());
+        let key = RateKey::new(ip, 120_000);
+        assert_eq!(key.ip(), ip);
+        assert_eq!(
+            postcard::to_allocvec(&key).unwrap(),
+            postcard::to_allocvec(&(ip, 120_000u64)).unwrap()
+        );
+        let back: RateKey = postcard::from_bytes(&postcard::to_allocvec(&key).unwrap()).unwrap();
+        assert_eq!(back, key);
+        let low = RateKey::new(u128::from(u64::MAX), 0);
+        let high = RateKey::new(1 << 64, 0);
+        assert!(low < high, "ordered as the u128, high half first");
+    }
 
     #[test]
     fn parses_and_flags_listed_ips_and_agents() {

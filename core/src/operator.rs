@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{self, CodecError};
 use crate::dedup::{DedupConfig, DedupOutcome, DedupSet};
 use crate::event::ClickView;
-use crate::fraud::{FraudHashes, FraudList, FraudRegistry, FraudVerdict, RateRule};
+use crate::fraud::{FraudHashes, FraudList, FraudRegistry, FraudVerdict, RateKey, RateRule};
 use crate::ids::*;
 use crate::limits;
 use crate::snapshot::{
@@ -167,6 +167,22 @@ pub struct PartitionAggregator {
     stats: PartitionStats,
     /// A checkpoint buffer handed back by `recycle`, for the next barrier to encode into.
     spare_checkpoint_bytes: Vec<u8>,
+}
+
+/// The rate rule's counters as checkpoints hold them: `Counts` with only `clicks` set, as
+/// before the table kept a bare `u32`, so the checkpoint format did not change.
+fn rate_counts_on_the_wire(counters: Vec<(RateKey, u32)>) -> Vec<(RateKey, Counts)> {
+    counters
+        .into_iter()
+        .map(|(key, clicks)| {
+            let counts = Counts {
+                clicks: u64::from(clicks),
+                unique: 0,
+                fraud: 0,
+            };
+            (key, counts)
+        })
+        .collect()
 }
 
 /// The window series and the hour rollup a click counts in: one definition for counting and
@@ -543,7 +559,7 @@ impl PartitionAggregator {
                 },
                 windows: changed_windows,
                 hours: changed_hours,
-                rate: changed_rate,
+                rate: rate_counts_on_the_wire(changed_rate),
                 dedup_ids: dedup_journal,
                 ..self.checkpoint_scalars(CheckpointKind::Full)
             }
@@ -627,7 +643,7 @@ impl PartitionAggregator {
                     .map(|(k, c)| (lane, k, c)),
             );
         }
-        checkpoint.rate = self.rate.counters.entries_sorted();
+        checkpoint.rate = rate_counts_on_the_wire(self.rate.counters.entries_sorted());
         checkpoint.dedup_ids = self.dedup.entries_sorted();
         checkpoint
     }
@@ -704,7 +720,10 @@ impl PartitionAggregator {
             self.hours[lane_index(lane)].upsert_clean(key, counts);
         }
         for &(key, counts) in &checkpoint.rate {
-            self.rate.counters.upsert_clean(key, counts);
+            // The table counts in u32 (the rule's threshold is a u32); more clicks than that
+            // from one IP in a minute is over any threshold either way.
+            let clicks = u32::try_from(counts.clicks).unwrap_or(u32::MAX);
+            self.rate.counters.upsert_clean(key, clicks);
         }
         self.dedup.restore(
             &checkpoint.dedup_ids,

@@ -167,6 +167,27 @@ impl Counts {
     }
 }
 
+/// What a `CountsTable` keeps per series: `Counts` for windows and hours, a plain `u32` click
+/// count for the rate rule (a 32-byte slot instead of 64, so its table of hundreds of thousands
+/// of IP-minutes touches half the memory).
+pub trait Tally: Copy + Default + PartialEq + std::fmt::Debug {
+    fn add(&mut self, other: Self);
+}
+
+impl Tally for Counts {
+    #[inline]
+    fn add(&mut self, other: Counts) {
+        Counts::add(self, other);
+    }
+}
+
+impl Tally for u32 {
+    #[inline]
+    fn add(&mut self, other: u32) {
+        *self = self.saturating_add(other);
+    }
+}
+
 /// The key of a window series: one (campaign, ad, salt) in one window.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
@@ -206,8 +227,8 @@ impl SeriesStart for HourKey {
 }
 
 #[derive(Clone, Copy, Debug, Default)]
-struct Entry {
-    counts: Counts,
+struct Entry<V> {
+    counts: V,
     dirty: bool,
 }
 
@@ -221,14 +242,14 @@ const DIRTY_LOOKUPS_PER_SCAN: usize = 16;
 /// Removal is never journaled: it follows deterministically from the watermark, so a restore
 /// replays it by calling `retire_before` with the restored watermark.
 #[derive(Clone, Debug)]
-pub struct CountsTable<K: SeriesStart> {
-    entries: OpenTable<K, Entry>,
+pub struct CountsTable<K: SeriesStart, V: Tally = Counts> {
+    entries: OpenTable<K, Entry<V>>,
     dirty: Vec<K>,
     /// The smallest series start present, so that a barrier with nothing to retire costs O(1).
     min_start_ms: u64,
 }
 
-impl<K: SeriesStart> Default for CountsTable<K> {
+impl<K: SeriesStart, V: Tally> Default for CountsTable<K, V> {
     fn default() -> Self {
         CountsTable {
             entries: OpenTable::default(),
@@ -238,15 +259,15 @@ impl<K: SeriesStart> Default for CountsTable<K> {
     }
 }
 
-impl<K: SeriesStart> CountsTable<K> {
+impl<K: SeriesStart, V: Tally> CountsTable<K, V> {
     /// Adds `delta` to a series and returns its new counts.
-    pub fn add(&mut self, key: K, delta: Counts) -> Counts {
+    pub fn add(&mut self, key: K, delta: V) -> V {
         self.add_hashed(key, key_hash(&key), delta)
     }
 
     /// `add` for a key whose hash (`key_hash`) the caller computed ahead, to prefetch.
     #[inline]
-    pub fn add_hashed(&mut self, key: K, hash: u64, delta: Counts) -> Counts {
+    pub fn add_hashed(&mut self, key: K, hash: u64, delta: V) -> V {
         let entry = self
             .entries
             .get_or_insert_hashed(key, hash, Entry::default());
@@ -260,7 +281,7 @@ impl<K: SeriesStart> CountsTable<K> {
         counts
     }
 
-    pub fn get(&self, key: &K) -> Option<Counts> {
+    pub fn get(&self, key: &K) -> Option<V> {
         self.entries.get(key).map(|entry| entry.counts)
     }
 
@@ -282,11 +303,11 @@ impl<K: SeriesStart> CountsTable<K> {
 
     /// The series changed since the last call, with their absolute counts, sorted by key so that
     /// output order never depends on hashing.
-    pub fn take_dirty(&mut self) -> Vec<(K, Counts)> {
+    pub fn take_dirty(&mut self) -> Vec<(K, V)> {
         // Looking each dirty key up again is a random access per key, a cache miss in a large
         // table (the rate rule's: most of its IP-minutes change every epoch); past a share of
         // the slots, one sequential pass over the table is cheaper. Same set either way.
-        let mut changed: Vec<(K, Counts)> =
+        let mut changed: Vec<(K, V)> =
             if self.dirty.len() * DIRTY_LOOKUPS_PER_SCAN >= self.entries.slots() {
                 self.dirty.clear();
                 self.entries
@@ -317,7 +338,7 @@ impl<K: SeriesStart> CountsTable<K> {
         &mut self,
         watermark_ms: u64,
         close_at: impl Fn(u64) -> u64,
-    ) -> Vec<(K, Counts)> {
+    ) -> Vec<(K, V)> {
         if self.min_start_ms == u64::MAX || close_at(self.min_start_ms) > watermark_ms {
             return Vec::new();
         }
@@ -339,9 +360,9 @@ impl<K: SeriesStart> CountsTable<K> {
     }
 
     /// Every series, sorted: the full-checkpoint form.
-    pub fn entries_sorted(&self) -> Vec<(K, Counts)> {
+    pub fn entries_sorted(&self) -> Vec<(K, V)> {
         assert!(self.dirty.is_empty(), "snapshot only at a barrier");
-        let mut all: Vec<(K, Counts)> = self
+        let mut all: Vec<(K, V)> = self
             .entries
             .iter()
             .map(|(key, entry)| (*key, entry.counts))
@@ -351,7 +372,7 @@ impl<K: SeriesStart> CountsTable<K> {
     }
 
     /// Restore: sets a series to an absolute value, not dirty.
-    pub fn upsert_clean(&mut self, key: K, counts: Counts) {
+    pub fn upsert_clean(&mut self, key: K, counts: V) {
         self.entries.insert(
             key,
             Entry {
@@ -382,6 +403,15 @@ mod tests {
         assert!(
             !watermark.advance_idle(1, &config),
             "processing time going back is ignored"
+        );
+    }
+
+    /// The rate rule's table slot is half a cache line; windows' and hours' are one.
+    #[test]
+    fn a_rate_counter_slot_is_32_bytes() {
+        assert_eq!(
+            std::mem::size_of::<(crate::fraud::RateKey, Entry<u32>)>(),
+            32
         );
     }
 
