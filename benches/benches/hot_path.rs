@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use adclick_core::codec;
 use adclick_core::dedup::{DedupConfig, DedupSet};
-use adclick_core::fraud::{FraudList, FraudVerdict, RateKey, RateRule, ip_key};
+use adclick_core::fraud::{FraudList, FraudVerdict, RateRule, ip_key};
 use adclick_core::limits;
 use adclick_core::operator::{AggregatorConfig, PartitionAggregator};
 use adclick_core::snapshot::{CheckpointKind, PartitionCheckpoint, encode_checkpoint};
@@ -902,11 +902,7 @@ impl RateDriver {
                 exceeded += u32::from(!self.rule.admit(ip, event_time_ms));
             } else {
                 // The counter's `add` alone, without the threshold compare.
-                let key = RateKey::new(
-                    ip_key(ip),
-                    event_time_ms - event_time_ms % limits::RATE_RULE_WINDOW_MS,
-                );
-                self.rule.counters.add(key, 1);
+                self.rule.counters.add(RateRule::key(ip, event_time_ms), 1);
             }
         }
         black_box(exceeded);

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::FraudListVersion;
 use crate::limits;
+use crate::window::Counts;
 
 /// Why a click is fraud.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -414,6 +415,18 @@ pub struct RateRule {
     pub counters: crate::window::CountsTable<RateKey, u32>,
 }
 
+fn on_the_wire(counters: Vec<(RateKey, u32)>) -> Vec<(RateKey, Counts)> {
+    let counts = |clicks: u32| Counts {
+        clicks: u64::from(clicks),
+        unique: 0,
+        fraud: 0,
+    };
+    counters
+        .into_iter()
+        .map(|(key, clicks)| (key, counts(clicks)))
+        .collect()
+}
+
 /// The fraud decision for one unique click: the list first, then the rate rule. Every unique
 /// click counts toward its IP's rate, whatever the list says. The aggregator and the billing
 /// job both decide through this one function.
@@ -457,6 +470,27 @@ impl RateRule {
     pub fn admit(&mut self, ip: IpAddr, event_time_ms: u64) -> bool {
         let key = RateRule::key(ip, event_time_ms);
         self.admit_hashed(key, crate::window::key_hash(&key))
+    }
+
+    /// The counters changed since the last call, in their checkpoint form (`counters_sorted`).
+    pub fn take_changed(&mut self) -> Vec<(RateKey, Counts)> {
+        on_the_wire(self.counters.take_dirty())
+    }
+
+    /// Every counter, sorted, in its checkpoint form: `Counts` with only `clicks` set, as when
+    /// the table kept whole `Counts`, so the checkpoint format did not change with the `u32`.
+    pub fn counters_sorted(&self) -> Vec<(RateKey, Counts)> {
+        on_the_wire(self.counters.entries_sorted())
+    }
+
+    /// Restore: sets counters from their checkpoint form.
+    pub fn restore(&mut self, counters: &[(RateKey, Counts)]) {
+        for &(key, counts) in counters {
+            // The rule's threshold is a u32: more clicks than that from one IP in a minute is
+            // over any threshold either way.
+            let clicks = u32::try_from(counts.clicks).unwrap_or(u32::MAX);
+            self.counters.upsert_clean(key, clicks);
+        }
     }
 
     /// `admit` for a counter key whose hash (`window::key_hash`) the caller computed ahead.

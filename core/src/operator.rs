@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{self, CodecError};
 use crate::dedup::{DedupConfig, DedupOutcome, DedupSet};
 use crate::event::ClickView;
-use crate::fraud::{FraudHashes, FraudList, FraudRegistry, FraudVerdict, RateKey, RateRule};
+use crate::fraud::{FraudHashes, FraudList, FraudRegistry, FraudVerdict, RateRule};
 use crate::ids::*;
 use crate::limits;
 use crate::snapshot::{
@@ -169,22 +169,6 @@ pub struct PartitionAggregator {
     spare_checkpoint_bytes: Vec<u8>,
 }
 
-/// The rate rule's counters as checkpoints hold them: `Counts` with only `clicks` set, as
-/// before the table kept a bare `u32`, so the checkpoint format did not change.
-fn rate_counts_on_the_wire(counters: Vec<(RateKey, u32)>) -> Vec<(RateKey, Counts)> {
-    counters
-        .into_iter()
-        .map(|(key, clicks)| {
-            let counts = Counts {
-                clicks: u64::from(clicks),
-                unique: 0,
-                fraud: 0,
-            };
-            (key, counts)
-        })
-        .collect()
-}
-
 /// The window series and the hour rollup a click counts in: one definition for counting and
 /// for prefetching, so the prefetch always names the slot the count will touch.
 fn series_keys(click: &ClickView<'_>, window_start_ms: u64) -> (WindowKey, HourKey) {
@@ -314,8 +298,8 @@ impl PartitionAggregator {
             if next < records.len() {
                 stage_into(self, next, &mut ahead[next % AHEAD]);
             }
-            if let Some(Some(Ok(staged))) = ahead.get((index + ID_PREFETCH_DISTANCE) % AHEAD)
-                && index + ID_PREFETCH_DISTANCE < records.len()
+            if index + ID_PREFETCH_DISTANCE < records.len()
+                && let Some(Ok(staged)) = &ahead[(index + ID_PREFETCH_DISTANCE) % AHEAD]
             {
                 self.dedup.prefetch_id(staged.dedup_hash);
             }
@@ -539,7 +523,7 @@ impl PartitionAggregator {
                     .map(|(key, counts)| (lane, key, counts)),
             );
         }
-        let changed_rate = self.rate.counters.take_dirty();
+        let changed_rate = self.rate.take_changed();
         self.retire_rate_counters();
         self.dedup.expire(watermark_ms);
         let dedup_journal = self.dedup.take_journal();
@@ -559,7 +543,7 @@ impl PartitionAggregator {
                 },
                 windows: changed_windows,
                 hours: changed_hours,
-                rate: rate_counts_on_the_wire(changed_rate),
+                rate: changed_rate,
                 dedup_ids: dedup_journal,
                 ..self.checkpoint_scalars(CheckpointKind::Full)
             }
@@ -643,7 +627,7 @@ impl PartitionAggregator {
                     .map(|(k, c)| (lane, k, c)),
             );
         }
-        checkpoint.rate = rate_counts_on_the_wire(self.rate.counters.entries_sorted());
+        checkpoint.rate = self.rate.counters_sorted();
         checkpoint.dedup_ids = self.dedup.entries_sorted();
         checkpoint
     }
@@ -719,12 +703,7 @@ impl PartitionAggregator {
         for &(lane, key, counts) in &checkpoint.hours {
             self.hours[lane_index(lane)].upsert_clean(key, counts);
         }
-        for &(key, counts) in &checkpoint.rate {
-            // The table counts in u32 (the rule's threshold is a u32); more clicks than that
-            // from one IP in a minute is over any threshold either way.
-            let clicks = u32::try_from(counts.clicks).unwrap_or(u32::MAX);
-            self.rate.counters.upsert_clean(key, clicks);
-        }
+        self.rate.restore(&checkpoint.rate);
         self.dedup.restore(
             &checkpoint.dedup_ids,
             checkpoint.dedup_cutoff_bucket,

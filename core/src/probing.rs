@@ -1,6 +1,8 @@
-//! Linear probing without tombstones: what the dedup set's id table and the counts tables share.
+//! Linear probing without tombstones, for the counts tables (`open_table`), and the memory hints
+//! every hot table uses (`prefetch_line`, huge pages). The dedup set's id table is a cuckoo table
+//! (`dedup::table`) and uses only `home`, `fingerprint` and the hints.
 //!
-//! Both tables keep a control byte per slot (0 = empty, else a fingerprint of the key's hash) and
+//! A table here keeps a control byte per slot (0 = empty, else a fingerprint of the key's hash) and
 //! remove keys in bulk, at barriers. A bulk removal here is one sweep that also compacts the
 //! probe runs, so no tombstone is ever left behind: a table whose live size is steady stays at its
 //! size forever, where hashbrown's tombstones made it double (reports/2026-11-28-rust-svc/

@@ -350,7 +350,6 @@ impl DedupSet {
         self.stats
     }
 
-    /// Bytes the table allocated. Divide by `len` for bytes per retained id.
     /// Passes over the whole table so far (grows and tag rebases): each stalls the insert that
     /// triggers it for a time proportional to the table.
     pub fn table_passes(&self) -> u64 {
@@ -363,6 +362,7 @@ impl DedupSet {
         self.table.displacements()
     }
 
+    /// Bytes the table allocated. Divide by `len` for bytes per retained id.
     pub fn allocated_bytes(&self) -> usize {
         self.table.allocation_size()
     }
@@ -374,7 +374,7 @@ impl DedupSet {
     pub fn take_journal(&mut self) -> Vec<(ClickId, u32)> {
         // The next epoch journals about as many ids as this one: start it at that size, in the
         // spare's memory when it has room. A fresh allocation of tens of MiB page-faults 4 KiB
-        // at a time as it fills; at 1M ids an epoch that was ~8% of `on_batch`.
+        // at a time as it fills (reports/2026-11-28-rust-svc/hot-path-session-3.md).
         let capacity = self.journal.len();
         let mut next = std::mem::take(&mut self.spare_journal);
         next.reserve(capacity);

@@ -1,11 +1,11 @@
 //! The dedup set's storage: a bucketized cuckoo table of 128-bit ids, a fingerprint byte per
 //! slot, and lazy expiry.
 //!
-//! Every id has two candidate buckets of eight slots, both named by its hash, and lives in one of
-//! them. So a lookup reads exactly two control words, both known (and prefetched) before the
-//! lookup starts, and an insert needs no probe run: it takes any vacant slot of the two buckets.
-//! When all sixteen slots hold live ids, the insert moves one of them to its other bucket (a
-//! cuckoo displacement), which may move another, and so on.
+//! Every id has two candidate buckets of sixteen slots, both named by its hash, and lives in one
+//! of them. So a lookup reads exactly two buckets' control (a cache line each), both known (and
+//! prefetched) before the lookup starts, and an insert needs no probe run: it takes a vacant slot
+//! of the emptier bucket. When all 32 slots hold live ids, the insert moves one of them to its
+//! other bucket (a cuckoo displacement), which may move another, and so on.
 //!
 //! Why not linear probing (this table's previous design, `reports/2026-11-28-rust-svc/
 //! hot-path-session-3.md`): at the 80–90% occupancy that keeps the table under 24 bytes per id,
@@ -19,11 +19,12 @@
 //! number of live ids never grew (reports/2026-11-28-rust-svc/criterion-hot-path.md).
 //!
 //! Layout: two arrays, 18 bytes a slot in all.
-//! - `control`: one 16-byte word per bucket, two bytes a slot. The fingerprint: 0 for an empty
+//! - `control`: two 16-byte words per bucket, two bytes a slot. The fingerprint: 0 for an empty
 //!   slot, else one byte of the id's hash (never 0). And the tag: the id's expiry bucket minus
-//!   the caller's base bucket. A word is aligned, so it never straddles a cache line, and a
-//!   lookup decides a fresh id (the common case) from two words without touching `ids`.
-//! - `ids`: the full 128-bit click id, eight per bucket, so there are no false duplicates.
+//!   the caller's base bucket. A bucket's 32 bytes are aligned, so they never straddle a cache
+//!   line, and a lookup decides a fresh id (the common case) from two buckets' control without
+//!   touching `ids`.
+//! - `ids`: the full 128-bit click id, sixteen per bucket, so there are no false duplicates.
 //!
 //! Expiry is lazy: `expire_tags_below` only moves a threshold (and a per-tag count), in constant
 //! time. A slot whose tag is below it is dead: lookups pass over it and any insert into its
