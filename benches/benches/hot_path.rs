@@ -885,12 +885,12 @@ impl RateDriver {
         // Four minutes of traffic reach the steady number of live counters.
         let warm = (4 * 60 * LIVE_EVENTS_PER_S) as usize / BATCH_RECORDS;
         for _ in 0..warm {
-            driver.run_batch(true);
+            driver.run_batch();
         }
         driver
     }
 
-    fn run_batch(&mut self, admit: bool) {
+    fn run_batch(&mut self) {
         let base_ms = T0_MS + self.lap * self.lap_ms;
         let chunk = &self.stream[self.next..self.next + BATCH_RECORDS];
         let mut exceeded = 0u32;
@@ -898,12 +898,7 @@ impl RateDriver {
         for &(ip, offset_ms) in chunk {
             let event_time_ms = base_ms + offset_ms;
             max_ms = event_time_ms;
-            if admit {
-                exceeded += u32::from(!self.rule.admit(ip, event_time_ms));
-            } else {
-                // The counter's `add` alone, without the threshold compare.
-                self.rule.counters.add(RateRule::key(ip, event_time_ms), 1);
-            }
+            exceeded += u32::from(!self.rule.admit(ip, event_time_ms));
         }
         black_box(exceeded);
         self.next += BATCH_RECORDS;
@@ -917,10 +912,10 @@ impl RateDriver {
         if self.batches.is_multiple_of(BATCHES_PER_EPOCH) {
             let window = WindowConfig::default();
             let watermark_ms = max_ms.saturating_sub(window.max_out_of_orderness_ms);
-            black_box(self.rule.counters.take_dirty());
-            black_box(self.rule.counters.retire_before(watermark_ms, |start| {
+            black_box(self.rule.take_changed());
+            self.rule.retire_before(watermark_ms, |start| {
                 window.close_at(start, limits::RATE_RULE_WINDOW_MS)
-            }));
+            });
         }
     }
 }
@@ -930,20 +925,18 @@ fn bench_rate_rule(c: &mut Criterion<Clock>) {
     group.throughput(Throughput::Elements(BATCH_RECORDS as u64));
     group.measurement_time(Duration::from_secs(5));
     group.warm_up_time(Duration::from_secs(2));
-    for (name, admit) in [("admit", true), ("counts_add_only", false)] {
-        let mut driver: Option<RateDriver> = None;
-        group.bench_function(name, |b| {
-            let driver = driver.get_or_insert_with(|| {
-                let driver = RateDriver::new();
-                print(&format!(
-                    "rate_rule/{name}: {} live (ip, minute) counters",
-                    driver.rule.counters.len()
-                ));
-                driver
-            });
-            b.iter(|| driver.run_batch(admit))
+    let mut driver: Option<RateDriver> = None;
+    group.bench_function("admit", |b| {
+        let driver = driver.get_or_insert_with(|| {
+            let driver = RateDriver::new();
+            print(&format!(
+                "rate_rule/admit: {} live (ip, minute) counters",
+                driver.rule.len()
+            ));
+            driver
         });
-    }
+        b.iter(|| driver.run_batch())
+    });
     group.finish();
 }
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::FraudListVersion;
 use crate::limits;
-use crate::window::Counts;
+pub use crate::rate_rule::{RateKey, RateRule};
 
 /// Why a click is fraud.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -350,83 +350,6 @@ impl FraudRegistry {
     }
 }
 
-/// Key of the rate rule's counter: an IP in one event-time minute.
-///
-/// The IP is kept as two `u64` halves (high first, so the derived order is the `u128`'s) so that
-/// the key aligns to 8 bytes: 24 bytes, and with its `u32` count a 32-byte table slot, where a
-/// `u128` field would align the slot to 16 and pad it to 48. On the wire (checkpoints) it is
-/// the `u128` it always was.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(from = "RateKeyWire", into = "RateKeyWire")]
-pub struct RateKey {
-    ip_halves: [u64; 2],
-    pub minute_start_ms: u64,
-}
-
-/// `RateKey` as checkpoints hold it.
-#[derive(Clone, Copy, Serialize, Deserialize)]
-struct RateKeyWire {
-    ip: u128,
-    minute_start_ms: u64,
-}
-
-impl From<RateKeyWire> for RateKey {
-    fn from(wire: RateKeyWire) -> RateKey {
-        RateKey::new(wire.ip, wire.minute_start_ms)
-    }
-}
-
-impl From<RateKey> for RateKeyWire {
-    fn from(key: RateKey) -> RateKeyWire {
-        RateKeyWire {
-            ip: key.ip(),
-            minute_start_ms: key.minute_start_ms,
-        }
-    }
-}
-
-impl RateKey {
-    /// The key of `ip` (as `ip_key` gives it) in the minute starting at `minute_start_ms`.
-    pub fn new(ip: u128, minute_start_ms: u64) -> RateKey {
-        RateKey {
-            ip_halves: [(ip >> 64) as u64, ip as u64],
-            minute_start_ms,
-        }
-    }
-
-    pub fn ip(&self) -> u128 {
-        u128::from(self.ip_halves[0]) << 64 | u128::from(self.ip_halves[1])
-    }
-}
-
-impl crate::window::SeriesStart for RateKey {
-    fn start_ms(&self) -> u64 {
-        self.minute_start_ms
-    }
-}
-
-/// Counts unique clicks per IP per event-time minute. Reuses the window counts table so that it
-/// journals, snapshots and retires exactly like windows do.
-#[derive(Clone, Debug, Default)]
-pub struct RateRule {
-    pub clicks_per_ip_per_minute_max: u32,
-    pub counters: crate::window::CountsTable<RateKey, u32>,
-}
-
-fn on_the_wire(counters: Vec<(RateKey, u32)>) -> Vec<(RateKey, Counts)> {
-    let counts = |clicks: u32| Counts {
-        clicks: u64::from(clicks),
-        unique: 0,
-        fraud: 0,
-    };
-    counters
-        .into_iter()
-        .map(|(key, clicks)| (key, counts(clicks)))
-        .collect()
-}
-
 /// The fraud decision for one unique click: the list first, then the rate rule. Every unique
 /// click counts toward its IP's rate, whatever the list says. The aggregator and the billing
 /// job both decide through this one function.
@@ -450,78 +373,11 @@ pub(crate) fn decide(listed: FraudVerdict, within_rate: bool) -> FraudVerdict {
     }
 }
 
-impl RateRule {
-    pub fn new(clicks_per_ip_per_minute_max: u32) -> RateRule {
-        RateRule {
-            clicks_per_ip_per_minute_max,
-            counters: Default::default(),
-        }
-    }
-
-    /// The counter a click from `ip` at `event_time_ms` counts toward.
-    pub fn key(ip: IpAddr, event_time_ms: u64) -> RateKey {
-        RateKey::new(
-            ip_key(ip),
-            event_time_ms - event_time_ms % limits::RATE_RULE_WINDOW_MS,
-        )
-    }
-
-    /// Counts one unique click and says whether it is within the rule.
-    pub fn admit(&mut self, ip: IpAddr, event_time_ms: u64) -> bool {
-        let key = RateRule::key(ip, event_time_ms);
-        self.admit_hashed(key, crate::window::key_hash(&key))
-    }
-
-    /// The counters changed since the last call, in their checkpoint form (`counters_sorted`).
-    pub fn take_changed(&mut self) -> Vec<(RateKey, Counts)> {
-        on_the_wire(self.counters.take_dirty())
-    }
-
-    /// Every counter, sorted, in its checkpoint form: `Counts` with only `clicks` set, as when
-    /// the table kept whole `Counts`, so the checkpoint format did not change with the `u32`.
-    pub fn counters_sorted(&self) -> Vec<(RateKey, Counts)> {
-        on_the_wire(self.counters.entries_sorted())
-    }
-
-    /// Restore: sets counters from their checkpoint form.
-    pub fn restore(&mut self, counters: &[(RateKey, Counts)]) {
-        for &(key, counts) in counters {
-            // The rule's threshold is a u32: more clicks than that from one IP in a minute is
-            // over any threshold either way.
-            let clicks = u32::try_from(counts.clicks).unwrap_or(u32::MAX);
-            self.counters.upsert_clean(key, clicks);
-        }
-    }
-
-    /// `admit` for a counter key whose hash (`window::key_hash`) the caller computed ahead.
-    pub fn admit_hashed(&mut self, key: RateKey, hash: u64) -> bool {
-        self.counters.add_hashed(key, hash, 1) <= self.clicks_per_ip_per_minute_max
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const LIST: &str = "# test list\nversion 4\nip 203.0.113.9\nip 2001:db8::7\nua EvilBot/2.0\n";
-
-    /// Checkpoints written before the key was split into halves hold `(u128, u64)`: the key's
-    /// wire form must stay exactly that, and its order the `u128`'s.
-    #[test]
-    fn a_rate_key_keeps_its_wire_form_and_order() {
-        let ip = ip_key("2001:db8::7".parse().unwrap());
-        let key = RateKey::new(ip, 120_000);
-        assert_eq!(key.ip(), ip);
-        assert_eq!(
-            postcard::to_allocvec(&key).unwrap(),
-            postcard::to_allocvec(&(ip, 120_000u64)).unwrap()
-        );
-        let back: RateKey = postcard::from_bytes(&postcard::to_allocvec(&key).unwrap()).unwrap();
-        assert_eq!(back, key);
-        let low = RateKey::new(u128::from(u64::MAX), 0);
-        let high = RateKey::new(1 << 64, 0);
-        assert!(low < high, "ordered as the u128, high half first");
-    }
 
     #[test]
     fn parses_and_flags_listed_ips_and_agents() {
@@ -569,16 +425,6 @@ mod tests {
             .unwrap_err();
         assert!(matches!(error, FraudListError::VersionReused { .. }));
         assert_eq!(registry.latest().version(), FraudListVersion(4));
-    }
-
-    #[test]
-    fn the_rate_rule_flags_clicks_past_the_threshold_in_a_minute() {
-        let mut rule = RateRule::new(2);
-        let ip: IpAddr = "10.1.1.1".parse().unwrap();
-        assert!(rule.admit(ip, 1_000));
-        assert!(rule.admit(ip, 2_000));
-        assert!(!rule.admit(ip, 59_999));
-        assert!(rule.admit(ip, 60_000), "a new minute starts a new count");
     }
 
     /// The prefetch mirrors fastbloom's probe sequence: every bit it names for a stored value

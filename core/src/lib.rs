@@ -21,6 +21,7 @@ mod open_table;
 pub mod operator;
 pub mod partition;
 mod probing;
+mod rate_rule;
 pub mod salt;
 pub mod signing;
 pub mod snapshot;

@@ -60,6 +60,13 @@ impl<K: Copy + Default + Eq + Hash, V: Copy + Default> OpenTable<K, V> {
         self.len
     }
 
+    /// Empties the table and keeps its memory. Only the control bytes are written: a slot whose
+    /// control byte is empty is never read.
+    pub(crate) fn clear(&mut self) {
+        self.control.fill(0);
+        self.len = 0;
+    }
+
     fn hash(&self, key: &K) -> u64 {
         key_hash(key)
     }

@@ -331,7 +331,7 @@ impl PartitionAggregator {
             window_start_ms,
             window_hash: key_hash(&window_key),
             hour_hash: key_hash(&hour_key),
-            rate_hash: key_hash(&RateRule::key(click.ip, event_time_ms)),
+            rate_hash: RateRule::key(click.ip, event_time_ms).hash(),
             dedup_hash: self.dedup.hash(click.click_id),
             fraud: self.fraud_list.hashes(click.ip, click.user_agent),
             click,
@@ -344,7 +344,10 @@ impl PartitionAggregator {
         self.dedup.prefetch(staged.dedup_hash);
         self.windows[lane_index(Lane::OnTime)].prefetch(staged.window_hash);
         self.hours[lane_index(Lane::OnTime)].prefetch(staged.hour_hash);
-        self.rate.counters.prefetch(staged.rate_hash);
+        self.rate.prefetch(
+            crate::rate_rule::minute_start(staged.click.event_time_ms.0),
+            staged.rate_hash,
+        );
         self.fraud_list.prefetch(staged.fraud);
     }
 
@@ -584,7 +587,6 @@ impl PartitionAggregator {
     fn retire_rate_counters(&mut self) {
         let window = self.config.window;
         self.rate
-            .counters
             .retire_before(self.watermark.watermark_ms, |start| {
                 window.close_at(start, limits::RATE_RULE_WINDOW_MS)
             });

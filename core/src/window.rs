@@ -167,27 +167,6 @@ impl Counts {
     }
 }
 
-/// What a `CountsTable` keeps per series: `Counts` for windows and hours, a plain `u32` click
-/// count for the rate rule (a 32-byte slot instead of 64, so its table of hundreds of thousands
-/// of IP-minutes touches half the memory).
-pub trait Tally: Copy + Default + PartialEq + std::fmt::Debug {
-    fn add(&mut self, other: Self);
-}
-
-impl Tally for Counts {
-    #[inline]
-    fn add(&mut self, other: Counts) {
-        Counts::add(self, other);
-    }
-}
-
-impl Tally for u32 {
-    #[inline]
-    fn add(&mut self, other: u32) {
-        *self = self.saturating_add(other);
-    }
-}
-
 /// The key of a window series: one (campaign, ad, salt) in one window.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
@@ -227,8 +206,8 @@ impl SeriesStart for HourKey {
 }
 
 #[derive(Clone, Copy, Debug, Default)]
-struct Entry<V> {
-    counts: V,
+struct Entry {
+    counts: Counts,
     dirty: bool,
 }
 
@@ -242,14 +221,14 @@ const DIRTY_LOOKUPS_PER_SCAN: usize = 16;
 /// Removal is never journaled: it follows deterministically from the watermark, so a restore
 /// replays it by calling `retire_before` with the restored watermark.
 #[derive(Clone, Debug)]
-pub struct CountsTable<K: SeriesStart, V: Tally = Counts> {
-    entries: OpenTable<K, Entry<V>>,
+pub struct CountsTable<K: SeriesStart> {
+    entries: OpenTable<K, Entry>,
     dirty: Vec<K>,
     /// The smallest series start present, so that a barrier with nothing to retire costs O(1).
     min_start_ms: u64,
 }
 
-impl<K: SeriesStart, V: Tally> Default for CountsTable<K, V> {
+impl<K: SeriesStart> Default for CountsTable<K> {
     fn default() -> Self {
         CountsTable {
             entries: OpenTable::default(),
@@ -259,15 +238,15 @@ impl<K: SeriesStart, V: Tally> Default for CountsTable<K, V> {
     }
 }
 
-impl<K: SeriesStart, V: Tally> CountsTable<K, V> {
+impl<K: SeriesStart> CountsTable<K> {
     /// Adds `delta` to a series and returns its new counts.
-    pub fn add(&mut self, key: K, delta: V) -> V {
+    pub fn add(&mut self, key: K, delta: Counts) -> Counts {
         self.add_hashed(key, key_hash(&key), delta)
     }
 
     /// `add` for a key whose hash (`key_hash`) the caller computed ahead, to prefetch.
     #[inline]
-    pub fn add_hashed(&mut self, key: K, hash: u64, delta: V) -> V {
+    pub fn add_hashed(&mut self, key: K, hash: u64, delta: Counts) -> Counts {
         let entry = self
             .entries
             .get_or_insert_hashed(key, hash, Entry::default());
@@ -281,7 +260,7 @@ impl<K: SeriesStart, V: Tally> CountsTable<K, V> {
         counts
     }
 
-    pub fn get(&self, key: &K) -> Option<V> {
+    pub fn get(&self, key: &K) -> Option<Counts> {
         self.entries.get(key).map(|entry| entry.counts)
     }
 
@@ -303,11 +282,11 @@ impl<K: SeriesStart, V: Tally> CountsTable<K, V> {
 
     /// The series changed since the last call, with their absolute counts, sorted by key so that
     /// output order never depends on hashing.
-    pub fn take_dirty(&mut self) -> Vec<(K, V)> {
+    pub fn take_dirty(&mut self) -> Vec<(K, Counts)> {
         // Looking each dirty key up again is a random access per key, a cache miss in a large
         // table (the rate rule's: most of its IP-minutes change every epoch); past a share of
         // the slots, one sequential pass over the table is cheaper. Same set either way.
-        let mut changed: Vec<(K, V)> =
+        let mut changed: Vec<(K, Counts)> =
             if self.dirty.len() * DIRTY_LOOKUPS_PER_SCAN >= self.entries.slots() {
                 self.dirty.clear();
                 self.entries
@@ -338,7 +317,7 @@ impl<K: SeriesStart, V: Tally> CountsTable<K, V> {
         &mut self,
         watermark_ms: u64,
         close_at: impl Fn(u64) -> u64,
-    ) -> Vec<(K, V)> {
+    ) -> Vec<(K, Counts)> {
         if self.min_start_ms == u64::MAX || close_at(self.min_start_ms) > watermark_ms {
             return Vec::new();
         }
@@ -360,9 +339,9 @@ impl<K: SeriesStart, V: Tally> CountsTable<K, V> {
     }
 
     /// Every series, sorted: the full-checkpoint form.
-    pub fn entries_sorted(&self) -> Vec<(K, V)> {
+    pub fn entries_sorted(&self) -> Vec<(K, Counts)> {
         assert!(self.dirty.is_empty(), "snapshot only at a barrier");
-        let mut all: Vec<(K, V)> = self
+        let mut all: Vec<(K, Counts)> = self
             .entries
             .iter()
             .map(|(key, entry)| (*key, entry.counts))
@@ -372,7 +351,7 @@ impl<K: SeriesStart, V: Tally> CountsTable<K, V> {
     }
 
     /// Restore: sets a series to an absolute value, not dirty.
-    pub fn upsert_clean(&mut self, key: K, counts: V) {
+    pub fn upsert_clean(&mut self, key: K, counts: Counts) {
         self.entries.insert(
             key,
             Entry {
@@ -403,15 +382,6 @@ mod tests {
         assert!(
             !watermark.advance_idle(1, &config),
             "processing time going back is ignored"
-        );
-    }
-
-    /// The rate rule's table slot is half a cache line; windows' and hours' are one.
-    #[test]
-    fn a_rate_counter_slot_is_32_bytes() {
-        assert_eq!(
-            std::mem::size_of::<(crate::fraud::RateKey, Entry<u32>)>(),
-            32
         );
     }
 
