@@ -459,4 +459,28 @@ mod tests {
         assert_eq!(list.check_hashed(clean), FraudVerdict::Clean);
         assert!(!probe_bits(&list.bad_ips, clean.ip).all(|bit| is_set(&list.bad_ips, bit)));
     }
+
+    /// The filters hold the false-positive rate `limits` promises, measured on addresses that
+    /// are not listed: a filter sized too small, or hashing badly, flags more clean clicks.
+    #[test]
+    fn clean_addresses_are_flagged_at_most_at_the_promised_rate() {
+        let listed = 200_000u32;
+        let text: String = (0..listed)
+            .map(|n| format!("ip 10.{}.{}.{}\n", n >> 16, (n >> 8) & 0xff, n & 0xff))
+            .collect();
+        let list = FraudList::parse(&format!("version 1\n{text}")).unwrap();
+        let trials = 1_000_000u32;
+        let flagged = (0..trials)
+            .filter(|&n| {
+                let ip = IpAddr::from([172, (n >> 16) as u8, (n >> 8) as u8, n as u8]);
+                list.check(ip, "Mozilla") != FraudVerdict::Clean
+            })
+            .count();
+        let rate = flagged as f64 / f64::from(trials);
+        assert!(
+            rate <= limits::FRAUD_BLOOM_FALSE_POSITIVE_RATE * 1.5,
+            "false-positive rate {rate} over the promised {}",
+            limits::FRAUD_BLOOM_FALSE_POSITIVE_RATE
+        );
+    }
 }
