@@ -47,7 +47,7 @@ pub const CLICK_ID_TEXT_BYTES_MAX: usize = 45;
 
 /// The fraud Bloom filter's target false-positive rate.
 pub const FRAUD_BLOOM_FALSE_POSITIVE_RATE: f64 = 0.001;
-/// The largest fraud list accepted (entries). 100M entries at 0.1% is about 180 MB.
+/// The largest fraud list accepted (entries). 100M entries at 16 bits each is 200 MB.
 pub const FRAUD_LIST_ENTRIES_MAX: usize = 100_000_000;
 
 /// Snapshots larger than this are refused on read, so a corrupt length can't exhaust memory.
