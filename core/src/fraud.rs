@@ -1,5 +1,6 @@
-//! Fraud checks: a Bloom filter of known-bad IPs and user agents, and a rate rule on clicks per
-//! IP per event-time minute.
+//! Fraud checks: split-block Bloom filters of known-bad IPs and user agents, and the one fraud
+//! decision (`judge`) that combines them with the rate rule on clicks per IP per event-time
+//! minute (`rate_rule`, re-exported here).
 //!
 //! A fraud list is immutable and has a version. The aggregator swaps lists only at an epoch
 //! barrier and records the version in its checkpoint, so a replay after a crash makes the same

@@ -46,9 +46,10 @@ impl<K: Copy + Default + Eq + Hash, V: Copy + Default> Default for OpenTable<K, 
 impl<K: Copy + Default + Eq + Hash, V: Copy + Default> OpenTable<K, V> {
     fn with_slots(slots: usize) -> OpenTable<K, V> {
         OpenTable {
-            // The rate rule's table reaches tens of MiB (hundreds of thousands of IP-minutes):
-            // on 4 KiB pages nearly every access to it is a TLB miss too, and a prefetch waits
-            // for its page walk (reports/2026-11-28-rust-svc/hot-path-session-3.md).
+            // A table of MiB (the windows', a minute of the rate rule's) on 4 KiB pages makes
+            // nearly every access a TLB miss too, and a prefetch waits for its page walk
+            // (reports/2026-11-28-rust-svc/hot-path-session-3.md). Only whole huge pages inside
+            // the array can be advised.
             control: filled_on_huge_pages(slots, 0),
             entries: filled_on_huge_pages(slots, (K::default(), V::default())),
             len: 0,

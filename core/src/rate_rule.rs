@@ -177,29 +177,29 @@ impl RateRule {
     pub fn take_changed(&mut self) -> Vec<(RateKey, Counts)> {
         let mut taken = Vec::with_capacity(self.minutes.iter().map(|m| m.changed.len()).sum());
         for minute in &mut self.minutes {
-            let changed = std::mem::take(&mut minute.changed);
+            let Minute {
+                start_ms,
+                counters,
+                changed,
+            } = minute;
             // Each changed counter is a random read in a table of megabytes: request them ahead.
             for ip in changed.iter().take(TAKE_PREFETCH_DISTANCE) {
-                minute.counters.prefetch(key_hash(ip));
+                counters.prefetch(key_hash(ip));
             }
             for (index, ip) in changed.iter().enumerate() {
                 if let Some(ahead) = changed.get(index + TAKE_PREFETCH_DISTANCE) {
-                    minute.counters.prefetch(key_hash(ahead));
+                    counters.prefetch(key_hash(ahead));
                 }
-                let counter = minute
-                    .counters
-                    .get_mut(ip)
-                    .expect("a changed counter is present");
+                let counter = counters.get_mut(ip).expect("a changed counter is present");
                 counter.changed = false;
                 let key = RateKey {
                     ip_halves: *ip,
-                    minute_start_ms: minute.start_ms,
+                    minute_start_ms: *start_ms,
                 };
                 taken.push((key, on_the_wire(counter.clicks)));
             }
-            // The list's memory serves the next epoch.
-            minute.changed = changed;
-            minute.changed.clear();
+            // Cleared, not dropped: the list's memory serves the next epoch.
+            changed.clear();
         }
         taken
     }

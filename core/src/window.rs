@@ -284,8 +284,8 @@ impl<K: SeriesStart> CountsTable<K> {
     /// output order never depends on hashing.
     pub fn take_dirty(&mut self) -> Vec<(K, Counts)> {
         // Looking each dirty key up again is a random access per key, a cache miss in a large
-        // table (the rate rule's: most of its IP-minutes change every epoch); past a share of
-        // the slots, one sequential pass over the table is cheaper. Same set either way.
+        // table; past a share of the slots, one sequential pass over the table is cheaper. Same
+        // set either way.
         let mut changed: Vec<(K, Counts)> =
             if self.dirty.len() * DIRTY_LOOKUPS_PER_SCAN >= self.entries.slots() {
                 self.dirty.clear();
