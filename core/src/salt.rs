@@ -142,36 +142,48 @@ impl HotCampaignDetector {
     /// At the end of a period, adds a plan for every new campaign above the share. Returns the
     /// campaigns it planned (sorted). Call with the processing time; it is a no-op mid-period.
     pub fn decide(&mut self, now_ms: u64, table: &mut SaltTable) -> Vec<CampaignId> {
+        let proposed = self.propose(now_ms, 0, |campaign| table.plan(campaign).is_some());
+        for (campaign, plan) in &proposed {
+            table.insert(*campaign, *plan);
+        }
+        proposed.into_iter().map(|(campaign, _)| campaign).collect()
+    }
+
+    /// At the end of a period, a plan (sorted by campaign) for every campaign above the share
+    /// that `planned` says has none yet. Each starts `margin_ms` after every accepted event time:
+    /// the time a caller has to make the plan durable before a click can fall in its range.
+    /// Call with the processing time; it is a no-op mid-period.
+    pub fn propose(
+        &mut self,
+        now_ms: u64,
+        margin_ms: u64,
+        planned: impl Fn(CampaignId) -> bool,
+    ) -> Vec<(CampaignId, SaltPlan)> {
         let start_ms = *self.period_start_ms.get_or_insert(now_ms);
         if now_ms < start_ms + self.config.period_ms {
             return Vec::new();
         }
-        let mut planned = Vec::new();
+        let mut proposed = Vec::new();
         if self.period_clicks >= self.config.period_clicks_min {
             let threshold = (self.config.share_min * self.period_clicks as f64).ceil() as u64;
-            let mut hot: Vec<CampaignId> = self
-                .counters
-                .iter()
-                .filter(|(_, count)| *count >= threshold)
-                .map(|(campaign, _)| *campaign)
-                .collect();
-            hot.sort();
             let plan = SaltPlan {
                 salts: self.config.salts,
                 // Later than every accepted click, so no click routed unsalted can be resent
                 // into the salted range.
-                from_event_time_ms: self.max_event_time_ms + 1,
+                from_event_time_ms: self.max_event_time_ms + 1 + margin_ms,
             };
-            for campaign in hot {
-                if table.insert(campaign, plan) {
-                    planned.push(campaign);
-                }
-            }
+            proposed = self
+                .counters
+                .iter()
+                .filter(|(campaign, count)| *count >= threshold && !planned(*campaign))
+                .map(|(campaign, _)| (*campaign, plan))
+                .collect();
+            proposed.sort_by_key(|(campaign, _)| *campaign);
         }
         self.counters.clear();
         self.period_clicks = 0;
         self.period_start_ms = Some(now_ms);
-        planned
+        proposed
     }
 }
 

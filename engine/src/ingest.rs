@@ -12,14 +12,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use adclick_core::codec;
 use adclick_core::event::{ClickEvent, InvalidReason, Rejection, TimeBound, check_event_time};
+use adclick_core::ids::CampaignId;
 use adclick_core::ids::{PartitionId, Salt};
 use adclick_core::limits as core_limits;
 use adclick_core::partition::partition_for_campaign;
-use adclick_core::salt::{HotCampaignConfig, HotCampaignDetector, SaltTable};
+use adclick_core::salt::{HotCampaignConfig, HotCampaignDetector, SaltPlan, SaltTable};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore, oneshot};
 
 use crate::limits;
+use crate::salt_plans::SaltPlanStore;
 use crate::seams::{AppendBatch, Clock, Log, LogError, RecordBlock, Retry};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -68,12 +70,34 @@ pub enum IngestError {
         limit: usize,
         retry_after_ms: u64,
     },
+    #[error(
+        "campaign {campaign} is being split into {salts} salted keys for event times from {from_event_time_ms} ms, and its plan is not durable yet; {events} events of this request fall in that range; retry after {retry_after_ms} ms"
+    )]
+    SaltPlanPending {
+        campaign: u64,
+        salts: u16,
+        from_event_time_ms: u64,
+        events: usize,
+        retry_after_ms: u64,
+    },
     #[error("request has {records} records, over the limit of {limit}")]
     TooManyRecords { records: usize, limit: usize },
     #[error("the log failed: {0}")]
     Log(LogError),
     #[error("ingest is shutting down")]
     ShuttingDown,
+}
+
+impl IngestError {
+    /// For the errors a client should retry (the request was refused whole, nothing of it was
+    /// buffered): how long to wait first.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            IngestError::Busy { retry_after_ms, .. }
+            | IngestError::SaltPlanPending { retry_after_ms, .. } => Some(*retry_after_ms),
+            _ => None,
+        }
+    }
 }
 
 /// The answer to one request: how many were accepted, and why each rejected record was.
@@ -107,15 +131,28 @@ pub type SharedSaltTable = Arc<Mutex<SaltTable>>;
 /// How a (re)started ingest node salts hot campaigns.
 #[derive(Clone, Default)]
 pub struct SaltingStart {
+    /// The plans made so far. Routing follows them even when detection is off
+    /// (`hot_campaigns = None`): a plan never goes away.
     pub table: SharedSaltTable,
     /// Every click accepted before this start (by an earlier incarnation) has an event time
     /// below this: 0 for a fresh log, start time plus the largest allowed clock skew otherwise.
     pub accepted_event_time_floor_ms: u64,
+    /// Where new plans are made durable before any click is routed by them. `None`: the table
+    /// itself is the durable copy (it outlives the node, as in the simulator).
+    pub durable: Option<SaltPlanStore>,
 }
 
 struct Salting {
-    detector: HotCampaignDetector,
+    /// `None` when detection is off and only existing plans route.
+    detector: Option<HotCampaignDetector>,
     table: SharedSaltTable,
+    /// New plans go to the plan writer, a task of this node (so it dies with the node, and a
+    /// crashed node's plan is never stored after its successor has loaded the plans).
+    plans_to_store: Option<tokio::sync::mpsc::UnboundedSender<(CampaignId, SaltPlan)>>,
+    /// Plans being written by the plan writer. Until one is stored, a click of its campaign in its
+    /// range is answered busy: routed unsalted it would contradict the plan once stored, routed
+    /// salted it would be lost to a crash before the store.
+    pending: std::collections::BTreeMap<CampaignId, SaltPlan>,
 }
 
 struct Inner {
@@ -160,10 +197,23 @@ impl IngestCore {
         salting: SaltingStart,
     ) -> (IngestCore, tokio::task::JoinHandle<()>) {
         let partitions = log.partitions();
-        let salting = config.hot_campaigns.map(|hot| {
+        let detector = config
+            .hot_campaigns
+            .map(|hot| HotCampaignDetector::new(hot, salting.accepted_event_time_floor_ms));
+        let has_plans = !salting.table.lock().expect("salt table lock").is_empty();
+        let (plans_to_store, plan_writer) = match salting.durable {
+            Some(store) => {
+                let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+                (Some(sender), Some((store, receiver)))
+            }
+            None => (None, None),
+        };
+        let salting = (detector.is_some() || has_plans).then(|| {
             Mutex::new(Salting {
-                detector: HotCampaignDetector::new(hot, salting.accepted_event_time_floor_ms),
+                detector,
                 table: salting.table,
+                plans_to_store,
+                pending: Default::default(),
             })
         });
         let inner = Arc::new(Inner {
@@ -183,6 +233,9 @@ impl IngestCore {
             append_retries: AtomicU64::new(0),
         });
         let flusher = tokio::spawn(run_flusher(inner.clone()));
+        if let Some((store, receiver)) = plan_writer {
+            tokio::spawn(run_plan_writer(Arc::downgrade(&inner), store, receiver));
+        }
         (IngestCore { inner }, flusher)
     }
 
@@ -275,7 +328,10 @@ impl IngestCore {
             })?;
         // The flusher returns the permits once the log has the events.
         permits.forget();
-        let waiters = self.buffer(&valid, ack);
+        let waiters = self.buffer(&valid, ack).inspect_err(|_| {
+            inner.permits.add_permits(valid.len());
+            inner.busy.fetch_add(1, Ordering::Relaxed);
+        })?;
         outcome.accepted = valid.len();
         inner
             .accepted
@@ -290,11 +346,12 @@ impl IngestCore {
         Ok(outcome)
     }
 
+    /// Routes and buffers every event, or none (`SaltPlanPending`).
     fn buffer<'a>(
         &self,
         events: &[&'a ClickEvent],
         ack: Ack,
-    ) -> Vec<oneshot::Receiver<Result<(), IngestError>>> {
+    ) -> Result<Vec<oneshot::Receiver<Result<(), IngestError>>>, IngestError> {
         let inner = &self.inner;
         let mut by_partition: Vec<Vec<(&ClickEvent, Salt)>> =
             vec![Vec::new(); inner.partitions as usize];
@@ -306,22 +363,53 @@ impl IngestCore {
             None => events.iter().for_each(|event| route(event, Salt(0))),
             Some(salting) => {
                 let mut salting = salting.lock().expect("salting lock");
-                let Salting { detector, table } = &mut *salting;
+                let Salting {
+                    detector,
+                    table,
+                    plans_to_store,
+                    pending,
+                } = &mut *salting;
+                if let Some(error) = pending_conflict(pending, events) {
+                    return Err(error);
+                }
                 let mut table = table.lock().expect("salt table lock");
                 for event in events {
-                    detector.observe(event.campaign_id, event.event_time_ms.0);
+                    if let Some(detector) = detector.as_mut() {
+                        detector.observe(event.campaign_id, event.event_time_ms.0);
+                    }
                     let salt =
                         table.salt_for(event.campaign_id, event.click_id, event.event_time_ms.0);
                     route(event, salt);
                 }
-                for campaign in detector.decide(inner.clock.now_ms(), &mut table) {
-                    let plan = table.plan(campaign).expect("just planned");
-                    tracing::info!(
-                        campaign = campaign.0,
-                        salts = plan.salts,
-                        from_event_time_ms = plan.from_event_time_ms,
-                        "hot campaign: splitting its key"
-                    );
+                if let Some(detector) = detector.as_mut() {
+                    let margin_ms = match plans_to_store {
+                        Some(_) => limits::SALT_PLAN_DURABILITY_MARGIN_MS,
+                        None => 0,
+                    };
+                    let planned = |campaign| {
+                        table.plan(campaign).is_some() || pending.contains_key(&campaign)
+                    };
+                    for (campaign, plan) in
+                        detector.propose(inner.clock.now_ms(), margin_ms, planned)
+                    {
+                        tracing::info!(
+                            campaign = campaign.0,
+                            salts = plan.salts,
+                            from_event_time_ms = plan.from_event_time_ms,
+                            durable_first = plans_to_store.is_some(),
+                            "hot campaign: splitting its key"
+                        );
+                        match plans_to_store {
+                            None => {
+                                table.insert(campaign, plan);
+                            }
+                            Some(writer) => {
+                                pending.insert(campaign, plan);
+                                // The writer lives as long as `Inner`, which holds this sender.
+                                let _ = writer.send((campaign, plan));
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -348,7 +436,18 @@ impl IngestCore {
         if full || ack == Ack::Durable {
             inner.flush_now.notify_one();
         }
-        waiters
+        Ok(waiters)
+    }
+
+    /// Plans waiting to be durable (tests and the status page).
+    pub fn pending_salt_plans(&self) -> Vec<(CampaignId, SaltPlan)> {
+        match &self.inner.salting {
+            None => Vec::new(),
+            Some(salting) => {
+                let salting = salting.lock().expect("salting lock");
+                salting.pending.iter().map(|(c, p)| (*c, *p)).collect()
+            }
+        }
     }
 
     /// Stops taking requests and waits until every buffered event is in the log.
@@ -356,6 +455,64 @@ impl IngestCore {
         self.inner.closed.store(true, Ordering::Release);
         self.inner.flush_now.notify_one();
         let _ = flusher.await;
+    }
+}
+
+/// The request's first campaign with events in the range of a plan not yet durable, as the
+/// error that answers the request.
+fn pending_conflict(
+    pending: &std::collections::BTreeMap<CampaignId, SaltPlan>,
+    events: &[&ClickEvent],
+) -> Option<IngestError> {
+    if pending.is_empty() {
+        return None;
+    }
+    let mut conflict: Option<(CampaignId, SaltPlan, usize)> = None;
+    for event in events {
+        if let Some(plan) = pending.get(&event.campaign_id)
+            && event.event_time_ms.0 >= plan.from_event_time_ms
+        {
+            match &mut conflict {
+                Some((campaign, _, count)) if *campaign == event.campaign_id => *count += 1,
+                Some(_) => {}
+                None => conflict = Some((event.campaign_id, *plan, 1)),
+            }
+        }
+    }
+    conflict.map(|(campaign, plan, events)| IngestError::SaltPlanPending {
+        campaign: campaign.0,
+        salts: plan.salts,
+        from_event_time_ms: plan.from_event_time_ms,
+        events,
+        retry_after_ms: limits::BUSY_RETRY_AFTER_MS,
+    })
+}
+
+/// Stores each new plan, retrying until the blob store has it, then lets clicks be routed by
+/// it. Until then the plan's range of its campaign is answered busy, which is the safe state to
+/// stay in for as long as the store is down. Ends when the ingest core is dropped.
+async fn run_plan_writer(
+    inner: std::sync::Weak<Inner>,
+    store: SaltPlanStore,
+    mut plans: tokio::sync::mpsc::UnboundedReceiver<(CampaignId, SaltPlan)>,
+) {
+    while let Some((campaign, plan)) = plans.recv().await {
+        let mut backoff_ms = 50;
+        while let Err(error) = store.save(campaign, plan).await {
+            tracing::warn!(campaign = campaign.0, %error, "could not store a salt plan, retrying");
+            tokio::time::sleep(std::time::Duration::from_millis(backoff_ms)).await;
+            backoff_ms = (backoff_ms * 2).min(5_000);
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let salting = inner.salting.as_ref().expect("only salting ingest plans");
+        let mut salting = salting.lock().expect("salting lock");
+        salting.pending.remove(&campaign);
+        salting
+            .table
+            .lock()
+            .expect("salt table lock")
+            .insert(campaign, plan);
+        tracing::info!(campaign = campaign.0, "salt plan stored; routing by it");
     }
 }
 

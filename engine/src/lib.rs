@@ -15,6 +15,7 @@ pub mod embedded;
 pub mod fencing;
 pub mod ingest;
 pub mod limits;
+pub mod salt_plans;
 pub mod scenario;
 pub mod seams;
 pub mod worker;

@@ -19,3 +19,9 @@ pub const INGEST_RECORDS_PER_REQUEST_MAX: usize = 10_000;
 
 const _: () = assert!(PRODUCER_BATCH_RECORDS_MAX <= PRODUCER_BUFFER_EVENTS_MAX_DEFAULT);
 const _: () = assert!(WORKER_IDLE_POLL_MS < EPOCH_MS_DEFAULT);
+
+/// How far past every accepted event time a new salt plan starts when it must be stored before
+/// use (`adclick serve`): the time the blob store has to take it before a click of the campaign
+/// can fall in its range and be answered busy. A put takes milliseconds on a local disk and
+/// rarely a second on an object store.
+pub const SALT_PLAN_DURABILITY_MARGIN_MS: u64 = 2_000;

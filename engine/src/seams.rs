@@ -183,6 +183,11 @@ pub trait Log: Send + Sync {
     ) -> Result<Vec<ReadBatch>, LogError>;
     /// The offset the next appended record will get.
     async fn end_offset(&self, partition: PartitionId) -> Result<Offset, LogError>;
+    /// A producer id that no batch in this log has used (Kafka's InitProducerId), for a new
+    /// ingest incarnation. A restarted node that reused its old id would start its sequence
+    /// numbers again at 0, and an idempotent log would take its first batches for retries of
+    /// the old node's and append nothing.
+    async fn new_producer_id(&self) -> Result<u64, LogError>;
 }
 
 /// Reads a partition from offset 0 until `end`, in offset order, handing each record to

@@ -12,7 +12,8 @@ use adclick_core::ids::PartitionId;
 use adclick_engine::checkpoint::CheckpointStore;
 use adclick_engine::clock::SystemClock;
 use adclick_engine::embedded::{FileLog, MemoryBlobStore, MemoryLog, MemoryRealtimeStore};
-use adclick_engine::ingest::IngestCore;
+use adclick_engine::ingest::{IngestConfig, IngestCore, SaltingStart};
+use adclick_engine::salt_plans::SaltPlanStore;
 use adclick_engine::seams::{BlobStore, Clock, Log, RealtimeStore};
 use adclick_engine::worker::{WorkerEnv, assigned_forever, supervise};
 use adclick_io::blobs::{BlobConfig, ObjectBlobStore};
@@ -99,14 +100,67 @@ pub struct RunningServer {
     workers: Vec<JoinHandle<()>>,
 }
 
+/// The salt plans of earlier runs, loaded before the first click is taken (a resend must be
+/// routed as its original was), and the checkpoint blob store as the place new plans are stored
+/// before they route anything.
+async fn salting_start(config: &ServeConfig, seams: &Seams) -> anyhow::Result<SaltingStart> {
+    let plans = SaltPlanStore::new(seams.blobs.clone());
+    let table = plans
+        .load()
+        .await
+        .context("loading the salt plans of earlier runs (checkpoints.url)")?;
+    if config.checkpoints.url.is_none() && !matches!(config.log, LogConfig::Memory) {
+        tracing::warn!(
+            "checkpoints.url is not set: checkpoints and salt plans are kept in memory, so a \
+             restart recounts from the log's start and forgets which campaigns were split"
+        );
+    }
+    // An earlier run accepted no event time past its clock plus the allowed skew. On an empty
+    // log nothing was accepted, and a hot campaign can be split at once.
+    let mut log_is_empty = true;
+    for partition in (0..seams.log.partitions()).map(PartitionId) {
+        let end = seams
+            .log
+            .end_offset(partition)
+            .await
+            .with_context(|| format!("reading the end offset of partition {partition}"))?;
+        log_is_empty &= end.0 == 0;
+    }
+    let accepted_event_time_floor_ms = if log_is_empty {
+        0
+    } else {
+        seams.clock.now_ms() + adclick_core::limits::EVENT_TIME_FUTURE_MS_MAX
+    };
+    if !table.is_empty() {
+        tracing::info!(plans = table.len(), "loaded the salt plans of earlier runs");
+    }
+    Ok(SaltingStart {
+        table: Arc::new(std::sync::Mutex::new(table)),
+        accepted_event_time_floor_ms,
+        durable: Some(plans),
+    })
+}
+
 pub async fn start(config: ServeConfig, seams: Seams) -> anyhow::Result<RunningServer> {
     let (http_stop, http_stop_receiver) = watch::channel(false);
     let (worker_stop, worker_stop_receiver) = watch::channel(false);
     let (ingest, flusher) = if config.runs(Role::Ingest) {
-        let (core, flusher) = IngestCore::start(
+        let salting = salting_start(&config, &seams).await?;
+        // A producer id of this run's own: after a restart on a file log, the old id's
+        // sequence numbers would make the log take the first new batches for retries.
+        let ingest_config = IngestConfig {
+            producer_id: seams
+                .log
+                .new_producer_id()
+                .await
+                .context("asking the log for a producer id")?,
+            ..config.ingest_config()
+        };
+        let (core, flusher) = IngestCore::start_with(
             seams.log.clone(),
             seams.clock.clone(),
-            config.ingest_config(),
+            ingest_config,
+            salting,
         );
         (Some(core), Some(flusher))
     } else {

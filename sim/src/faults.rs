@@ -235,6 +235,10 @@ impl Log for SimLog {
     async fn end_offset(&self, partition: PartitionId) -> Result<Offset, LogError> {
         self.inner.end_offset(partition).await
     }
+
+    async fn new_producer_id(&self) -> Result<u64, LogError> {
+        self.inner.new_producer_id().await
+    }
 }
 
 /// The real-time store node: the embedded store's fencing, with latency and errors that strike

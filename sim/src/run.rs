@@ -14,7 +14,7 @@ use adclick_engine::clock::SystemClock;
 use adclick_engine::embedded::{
     FileLog, FileLogConfig, MemoryBlobStore, MemoryLog, MemoryRealtimeStore,
 };
-use adclick_engine::ingest::{Ack, IngestCore, IngestError};
+use adclick_engine::ingest::{Ack, IngestCore};
 use adclick_engine::scenario::{Invariant, Scenario};
 use adclick_engine::seams::{Clock, Log, RealtimeStore};
 use adclick_engine::worker::{WorkerEnv, supervise};
@@ -299,7 +299,8 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
         let outcome = loop {
             match ingest.submit(&batch.events, Ack::Buffered).await {
                 Ok(outcome) => break outcome,
-                Err(IngestError::Busy { retry_after_ms, .. }) => {
+                Err(error) if error.retry_after_ms().is_some() => {
+                    let retry_after_ms = error.retry_after_ms().expect("checked");
                     busy_answers += 1;
                     tokio::time::sleep(Duration::from_millis(retry_after_ms.min(10))).await;
                 }

@@ -29,6 +29,7 @@ use adclick_engine::checkpoint::CheckpointStore;
 use adclick_engine::clock::SystemClock;
 use adclick_engine::embedded::{MemoryBlobStore, MemoryLog, MemoryRealtimeStore};
 use adclick_engine::ingest::{Ack, IngestConfig, IngestCore, IngestError};
+use adclick_engine::salt_plans::SaltPlanStore;
 use adclick_engine::scenario::{Invariant, Scenario};
 use adclick_engine::seams::*;
 use adclick_engine::worker::{WorkerEnv, supervise};
@@ -108,7 +109,7 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
     let mut env = WorkerEnv::new(
         log.clone(),
         store.clone(),
-        CheckpointStore::new(blobs),
+        CheckpointStore::new(blobs.clone()),
         Arc::new(SystemClock),
         Arc::new(RwLock::new(registry)),
     );
@@ -122,7 +123,9 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
 
     let ingest_slot: IngestSlot = Arc::default();
     let ingest_config = traffic_scenario.ingest_config();
-    let ingest_node = start_ingest(log.clone(), ingest_config, ingest_slot.clone());
+    // Salt plans live in the checkpoint blob store, with its faults, as in `adclick serve`.
+    let salt_plans = SaltPlanStore::new(blobs.clone());
+    let ingest_node = start_ingest(log.clone(), ingest_config, ingest_slot.clone(), salt_plans);
     let started_ms = SystemClock.now_ms();
     let chaos = tokio::spawn(run_chaos(Chaos {
         faults: faults.clone(),
@@ -239,19 +242,18 @@ fn start_ingest(
     log: Arc<SimLog>,
     config: IngestConfig,
     slot: IngestSlot,
+    salt_plans: SaltPlanStore,
 ) -> madsim::runtime::NodeHandle {
     let incarnations = Arc::new(AtomicU64::new(0));
-    // The salt table is durable state: it survives the node's crashes.
-    let salts = adclick_engine::ingest::SharedSaltTable::default();
     madsim::runtime::Handle::current()
         .create_node()
         .name("ingest")
         .init(move || {
-            let (log, slot, incarnations, salts) = (
+            let (log, slot, incarnations, salt_plans) = (
                 log.clone(),
                 slot.clone(),
                 incarnations.clone(),
-                salts.clone(),
+                salt_plans.clone(),
             );
             async move {
                 let incarnation =
@@ -267,9 +269,22 @@ fn start_ingest(
                 } else {
                     SystemClock.now_ms() + adclick_core::limits::EVENT_TIME_FUTURE_MS_MAX
                 };
+                // The salt table is durable state: each incarnation loads what its
+                // predecessors stored, retrying through injected store errors as a supervisor
+                // restarting `adclick serve` would.
+                let table = loop {
+                    match salt_plans.load().await {
+                        Ok(table) => break table,
+                        Err(error) => {
+                            tracing::debug!(%error, "loading salt plans failed, retrying");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                };
                 let salting = adclick_engine::ingest::SaltingStart {
-                    table: salts,
+                    table: Arc::new(Mutex::new(table)),
                     accepted_event_time_floor_ms,
+                    durable: Some(salt_plans),
                 };
                 let started = IngestCore::start_with(log, Arc::new(SystemClock), config, salting);
                 *slot.lock().expect("ingest slot lock") = Some(started);
@@ -601,7 +616,8 @@ async fn drive_traffic(
                     .await
                 {
                     Ok(outcome) => break outcome,
-                    Err(IngestError::Busy { retry_after_ms, .. }) => {
+                    Err(error) if error.retry_after_ms().is_some() => {
+                        let retry_after_ms = error.retry_after_ms().expect("checked");
                         tokio::time::sleep(Duration::from_millis(retry_after_ms)).await;
                     }
                     Err(IngestError::ShuttingDown) => {

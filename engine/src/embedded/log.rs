@@ -31,6 +31,8 @@ struct Partition {
 
 pub struct MemoryLog {
     partitions: Vec<Mutex<Partition>>,
+    /// The highest producer id handed out by `new_producer_id` (0: none).
+    last_producer_id: Mutex<u64>,
 }
 
 impl MemoryLog {
@@ -38,6 +40,7 @@ impl MemoryLog {
         assert!(partitions > 0, "a log has at least one partition");
         MemoryLog {
             partitions: (0..partitions).map(|_| Mutex::default()).collect(),
+            last_producer_id: Mutex::new(0),
         }
     }
 
@@ -137,6 +140,23 @@ impl Log for MemoryLog {
 
     async fn append(&self, partition: PartitionId, batch: AppendBatch) -> Result<Offset, LogError> {
         self.append_now(partition, batch)
+    }
+
+    async fn new_producer_id(&self) -> Result<u64, LogError> {
+        let mut last = self.last_producer_id.lock().expect("producer id lock");
+        // Past every id handed out and every id a batch carries (restored ones included).
+        let used = self
+            .partitions
+            .iter()
+            .filter_map(|partition| {
+                let partition = partition.lock().expect("log lock");
+                partition.producers.keys().max().copied()
+            })
+            .fold(*last, u64::max);
+        *last = used.checked_add(1).ok_or_else(|| LogError::Unavailable {
+            message: "every producer id is used".into(),
+        })?;
+        Ok(*last)
     }
 
     async fn read(

@@ -196,6 +196,12 @@ impl Log for KafkaLog {
     /// offset the next record gets, as the trait asks. The Tansu broker reports the start offset
     /// of the last record batch plus one instead, which is below the true end when that batch
     /// holds several records: against Tansu, use this as a lower bound, never for exact lag.
+    /// rdkafka's idempotent producer gets its producer id from the broker and numbers its own
+    /// sequences; `AppendBatch::producer_id` is not sent, so any id will do.
+    async fn new_producer_id(&self) -> Result<u64, LogError> {
+        Ok(0)
+    }
+
     async fn end_offset(&self, partition: PartitionId) -> Result<Offset, LogError> {
         self.check_partition(partition)?;
         let metadata = self.metadata.clone();

@@ -190,6 +190,10 @@ fn ingest_error(state: &AppState, error: IngestError) -> Response {
                 Some("engine.producer_buffer_events_max"),
             )
         }
+        IngestError::SaltPlanPending { .. } => {
+            state.counters.ingest_busy.fetch_add(1, Ordering::Relaxed);
+            (StatusCode::SERVICE_UNAVAILABLE, None)
+        }
         IngestError::TooManyRecords { .. } => (
             StatusCode::PAYLOAD_TOO_LARGE,
             Some("http.records_per_request_max"),

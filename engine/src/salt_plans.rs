@@ -1,0 +1,184 @@
+//! The salt table's durable copy: one blob per salted campaign in the checkpoint blob store.
+//!
+//! A salt plan is routing state that must outlive the ingest node that made it. After a restart,
+//! a resend of a click that was routed to a salted sub-key must be routed there again, or the
+//! partition that dedups it never sees it and the fast path counts it twice. So a plan is
+//! written here *before* any click is routed by it (`IngestCore` holds it pending until then),
+//! and a starting ingest node loads every plan before it accepts a click.
+//!
+//! Each plan is a small JSON document, `salt-plans/campaign-<id>.json`, readable by an operator:
+//! `{"format_version":1,"campaign_id":7,"salts":4,"from_event_time_ms":1700000000000}`. One blob
+//! per campaign because plans are only ever added, never changed: a put never rewrites another
+//! campaign's plan, and a lost race between two writers of the same plan is harmless.
+
+use std::sync::Arc;
+
+use adclick_core::ids::CampaignId;
+use adclick_core::limits::SALTS_MAX;
+use adclick_core::salt::{SaltPlan, SaltTable};
+use serde::{Deserialize, Serialize};
+
+use crate::seams::{BlobError, BlobStore};
+
+/// Where plans live in the blob store.
+pub const SALT_PLANS_PREFIX: &str = "salt-plans/";
+
+const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SaltPlansError {
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    #[error("salt plan {key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+/// One plan as stored.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredPlan {
+    format_version: u32,
+    campaign_id: u64,
+    salts: u16,
+    from_event_time_ms: u64,
+}
+
+/// The salt plans in a blob store.
+#[derive(Clone)]
+pub struct SaltPlanStore {
+    blobs: Arc<dyn BlobStore>,
+}
+
+pub fn plan_key(campaign: CampaignId) -> String {
+    format!("{SALT_PLANS_PREFIX}campaign-{}.json", campaign.0)
+}
+
+impl SaltPlanStore {
+    pub fn new(blobs: Arc<dyn BlobStore>) -> SaltPlanStore {
+        SaltPlanStore { blobs }
+    }
+
+    /// Writes a plan. Returns once the blob store has it durably (its put is atomic).
+    pub async fn save(&self, campaign: CampaignId, plan: SaltPlan) -> Result<(), SaltPlansError> {
+        let stored = StoredPlan {
+            format_version: FORMAT_VERSION,
+            campaign_id: campaign.0,
+            salts: plan.salts,
+            from_event_time_ms: plan.from_event_time_ms,
+        };
+        let bytes = serde_json::to_vec(&stored).expect("a plan serializes");
+        self.blobs.put(&plan_key(campaign), bytes).await?;
+        Ok(())
+    }
+
+    /// Every stored plan. A plan that cannot be read is an error, not a gap: routing without it
+    /// could send a resend somewhere its original is not.
+    pub async fn load(&self) -> Result<SaltTable, SaltPlansError> {
+        let mut table = SaltTable::default();
+        for key in self.blobs.list(SALT_PLANS_PREFIX).await? {
+            let invalid = |problem: String| SaltPlansError::Invalid {
+                key: key.clone(),
+                problem,
+            };
+            let Some(bytes) = self.blobs.get(&key).await? else {
+                // Listed, then gone: only an operator deletes plans, and then routing is
+                // theirs to answer for; nothing here can bring it back.
+                return Err(invalid("listed but no longer present".into()));
+            };
+            let stored: StoredPlan = serde_json::from_slice(&bytes)
+                .map_err(|error| invalid(format!("not a salt plan: {error}")))?;
+            if stored.format_version != FORMAT_VERSION {
+                return Err(invalid(format!(
+                    "format_version {} is not the supported {FORMAT_VERSION}",
+                    stored.format_version
+                )));
+            }
+            let campaign = CampaignId(stored.campaign_id);
+            if key != plan_key(campaign) {
+                return Err(invalid(format!(
+                    "holds campaign {}, whose plan belongs at {}",
+                    stored.campaign_id,
+                    plan_key(campaign)
+                )));
+            }
+            if !(2..=SALTS_MAX).contains(&stored.salts) {
+                return Err(invalid(format!(
+                    "salts = {} is outside 2..={SALTS_MAX}",
+                    stored.salts
+                )));
+            }
+            table.insert(
+                campaign,
+                SaltPlan {
+                    salts: stored.salts,
+                    from_event_time_ms: stored.from_event_time_ms,
+                },
+            );
+        }
+        Ok(table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedded::MemoryBlobStore;
+
+    fn plan(salts: u16, from_event_time_ms: u64) -> SaltPlan {
+        SaltPlan {
+            salts,
+            from_event_time_ms,
+        }
+    }
+
+    #[tokio::test]
+    async fn saved_plans_load_back_as_the_same_table() {
+        let blobs: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::new());
+        let store = SaltPlanStore::new(blobs.clone());
+        assert!(store.load().await.unwrap().is_empty());
+        store.save(CampaignId(7), plan(4, 1_000)).await.unwrap();
+        store.save(CampaignId(12), plan(8, 2_000)).await.unwrap();
+        let table = store.load().await.unwrap();
+        assert_eq!(table.len(), 2);
+        assert_eq!(table.plan(CampaignId(7)), Some(plan(4, 1_000)));
+        assert_eq!(table.plan(CampaignId(12)), Some(plan(8, 2_000)));
+        let text =
+            String::from_utf8(blobs.get(&plan_key(CampaignId(7))).await.unwrap().unwrap()).unwrap();
+        assert_eq!(
+            text,
+            r#"{"format_version":1,"campaign_id":7,"salts":4,"from_event_time_ms":1000}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_plan_is_an_error_that_names_its_key() {
+        let blobs: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::new());
+        let store = SaltPlanStore::new(blobs.clone());
+        for (bytes, expected) in [
+            (&b"{\"format_version\":1"[..], "not a salt plan"),
+            (
+                br#"{"format_version":2,"campaign_id":7,"salts":4,"from_event_time_ms":1}"#,
+                "format_version 2 is not the supported 1",
+            ),
+            (
+                br#"{"format_version":1,"campaign_id":8,"salts":4,"from_event_time_ms":1}"#,
+                "holds campaign 8, whose plan belongs at salt-plans/campaign-8.json",
+            ),
+            (
+                br#"{"format_version":1,"campaign_id":7,"salts":9,"from_event_time_ms":1}"#,
+                "salts = 9 is outside 2..=8",
+            ),
+        ] {
+            blobs
+                .put(&plan_key(CampaignId(7)), bytes.to_vec())
+                .await
+                .unwrap();
+            let error = store.load().await.unwrap_err().to_string();
+            assert!(
+                error.starts_with("salt plan salt-plans/campaign-7.json: ")
+                    && error.contains(expected),
+                "{error}"
+            );
+        }
+    }
+}
