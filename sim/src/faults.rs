@@ -30,6 +30,9 @@ pub struct DuplicateAppends {
     pub ledger: Ledger,
     pub clicks: ClickMultiset,
     sequences: Vec<u64>,
+    /// The id the duplicates are appended under: one of the log's, so no ingest incarnation
+    /// (which asks the log for its own) shares it.
+    producer_id: Option<u64>,
 }
 
 /// The fault rates of one run: the scenario's, or in swarm mode a per-seed draw below them.
@@ -163,8 +166,6 @@ pub struct SimLog {
     pub duplicates: Mutex<DuplicateAppends>,
 }
 
-const DUPLICATING_PRODUCER_ID: u64 = u64::MAX;
-
 #[async_trait]
 impl Log for SimLog {
     fn partitions(&self) -> u32 {
@@ -191,7 +192,12 @@ impl Log for SimLog {
                 ledger,
                 clicks,
                 sequences,
+                producer_id,
             } = &mut *duplicates;
+            let producer_id = match producer_id {
+                Some(id) => *id,
+                None => *producer_id.insert(self.inner.new_producer_id_now()?),
+            };
             sequences.resize(self.inner.partitions() as usize, 0);
             let sequence = &mut sequences[partition.0 as usize];
             for record in records.iter() {
@@ -201,7 +207,7 @@ impl Log for SimLog {
             }
             let count = records.len() as u64;
             let retry = AppendBatch {
-                producer_id: DUPLICATING_PRODUCER_ID,
+                producer_id,
                 first_sequence: *sequence,
                 records,
             };

@@ -258,8 +258,12 @@ fn start_ingest(
             async move {
                 let incarnation =
                     incarnations.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                // A producer id of its own, from the log, as `adclick serve` takes one.
                 let config = IngestConfig {
-                    producer_id: incarnation,
+                    producer_id: log
+                        .new_producer_id()
+                        .await
+                        .expect("the simulated log hands out producer ids without faults"),
                     ..config
                 };
                 // A restarted node cannot know what its predecessor accepted, only that those

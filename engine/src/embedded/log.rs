@@ -53,6 +53,24 @@ impl MemoryLog {
             })
     }
 
+    /// `Log::new_producer_id` without the async wrapper.
+    pub fn new_producer_id_now(&self) -> Result<u64, LogError> {
+        let mut last = self.last_producer_id.lock().expect("producer id lock");
+        // Past every id handed out and every id a batch carries (restored ones included).
+        let used = self
+            .partitions
+            .iter()
+            .filter_map(|partition| {
+                let partition = partition.lock().expect("log lock");
+                partition.producers.keys().max().copied()
+            })
+            .fold(*last, u64::max);
+        *last = used.checked_add(1).ok_or_else(|| LogError::Unavailable {
+            message: "every producer id is used".into(),
+        })?;
+        Ok(*last)
+    }
+
     /// Appends without the async wrapper, for callers that hold no runtime.
     pub fn append_now(
         &self,
@@ -143,20 +161,7 @@ impl Log for MemoryLog {
     }
 
     async fn new_producer_id(&self) -> Result<u64, LogError> {
-        let mut last = self.last_producer_id.lock().expect("producer id lock");
-        // Past every id handed out and every id a batch carries (restored ones included).
-        let used = self
-            .partitions
-            .iter()
-            .filter_map(|partition| {
-                let partition = partition.lock().expect("log lock");
-                partition.producers.keys().max().copied()
-            })
-            .fold(*last, u64::max);
-        *last = used.checked_add(1).ok_or_else(|| LogError::Unavailable {
-            message: "every producer id is used".into(),
-        })?;
-        Ok(*last)
+        self.new_producer_id_now()
     }
 
     async fn read(

@@ -43,7 +43,7 @@ async fn serve(config: ServeConfig) -> (RunningServer, String) {
 }
 
 /// A click JSON line; `n` makes the click id unique.
-fn click(n: u64, campaign: u64, ad: u64, event_time_ms: u64) -> String {
+pub(crate) fn click(n: u64, campaign: u64, ad: u64, event_time_ms: u64) -> String {
     format!(
         r#"{{"click_id":"{:08x}-0000-4000-8000-{:012x}","campaign_id":{campaign},"ad_id":{ad},"user_id":{n},"ip":"10.1.{}.{}","user_agent":"test-agent","country":"DE","event_time_ms":{event_time_ms}}}"#,
         n + 1,
@@ -53,7 +53,7 @@ fn click(n: u64, campaign: u64, ad: u64, event_time_ms: u64) -> String {
     )
 }
 
-async fn post(base: &str, content_type: &str, body: String) -> (StatusCode, Value) {
+pub(crate) async fn post(base: &str, content_type: &str, body: String) -> (StatusCode, Value) {
     let response = reqwest::Client::new()
         .post(format!("{base}/v1/clicks"))
         .header("content-type", content_type)
@@ -80,7 +80,18 @@ async fn wait_for_final_count(
     from_ms: u64,
     unique: u64,
 ) -> CampaignClicks {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    wait_for_final_count_within(base, campaign, from_ms, unique, Duration::from_secs(15)).await
+}
+
+/// Polls the campaign query until its range is final with `unique` clicks, or fails after `wait`.
+pub(crate) async fn wait_for_final_count_within(
+    base: &str,
+    campaign: u64,
+    from_ms: u64,
+    unique: u64,
+    wait: Duration,
+) -> CampaignClicks {
+    let deadline = Instant::now() + wait;
     let url = format!(
         "{base}/v1/campaigns/{campaign}/clicks?from={from_ms}&to={}",
         from_ms + 60_000

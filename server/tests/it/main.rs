@@ -4,4 +4,5 @@
 
 mod dashboard;
 mod http_api;
+mod restart;
 mod security;
