@@ -142,7 +142,7 @@ impl HotCampaignDetector {
     /// At the end of a period, adds a plan for every new campaign above the share. Returns the
     /// campaigns it planned (sorted). Call with the processing time; it is a no-op mid-period.
     pub fn decide(&mut self, now_ms: u64, table: &mut SaltTable) -> Vec<CampaignId> {
-        let proposed = self.propose(now_ms, 0, |campaign| table.plan(campaign).is_some());
+        let proposed = self.propose(now_ms, 0, 0, |campaign| table.plan(campaign).is_some());
         for (campaign, plan) in &proposed {
             table.insert(*campaign, *plan);
         }
@@ -150,13 +150,15 @@ impl HotCampaignDetector {
     }
 
     /// At the end of a period, a plan (sorted by campaign) for every campaign above the share
-    /// that `planned` says has none yet. Each starts `margin_ms` after every accepted event time:
-    /// the time a caller has to make the plan durable before a click can fall in its range.
+    /// that `planned` says has none yet. Each starts `margin_ms` after every accepted event time
+    /// (the time a caller has to make the plan durable before a click can fall in its range),
+    /// and not before `not_before_ms` (past what other ingest nodes may have accepted).
     /// Call with the processing time; it is a no-op mid-period.
     pub fn propose(
         &mut self,
         now_ms: u64,
         margin_ms: u64,
+        not_before_ms: u64,
         planned: impl Fn(CampaignId) -> bool,
     ) -> Vec<(CampaignId, SaltPlan)> {
         let start_ms = *self.period_start_ms.get_or_insert(now_ms);
@@ -170,7 +172,7 @@ impl HotCampaignDetector {
                 salts: self.config.salts,
                 // Later than every accepted click, so no click routed unsalted can be resent
                 // into the salted range.
-                from_event_time_ms: self.max_event_time_ms + 1 + margin_ms,
+                from_event_time_ms: (self.max_event_time_ms + 1 + margin_ms).max(not_before_ms),
             };
             proposed = self
                 .counters

@@ -12,17 +12,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use adclick_core::codec;
 use adclick_core::event::{ClickEvent, InvalidReason, Rejection, TimeBound, check_event_time};
-use adclick_core::ids::CampaignId;
-use adclick_core::ids::{PartitionId, Salt};
+use adclick_core::ids::{CampaignId, PartitionId, Salt};
 use adclick_core::limits as core_limits;
 use adclick_core::partition::partition_for_campaign;
-use adclick_core::salt::{HotCampaignConfig, HotCampaignDetector, SaltPlan, SaltTable};
+use adclick_core::salt::{HotCampaignConfig, HotCampaignDetector, SaltPlan};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore, oneshot};
 
 use crate::limits;
-use crate::salt_plans::SaltPlanStore;
 use crate::seams::{AppendBatch, Clock, Log, LogError, RecordBlock, Retry};
+
+mod salting;
+
+use salting::Salting;
+pub use salting::{DurablePlans, PlanSharing, SaltingStart, SharedSaltTable};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IngestConfig {
@@ -80,6 +83,15 @@ pub enum IngestError {
         events: usize,
         retry_after_ms: u64,
     },
+    #[error(
+        "the salt plans were last read at {read_at_ms} ms: another ingest node may have split a campaign since, for event times past {event_time_ms_max} ms, and {events} events of this request are past it; retry after {retry_after_ms} ms"
+    )]
+    SaltPlansUnread {
+        read_at_ms: u64,
+        event_time_ms_max: u64,
+        events: usize,
+        retry_after_ms: u64,
+    },
     #[error("request has {records} records, over the limit of {limit}")]
     TooManyRecords { records: usize, limit: usize },
     #[error("the log failed: {0}")]
@@ -94,7 +106,8 @@ impl IngestError {
     pub fn retry_after_ms(&self) -> Option<u64> {
         match self {
             IngestError::Busy { retry_after_ms, .. }
-            | IngestError::SaltPlanPending { retry_after_ms, .. } => Some(*retry_after_ms),
+            | IngestError::SaltPlanPending { retry_after_ms, .. }
+            | IngestError::SaltPlansUnread { retry_after_ms, .. } => Some(*retry_after_ms),
             _ => None,
         }
     }
@@ -124,37 +137,6 @@ struct PartitionBuffer {
     next_sequence: u64,
 }
 
-/// The salt table, shared by every incarnation of an ingest node (it must outlive a crash: a
-/// resend after a restart must be routed as the original was).
-pub type SharedSaltTable = Arc<Mutex<SaltTable>>;
-
-/// How a (re)started ingest node salts hot campaigns.
-#[derive(Clone, Default)]
-pub struct SaltingStart {
-    /// The plans made so far. Routing follows them even when detection is off
-    /// (`hot_campaigns = None`): a plan never goes away.
-    pub table: SharedSaltTable,
-    /// Every click accepted before this start (by an earlier incarnation) has an event time
-    /// below this: 0 for a fresh log, start time plus the largest allowed clock skew otherwise.
-    pub accepted_event_time_floor_ms: u64,
-    /// Where new plans are made durable before any click is routed by them. `None`: the table
-    /// itself is the durable copy (it outlives the node, as in the simulator).
-    pub durable: Option<SaltPlanStore>,
-}
-
-struct Salting {
-    /// `None` when detection is off and only existing plans route.
-    detector: Option<HotCampaignDetector>,
-    table: SharedSaltTable,
-    /// New plans go to the plan writer, a task of this node (so it dies with the node, and a
-    /// crashed node's plan is never stored after its successor has loaded the plans).
-    plans_to_store: Option<tokio::sync::mpsc::UnboundedSender<(CampaignId, SaltPlan)>>,
-    /// Plans being written by the plan writer. Until one is stored, a click of its campaign in its
-    /// range is answered busy: routed unsalted it would contradict the plan once stored, routed
-    /// salted it would be lost to a crash before the store.
-    pending: std::collections::BTreeMap<CampaignId, SaltPlan>,
-}
-
 struct Inner {
     log: Arc<dyn Log>,
     clock: Arc<dyn Clock>,
@@ -164,7 +146,7 @@ struct Inner {
     buffers: Vec<Mutex<PartitionBuffer>>,
     /// Routing reads the salt table and the detector updates it under this one lock, so a plan
     /// never lands between routing a click and counting it.
-    salting: Option<Mutex<Salting>>,
+    salting: Option<Arc<Mutex<Salting>>>,
     flush_now: Notify,
     closed: AtomicBool,
     accepted: AtomicU64,
@@ -200,22 +182,10 @@ impl IngestCore {
         let detector = config
             .hot_campaigns
             .map(|hot| HotCampaignDetector::new(hot, salting.accepted_event_time_floor_ms));
-        let has_plans = !salting.table.lock().expect("salt table lock").is_empty();
-        let (plans_to_store, plan_writer) = match salting.durable {
-            Some(store) => {
-                let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-                (Some(sender), Some((store, receiver)))
-            }
+        let (salting, salting_tasks) = match Salting::new(salting, detector) {
+            Some((salting, tasks)) => (Some(salting), Some(tasks)),
             None => (None, None),
         };
-        let salting = (detector.is_some() || has_plans).then(|| {
-            Mutex::new(Salting {
-                detector,
-                table: salting.table,
-                plans_to_store,
-                pending: Default::default(),
-            })
-        });
         let inner = Arc::new(Inner {
             log,
             clock,
@@ -233,8 +203,8 @@ impl IngestCore {
             append_retries: AtomicU64::new(0),
         });
         let flusher = tokio::spawn(run_flusher(inner.clone()));
-        if let Some((store, receiver)) = plan_writer {
-            tokio::spawn(run_plan_writer(Arc::downgrade(&inner), store, receiver));
+        if let (Some(salting), Some(tasks)) = (&inner.salting, salting_tasks) {
+            tasks.spawn(salting, inner.clock.clone());
         }
         (IngestCore { inner }, flusher)
     }
@@ -362,55 +332,11 @@ impl IngestCore {
         match &inner.salting {
             None => events.iter().for_each(|event| route(event, Salt(0))),
             Some(salting) => {
-                let mut salting = salting.lock().expect("salting lock");
-                let Salting {
-                    detector,
-                    table,
-                    plans_to_store,
-                    pending,
-                } = &mut *salting;
-                if let Some(error) = pending_conflict(pending, events) {
-                    return Err(error);
-                }
-                let mut table = table.lock().expect("salt table lock");
-                for event in events {
-                    if let Some(detector) = detector.as_mut() {
-                        detector.observe(event.campaign_id, event.event_time_ms.0);
-                    }
-                    let salt =
-                        table.salt_for(event.campaign_id, event.click_id, event.event_time_ms.0);
-                    route(event, salt);
-                }
-                if let Some(detector) = detector.as_mut() {
-                    let margin_ms = match plans_to_store {
-                        Some(_) => limits::SALT_PLAN_DURABILITY_MARGIN_MS,
-                        None => 0,
-                    };
-                    let planned = |campaign| {
-                        table.plan(campaign).is_some() || pending.contains_key(&campaign)
-                    };
-                    for (campaign, plan) in
-                        detector.propose(inner.clock.now_ms(), margin_ms, planned)
-                    {
-                        tracing::info!(
-                            campaign = campaign.0,
-                            salts = plan.salts,
-                            from_event_time_ms = plan.from_event_time_ms,
-                            durable_first = plans_to_store.is_some(),
-                            "hot campaign: splitting its key"
-                        );
-                        match plans_to_store {
-                            None => {
-                                table.insert(campaign, plan);
-                            }
-                            Some(writer) => {
-                                pending.insert(campaign, plan);
-                                // The writer lives as long as `Inner`, which holds this sender.
-                                let _ = writer.send((campaign, plan));
-                            }
-                        }
-                    }
-                }
+                let now_ms = inner.clock.now_ms();
+                salting
+                    .lock()
+                    .expect("salting lock")
+                    .route(events, now_ms, route)?;
             }
         }
         let mut waiters = Vec::new();
@@ -443,10 +369,7 @@ impl IngestCore {
     pub fn pending_salt_plans(&self) -> Vec<(CampaignId, SaltPlan)> {
         match &self.inner.salting {
             None => Vec::new(),
-            Some(salting) => {
-                let salting = salting.lock().expect("salting lock");
-                salting.pending.iter().map(|(c, p)| (*c, *p)).collect()
-            }
+            Some(salting) => salting.lock().expect("salting lock").pending(),
         }
     }
 
@@ -455,64 +378,6 @@ impl IngestCore {
         self.inner.closed.store(true, Ordering::Release);
         self.inner.flush_now.notify_one();
         let _ = flusher.await;
-    }
-}
-
-/// The request's first campaign with events in the range of a plan not yet durable, as the
-/// error that answers the request.
-fn pending_conflict(
-    pending: &std::collections::BTreeMap<CampaignId, SaltPlan>,
-    events: &[&ClickEvent],
-) -> Option<IngestError> {
-    if pending.is_empty() {
-        return None;
-    }
-    let mut conflict: Option<(CampaignId, SaltPlan, usize)> = None;
-    for event in events {
-        if let Some(plan) = pending.get(&event.campaign_id)
-            && event.event_time_ms.0 >= plan.from_event_time_ms
-        {
-            match &mut conflict {
-                Some((campaign, _, count)) if *campaign == event.campaign_id => *count += 1,
-                Some(_) => {}
-                None => conflict = Some((event.campaign_id, *plan, 1)),
-            }
-        }
-    }
-    conflict.map(|(campaign, plan, events)| IngestError::SaltPlanPending {
-        campaign: campaign.0,
-        salts: plan.salts,
-        from_event_time_ms: plan.from_event_time_ms,
-        events,
-        retry_after_ms: limits::BUSY_RETRY_AFTER_MS,
-    })
-}
-
-/// Stores each new plan, retrying until the blob store has it, then lets clicks be routed by
-/// it. Until then the plan's range of its campaign is answered busy, which is the safe state to
-/// stay in for as long as the store is down. Ends when the ingest core is dropped.
-async fn run_plan_writer(
-    inner: std::sync::Weak<Inner>,
-    store: SaltPlanStore,
-    mut plans: tokio::sync::mpsc::UnboundedReceiver<(CampaignId, SaltPlan)>,
-) {
-    while let Some((campaign, plan)) = plans.recv().await {
-        let mut backoff_ms = 50;
-        while let Err(error) = store.save(campaign, plan).await {
-            tracing::warn!(campaign = campaign.0, %error, "could not store a salt plan, retrying");
-            tokio::time::sleep(std::time::Duration::from_millis(backoff_ms)).await;
-            backoff_ms = (backoff_ms * 2).min(5_000);
-        }
-        let Some(inner) = inner.upgrade() else { return };
-        let salting = inner.salting.as_ref().expect("only salting ingest plans");
-        let mut salting = salting.lock().expect("salting lock");
-        salting.pending.remove(&campaign);
-        salting
-            .table
-            .lock()
-            .expect("salt table lock")
-            .insert(campaign, plan);
-        tracing::info!(campaign = campaign.0, "salt plan stored; routing by it");
     }
 }
 

@@ -25,3 +25,14 @@ const _: () = assert!(WORKER_IDLE_POLL_MS < EPOCH_MS_DEFAULT);
 /// can fall in its range and be answered busy. A put takes milliseconds on a local disk and
 /// rarely a second on an object store.
 pub const SALT_PLAN_DURABILITY_MARGIN_MS: u64 = 2_000;
+
+/// Shared salt plans (several ingest nodes): how often each node reads every plan.
+pub const SALT_PLAN_POLL_MS: u64 = 1_000;
+/// Shared salt plans: how far past `now + EVENT_TIME_FUTURE_MS_MAX` a new plan starts. Every
+/// node reads the plans well within this, so a plan is known everywhere before any node can
+/// accept a click in its range.
+pub const SALT_PLAN_SHARED_DELAY_MS: u64 = 30_000;
+/// The most two ingest nodes' clocks may differ (NTP keeps them within milliseconds).
+pub const NODE_CLOCK_SKEW_MS_MAX: u64 = 10_000;
+
+const _: () = assert!(SALT_PLAN_POLL_MS * 10 < SALT_PLAN_SHARED_DELAY_MS - NODE_CLOCK_SKEW_MS_MAX);

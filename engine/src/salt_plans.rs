@@ -58,8 +58,14 @@ impl SaltPlanStore {
         SaltPlanStore { blobs }
     }
 
-    /// Writes a plan. Returns once the blob store has it durably (its put is atomic).
-    pub async fn save(&self, campaign: CampaignId, plan: SaltPlan) -> Result<(), SaltPlansError> {
+    /// Stores a plan for a campaign that has none, and returns the plan in force: this one, or
+    /// the one another ingest node stored first (the put is create-only, so two nodes that
+    /// planned the same campaign at once agree on the first). Returns once the store has it.
+    pub async fn claim(
+        &self,
+        campaign: CampaignId,
+        plan: SaltPlan,
+    ) -> Result<SaltPlan, SaltPlansError> {
         let stored = StoredPlan {
             format_version: FORMAT_VERSION,
             campaign_id: campaign.0,
@@ -67,8 +73,17 @@ impl SaltPlanStore {
             from_event_time_ms: plan.from_event_time_ms,
         };
         let bytes = serde_json::to_vec(&stored).expect("a plan serializes");
-        self.blobs.put(&plan_key(campaign), bytes).await?;
-        Ok(())
+        let key = plan_key(campaign);
+        if self.blobs.put_if_absent(&key, bytes).await? {
+            return Ok(plan);
+        }
+        let Some(bytes) = self.blobs.get(&key).await? else {
+            return Err(SaltPlansError::Invalid {
+                key,
+                problem: "exists for a create-only put, then is gone".into(),
+            });
+        };
+        Ok(decode(&key, &bytes)?.1)
     }
 
     /// Every stored plan. A plan that cannot be read is an error, not a gap: routing without it
@@ -85,38 +100,46 @@ impl SaltPlanStore {
                 // theirs to answer for; nothing here can bring it back.
                 return Err(invalid("listed but no longer present".into()));
             };
-            let stored: StoredPlan = serde_json::from_slice(&bytes)
-                .map_err(|error| invalid(format!("not a salt plan: {error}")))?;
-            if stored.format_version != FORMAT_VERSION {
-                return Err(invalid(format!(
-                    "format_version {} is not the supported {FORMAT_VERSION}",
-                    stored.format_version
-                )));
-            }
-            let campaign = CampaignId(stored.campaign_id);
-            if key != plan_key(campaign) {
-                return Err(invalid(format!(
-                    "holds campaign {}, whose plan belongs at {}",
-                    stored.campaign_id,
-                    plan_key(campaign)
-                )));
-            }
-            if !(2..=SALTS_MAX).contains(&stored.salts) {
-                return Err(invalid(format!(
-                    "salts = {} is outside 2..={SALTS_MAX}",
-                    stored.salts
-                )));
-            }
-            table.insert(
-                campaign,
-                SaltPlan {
-                    salts: stored.salts,
-                    from_event_time_ms: stored.from_event_time_ms,
-                },
-            );
+            let (campaign, plan) = decode(&key, &bytes)?;
+            table.insert(campaign, plan);
         }
         Ok(table)
     }
+}
+
+/// One stored plan, checked against its key.
+fn decode(key: &str, bytes: &[u8]) -> Result<(CampaignId, SaltPlan), SaltPlansError> {
+    let invalid = |problem: String| SaltPlansError::Invalid {
+        key: key.to_owned(),
+        problem,
+    };
+    let stored: StoredPlan = serde_json::from_slice(bytes)
+        .map_err(|error| invalid(format!("not a salt plan: {error}")))?;
+    if stored.format_version != FORMAT_VERSION {
+        return Err(invalid(format!(
+            "format_version {} is not the supported {FORMAT_VERSION}",
+            stored.format_version
+        )));
+    }
+    let campaign = CampaignId(stored.campaign_id);
+    if key != plan_key(campaign) {
+        return Err(invalid(format!(
+            "holds campaign {}, whose plan belongs at {}",
+            stored.campaign_id,
+            plan_key(campaign)
+        )));
+    }
+    if !(2..=SALTS_MAX).contains(&stored.salts) {
+        return Err(invalid(format!(
+            "salts = {} is outside 2..={SALTS_MAX}",
+            stored.salts
+        )));
+    }
+    let plan = SaltPlan {
+        salts: stored.salts,
+        from_event_time_ms: stored.from_event_time_ms,
+    };
+    Ok((campaign, plan))
 }
 
 #[cfg(test)]
@@ -136,8 +159,19 @@ mod tests {
         let blobs: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::new());
         let store = SaltPlanStore::new(blobs.clone());
         assert!(store.load().await.unwrap().is_empty());
-        store.save(CampaignId(7), plan(4, 1_000)).await.unwrap();
-        store.save(CampaignId(12), plan(8, 2_000)).await.unwrap();
+        assert_eq!(
+            store.claim(CampaignId(7), plan(4, 1_000)).await.unwrap(),
+            plan(4, 1_000)
+        );
+        assert_eq!(
+            store.claim(CampaignId(12), plan(8, 2_000)).await.unwrap(),
+            plan(8, 2_000)
+        );
+        assert_eq!(
+            store.claim(CampaignId(7), plan(2, 5_000)).await.unwrap(),
+            plan(4, 1_000),
+            "a second claim gets the plan in force"
+        );
         let table = store.load().await.unwrap();
         assert_eq!(table.len(), 2);
         assert_eq!(table.plan(CampaignId(7)), Some(plan(4, 1_000)));

@@ -188,6 +188,8 @@ pub struct Engine {
     /// Split a campaign above this share of ingest traffic into salted keys (0: never).
     pub hot_campaign_share: f64,
     pub hot_campaign_salts: u16,
+    /// `"one"` or `"several"` ingest nodes: whether salt plans are shared (`adclick serve`).
+    pub ingest_nodes: crate::ingest::PlanSharing,
 }
 
 impl Default for Engine {
@@ -211,6 +213,7 @@ impl Default for Engine {
             full_checkpoint_every_epochs: aggregator.full_checkpoint_every_epochs,
             hot_campaign_share: 0.0,
             hot_campaign_salts: 4,
+            ingest_nodes: Default::default(),
         }
     }
 }

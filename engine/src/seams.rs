@@ -357,6 +357,9 @@ pub enum BlobError {
 #[async_trait]
 pub trait BlobStore: Send + Sync {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), BlobError>;
+    /// Writes the blob only if the key holds none, atomically with respect to every other
+    /// writer (S3's `If-None-Match: *`). Returns whether this call created it.
+    async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<bool, BlobError>;
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError>;
     /// Keys under `prefix`, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError>;

@@ -2,31 +2,19 @@
 //! its own, so the new node's first batches are not taken for retries of the old node's and
 //! dropped.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use adclick_core::event::ClickEvent;
-use adclick_core::ids::{AdId, CampaignId, ClickId, Country, EventTimeMs, PartitionId, UserId};
+use adclick_core::ids::{CampaignId, PartitionId};
 use adclick_engine::clock::ManualClock;
 use adclick_engine::embedded::FileLog;
 use adclick_engine::ingest::{Ack, IngestConfig, IngestCore};
 use adclick_engine::seams::Log;
 
-const START_MS: u64 = 1_700_000_000_000;
+mod common;
+use common::click;
 
-fn click(id: u128) -> ClickEvent {
-    ClickEvent {
-        click_id: ClickId(id),
-        campaign_id: CampaignId(1),
-        ad_id: AdId(1),
-        user_id: UserId(1),
-        ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
-        user_agent: "test".into(),
-        country: Country::parse("DE").unwrap(),
-        event_time_ms: EventTimeMs(START_MS),
-        publisher_id: None,
-    }
-}
+const START_MS: u64 = 1_700_000_000_000;
 
 async fn run_incarnation(dir: &std::path::Path, ids: std::ops::Range<u128>) -> u64 {
     let log = Arc::new(FileLog::open(dir, 1, Default::default()).unwrap());
@@ -37,7 +25,7 @@ async fn run_incarnation(dir: &std::path::Path, ids: std::ops::Range<u128>) -> u
     };
     let (ingest, flusher) =
         IngestCore::start(log.clone(), Arc::new(ManualClock::new(START_MS)), config);
-    let clicks: Vec<ClickEvent> = ids.map(click).collect();
+    let clicks: Vec<ClickEvent> = ids.map(|id| click(id, CampaignId(1), START_MS)).collect();
     let outcome = ingest.submit(&clicks, Ack::Durable).await.unwrap();
     assert_eq!(outcome.accepted, clicks.len());
     ingest.close(flusher).await;

@@ -3,21 +3,25 @@
 //! keep routing when detection is turned off.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use adclick_core::codec;
 use adclick_core::event::ClickEvent;
-use adclick_core::ids::{AdId, CampaignId, ClickId, Country, EventTimeMs, PartitionId, UserId};
+use adclick_core::ids::{CampaignId, PartitionId};
 use adclick_core::salt::{HotCampaignConfig, SaltPlan, SaltTable};
 use adclick_engine::clock::ManualClock;
 use adclick_engine::embedded::{MemoryBlobStore, MemoryLog};
-use adclick_engine::ingest::{Ack, IngestConfig, IngestCore, IngestError, SaltingStart};
+use adclick_engine::ingest::{
+    Ack, DurablePlans, IngestConfig, IngestCore, IngestError, PlanSharing, SaltingStart,
+};
 use adclick_engine::salt_plans::{SaltPlanStore, plan_key};
 use adclick_engine::seams::{BlobError, BlobStore, Log, read_partition};
 use async_trait::async_trait;
+
+mod common;
+use common::click;
 
 const PARTITIONS: u32 = 8;
 const HOT: CampaignId = CampaignId(7);
@@ -28,25 +32,26 @@ const START_MS: u64 = 1_700_000_000_000;
 struct FlakyBlobs {
     inner: MemoryBlobStore,
     down: AtomicBool,
-    failed_puts: AtomicU64,
+    failed_calls: AtomicU64,
 }
 
 #[async_trait]
 impl BlobStore for FlakyBlobs {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), BlobError> {
-        if self.down.load(Ordering::SeqCst) {
-            self.failed_puts.fetch_add(1, Ordering::SeqCst);
-            return Err(BlobError::Unavailable {
-                key: key.to_owned(),
-                message: "down for the test".into(),
-            });
-        }
+        self.check(key)?;
         self.inner.put(key, bytes).await
     }
+    async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<bool, BlobError> {
+        self.check(key)?;
+        self.inner.put_if_absent(key, bytes).await
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
+        self.check(key)?;
         self.inner.get(key).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
+        self.check(prefix)?;
         self.inner.list(prefix).await
     }
     async fn delete(&self, key: &str) -> Result<(), BlobError> {
@@ -54,17 +59,16 @@ impl BlobStore for FlakyBlobs {
     }
 }
 
-fn click(id: u128, campaign: CampaignId, event_time_ms: u64) -> ClickEvent {
-    ClickEvent {
-        click_id: ClickId(id),
-        campaign_id: campaign,
-        ad_id: AdId(1),
-        user_id: UserId(1),
-        ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
-        user_agent: "test".into(),
-        country: Country::parse("DE").unwrap(),
-        event_time_ms: EventTimeMs(event_time_ms),
-        publisher_id: None,
+impl FlakyBlobs {
+    fn check(&self, key: &str) -> Result<(), BlobError> {
+        if self.down.load(Ordering::SeqCst) {
+            self.failed_calls.fetch_add(1, Ordering::SeqCst);
+            return Err(BlobError::Unavailable {
+                key: key.to_owned(),
+                message: "down for the test".into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -106,6 +110,14 @@ async fn placements(log: &MemoryLog, campaign: CampaignId) -> BTreeMap<u128, Vec
     found
 }
 
+fn one_node(plans: &SaltPlanStore) -> DurablePlans {
+    DurablePlans {
+        store: plans.clone(),
+        sharing: PlanSharing::OneNode,
+        loaded_at_ms: START_MS,
+    }
+}
+
 async fn wait_until_no_plan_is_pending(ingest: &IngestCore) {
     for _ in 0..500 {
         if ingest.pending_salt_plans().is_empty() {
@@ -127,7 +139,7 @@ async fn a_plan_routes_nothing_until_stored_and_a_restart_routes_resends_like_th
         clock.clone(),
         config(&log, detection()).await,
         SaltingStart {
-            durable: Some(plans.clone()),
+            durable: Some(one_node(&plans)),
             ..SaltingStart::default()
         },
     );
@@ -194,8 +206,8 @@ async fn a_plan_routes_nothing_until_stored_and_a_restart_routes_resends_like_th
         "a refused request holds no buffer space"
     );
     assert!(placements(&log, HOT).await.keys().all(|id| *id < 10_000));
-    assert!(blobs.failed_puts.load(Ordering::SeqCst) >= 1);
-    assert!(blobs.get(&plan_key(HOT)).await.unwrap().is_none());
+    assert!(blobs.failed_calls.load(Ordering::SeqCst) >= 1);
+    assert!(blobs.inner.get(&plan_key(HOT)).await.unwrap().is_none());
 
     // The store comes back: the plan is stored, then routes.
     blobs.down.store(false, Ordering::SeqCst);
@@ -228,7 +240,7 @@ async fn a_plan_routes_nothing_until_stored_and_a_restart_routes_resends_like_th
             table: Arc::new(std::sync::Mutex::new(plans.load().await.unwrap())),
             accepted_event_time_floor_ms: clock_now(&clock)
                 + adclick_core::limits::EVENT_TIME_FUTURE_MS_MAX,
-            durable: Some(plans.clone()),
+            durable: Some(one_node(&plans)),
         },
     );
     let mut resends = in_plan.clone();
@@ -288,4 +300,148 @@ async fn stored_plans_route_even_with_detection_off() {
         .collect();
     assert_eq!(salts.len(), 4);
     ingest.close(flusher).await;
+}
+
+/// Several ingest nodes: one node's plan starts past what any node can have accepted, reaches
+/// every node through the store, and a node that cannot read the plans refuses only the clicks a
+/// plan it has not seen could cover.
+#[tokio::test]
+async fn shared_plans_reach_every_node_and_an_unread_store_refuses_only_far_clicks() {
+    use adclick_core::limits::EVENT_TIME_FUTURE_MS_MAX;
+    use adclick_engine::limits::SALT_PLAN_SHARED_DELAY_MS;
+    let log = Arc::new(MemoryLog::new(PARTITIONS));
+    let blobs = Arc::new(FlakyBlobs::default());
+    let plans = SaltPlanStore::new(blobs.clone());
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        nodes.push(IngestCore::start_with(
+            log.clone(),
+            clock.clone(),
+            config(&log, detection()).await,
+            SaltingStart {
+                durable: Some(DurablePlans {
+                    store: plans.clone(),
+                    sharing: PlanSharing::Shared,
+                    loaded_at_ms: START_MS,
+                }),
+                ..SaltingStart::default()
+            },
+        ));
+    }
+    let (a, b) = (&nodes[0].0, &nodes[1].0);
+
+    // Campaign 7 turns hot on node A, and campaign 9 on both nodes in the same period.
+    let hot: Vec<ClickEvent> = (0..400u128)
+        .map(|n| {
+            click(
+                n + 1,
+                if n % 2 == 0 { HOT } else { CampaignId(9) },
+                START_MS,
+            )
+        })
+        .collect();
+    a.submit(&hot, Ack::Durable).await.unwrap();
+    let nine: Vec<ClickEvent> = (0..200u128)
+        .map(|n| click(500 + n, CampaignId(9), START_MS))
+        .collect();
+    b.submit(&nine, Ack::Durable).await.unwrap();
+    clock.advance(1_000);
+    let decide = [click(1_000, CampaignId(100), START_MS)];
+    a.submit(&decide, Ack::Durable).await.unwrap();
+    clock.advance(10);
+    b.submit(&decide, Ack::Durable).await.unwrap();
+    let planned_at_ms = START_MS + 1_000;
+    wait_until_no_plan_is_pending(a).await;
+    wait_until_no_plan_is_pending(b).await;
+    let stored = plans.load().await.unwrap();
+    let plan = stored.plan(HOT).unwrap();
+    assert_eq!(
+        plan.from_event_time_ms,
+        planned_at_ms + EVENT_TIME_FUTURE_MS_MAX + SALT_PLAN_SHARED_DELAY_MS,
+        "past every event time any node can have accepted"
+    );
+    assert_eq!(
+        stored.plan(CampaignId(9)).unwrap().from_event_time_ms,
+        plan.from_event_time_ms,
+        "node A stored campaign 9's plan first; node B follows it"
+    );
+
+    // Once the clock reaches the plan's range, node B routes campaign 7 by A's plan, and both
+    // nodes route campaign 9 alike. A node may refuse until its next read of the plans.
+    clock.advance(SALT_PLAN_SHARED_DELAY_MS + 10_000);
+    let salted: Vec<ClickEvent> = (0..100u128)
+        .map(|n| click(20_000 + n, HOT, plan.from_event_time_ms + n as u64))
+        .collect();
+    let nines: Vec<ClickEvent> = (0..100u128)
+        .map(|n| {
+            click(
+                30_000 + n,
+                CampaignId(9),
+                plan.from_event_time_ms + n as u64,
+            )
+        })
+        .collect();
+    submit_once_plans_are_read(b, &salted).await;
+    submit_once_plans_are_read(b, &nines).await;
+    submit_once_plans_are_read(a, &nines).await;
+    let placed = placements(&log, HOT).await;
+    let salts: std::collections::BTreeSet<u16> = salted
+        .iter()
+        .map(|event| placed[&event.click_id.0][0].1)
+        .collect();
+    assert_eq!(salts.len(), 4, "node B routes by node A's plan");
+    for (id, places) in placements(&log, CampaignId(9)).await {
+        if id >= 30_000 {
+            assert_eq!(places.len(), 2);
+            assert_eq!(
+                places[0], places[1],
+                "click {id}: both nodes route it alike"
+            );
+        }
+    }
+
+    // The store goes away: after the plans go unread for a while, a click at the future edge
+    // is refused, and one at the present is still taken.
+    blobs.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    clock.advance(SALT_PLAN_SHARED_DELAY_MS);
+    let now_ms = clock_now(&clock);
+    let edge = [click(
+        40_000,
+        CampaignId(100),
+        now_ms + EVENT_TIME_FUTURE_MS_MAX,
+    )];
+    let error = b.submit(&edge, Ack::Durable).await.unwrap_err();
+    assert!(
+        matches!(error, IngestError::SaltPlansUnread { events: 1, .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("last read at"), "{error}");
+    b.submit(&[click(40_001, CampaignId(100), now_ms)], Ack::Durable)
+        .await
+        .unwrap();
+    blobs.down.store(false, Ordering::SeqCst);
+    submit_once_plans_are_read(b, &edge).await;
+    for (node, flusher) in nodes {
+        node.close(flusher).await;
+    }
+}
+
+/// Submits, retrying while the node has not read the plans recently enough (its poller reads
+/// them every second).
+async fn submit_once_plans_are_read(node: &IngestCore, events: &[ClickEvent]) {
+    for _ in 0..50 {
+        match node.submit(events, Ack::Durable).await {
+            Ok(outcome) => {
+                assert_eq!(outcome.accepted, events.len());
+                return;
+            }
+            Err(IngestError::SaltPlansUnread { .. }) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("{error}"),
+        }
+    }
+    panic!("the node never read the plans");
 }

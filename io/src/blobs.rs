@@ -95,6 +95,19 @@ impl BlobStore for ObjectBlobStore {
             .map_err(|error| self.error(key, error))
     }
 
+    async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<bool, BlobError> {
+        let options = object_store::PutOptions::from(object_store::PutMode::Create);
+        match self
+            .store
+            .put_opts(&self.path(key), PutPayload::from(bytes), options)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(error) => Err(self.error(key, error)),
+        }
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
         match self.store.get(&self.path(key)).await {
             Ok(result) => {
@@ -141,5 +154,30 @@ impl BlobStore for ObjectBlobStore {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(error) => Err(self.error(key, error)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_url_store_puts_lists_and_creates_only_if_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectBlobStore::open(&BlobConfig {
+            url: format!("file://{}", dir.path().display()),
+            options: BTreeMap::new(),
+        })
+        .unwrap();
+        store.put("plans/a", b"1".to_vec()).await.unwrap();
+        assert!(store.put_if_absent("plans/b", b"2".to_vec()).await.unwrap());
+        assert!(!store.put_if_absent("plans/b", b"3".to_vec()).await.unwrap());
+        assert!(!store.put_if_absent("plans/a", b"4".to_vec()).await.unwrap());
+        assert_eq!(store.get("plans/b").await.unwrap(), Some(b"2".to_vec()));
+        assert_eq!(store.get("plans/a").await.unwrap(), Some(b"1".to_vec()));
+        assert_eq!(
+            store.list("plans/").await.unwrap(),
+            vec!["plans/a", "plans/b"]
+        );
     }
 }

@@ -398,6 +398,26 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_production_config_parses() {
+        let readme = include_str!("../../README.md");
+        let after = readme
+            .split("A production config (`adclick serve --config adclick.toml`)")
+            .nth(1)
+            .expect("README.md shows a production config");
+        let block = after
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("in a toml block");
+        let config = ServeConfig::parse(block, "README.md").unwrap();
+        assert_eq!(
+            config.engine.ingest_nodes,
+            adclick_engine::ingest::PlanSharing::Shared
+        );
+        assert!(config.engine.hot_campaigns().is_some());
+    }
+
+    #[test]
     fn a_production_config_parses() {
         let text = r#"
 roles = ["worker", "query"]

@@ -12,7 +12,7 @@ use adclick_core::ids::PartitionId;
 use adclick_engine::checkpoint::CheckpointStore;
 use adclick_engine::clock::SystemClock;
 use adclick_engine::embedded::{FileLog, MemoryBlobStore, MemoryLog, MemoryRealtimeStore};
-use adclick_engine::ingest::{IngestConfig, IngestCore, SaltingStart};
+use adclick_engine::ingest::{DurablePlans, IngestConfig, IngestCore, SaltingStart};
 use adclick_engine::salt_plans::SaltPlanStore;
 use adclick_engine::seams::{BlobStore, Clock, Log, RealtimeStore};
 use adclick_engine::worker::{WorkerEnv, assigned_forever, supervise};
@@ -105,6 +105,7 @@ pub struct RunningServer {
 /// before they route anything.
 async fn salting_start(config: &ServeConfig, seams: &Seams) -> anyhow::Result<SaltingStart> {
     let plans = SaltPlanStore::new(seams.blobs.clone());
+    let loaded_at_ms = seams.clock.now_ms();
     let table = plans
         .load()
         .await
@@ -137,7 +138,11 @@ async fn salting_start(config: &ServeConfig, seams: &Seams) -> anyhow::Result<Sa
     Ok(SaltingStart {
         table: Arc::new(std::sync::Mutex::new(table)),
         accepted_event_time_floor_ms,
-        durable: Some(plans),
+        durable: Some(DurablePlans {
+            store: plans,
+            sharing: config.engine.ingest_nodes,
+            loaded_at_ms,
+        }),
     })
 }
 

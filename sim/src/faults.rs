@@ -330,6 +330,11 @@ impl BlobStore for SimBlobs {
         self.inner.put(key, bytes).await
     }
 
+    async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<bool, BlobError> {
+        self.check(key)?;
+        self.inner.put_if_absent(key, bytes).await
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
         self.check(key)?;
         self.inner.get(key).await

@@ -276,6 +276,7 @@ fn start_ingest(
                 // The salt table is durable state: each incarnation loads what its
                 // predecessors stored, retrying through injected store errors as a supervisor
                 // restarting `adclick serve` would.
+                let loaded_at_ms = SystemClock.now_ms();
                 let table = loop {
                     match salt_plans.load().await {
                         Ok(table) => break table,
@@ -288,7 +289,12 @@ fn start_ingest(
                 let salting = adclick_engine::ingest::SaltingStart {
                     table: Arc::new(Mutex::new(table)),
                     accepted_event_time_floor_ms,
-                    durable: Some(salt_plans),
+                    // The simulator runs one ingest node.
+                    durable: Some(adclick_engine::ingest::DurablePlans {
+                        store: salt_plans,
+                        sharing: adclick_engine::ingest::PlanSharing::OneNode,
+                        loaded_at_ms,
+                    }),
                 };
                 let started = IngestCore::start_with(log, Arc::new(SystemClock), config, salting);
                 *slot.lock().expect("ingest slot lock") = Some(started);

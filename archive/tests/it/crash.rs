@@ -57,6 +57,10 @@ impl BlobStore for CrashingBlobs {
         self.inner.put(key, bytes).await
     }
 
+    async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<bool, BlobError> {
+        self.inner.put_if_absent(key, bytes).await
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
         self.inner.get(key).await
     }

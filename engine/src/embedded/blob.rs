@@ -30,6 +30,17 @@ impl BlobStore for MemoryBlobStore {
         Ok(())
     }
 
+    async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<bool, BlobError> {
+        let mut blobs = self.blobs.lock().expect("blob lock");
+        match blobs.entry(key.to_owned()) {
+            std::collections::btree_map::Entry::Occupied(_) => Ok(false),
+            std::collections::btree_map::Entry::Vacant(vacant) => {
+                vacant.insert(bytes);
+                Ok(true)
+            }
+        }
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
         Ok(self.blobs.lock().expect("blob lock").get(key).cloned())
     }
@@ -59,6 +70,19 @@ pub struct LocalDirBlobStore {
 impl LocalDirBlobStore {
     pub fn new(root: impl Into<PathBuf>) -> LocalDirBlobStore {
         LocalDirBlobStore { root: root.into() }
+    }
+
+    /// Writes and syncs the bytes to a temp file beside the key's path: (temp, path).
+    fn write_temp(&self, key: &str, bytes: &[u8]) -> Result<(PathBuf, PathBuf), BlobError> {
+        let path = self.path(key)?;
+        let parent = path.parent().expect("keys live under the root");
+        std::fs::create_dir_all(parent).map_err(|error| io_error(key, error))?;
+        let temp = path.with_extension(format!("{}.tmp", std::process::id()));
+        let mut file = std::fs::File::create(&temp).map_err(|error| io_error(key, error))?;
+        file.write_all(bytes)
+            .map_err(|error| io_error(key, error))?;
+        file.sync_all().map_err(|error| io_error(key, error))?;
+        Ok((temp, path))
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, BlobError> {
@@ -108,16 +132,21 @@ fn list_into(dir: &Path, root: &Path, out: &mut Vec<String>) -> std::io::Result<
 #[async_trait]
 impl BlobStore for LocalDirBlobStore {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), BlobError> {
-        let path = self.path(key)?;
-        let parent = path.parent().expect("keys live under the root");
-        std::fs::create_dir_all(parent).map_err(|error| io_error(key, error))?;
-        let temp = path.with_extension(format!("{}.tmp", std::process::id()));
-        let mut file = std::fs::File::create(&temp).map_err(|error| io_error(key, error))?;
-        file.write_all(&bytes)
-            .map_err(|error| io_error(key, error))?;
-        file.sync_all().map_err(|error| io_error(key, error))?;
+        let (temp, path) = self.write_temp(key, &bytes)?;
         std::fs::rename(&temp, &path).map_err(|error| io_error(key, error))?;
         Ok(())
+    }
+
+    async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<bool, BlobError> {
+        let (temp, path) = self.write_temp(key, &bytes)?;
+        // A hard link fails if the name exists, where a rename would replace it.
+        let linked = std::fs::hard_link(&temp, &path);
+        std::fs::remove_file(&temp).map_err(|error| io_error(key, error))?;
+        match linked {
+            Ok(()) => Ok(true),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(error) => Err(io_error(key, error)),
+        }
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
@@ -164,6 +193,10 @@ mod tests {
             assert_eq!(store.list("p1/").await.unwrap(), vec!["p1/a", "p1/b"]);
             store.delete("p1/a").await.unwrap();
             assert_eq!(store.get("p1/a").await.unwrap(), None);
+            assert!(store.put_if_absent("p1/a", b"4".to_vec()).await.unwrap());
+            assert!(!store.put_if_absent("p1/a", b"5".to_vec()).await.unwrap());
+            assert_eq!(store.get("p1/a").await.unwrap(), Some(b"4".to_vec()));
+            assert_eq!(store.list("p1/").await.unwrap(), vec!["p1/a", "p1/b"]);
         }
         assert!(
             LocalDirBlobStore::new(dir.path())

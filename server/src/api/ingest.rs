@@ -190,7 +190,7 @@ fn ingest_error(state: &AppState, error: IngestError) -> Response {
                 Some("engine.producer_buffer_events_max"),
             )
         }
-        IngestError::SaltPlanPending { .. } => {
+        IngestError::SaltPlanPending { .. } | IngestError::SaltPlansUnread { .. } => {
             state.counters.ingest_busy.fetch_add(1, Ordering::Relaxed);
             (StatusCode::SERVICE_UNAVAILABLE, None)
         }

@@ -42,6 +42,7 @@ dedup_horizon_ms = 60000
 dedup_bucket_ms = 1000
 hot_campaign_share = 0.3
 hot_campaign_salts = 4
+ingest_nodes = "one"
 [log]
 kind = "file"
 dir = "{}"
