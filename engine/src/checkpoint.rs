@@ -7,7 +7,12 @@
 //!
 //! Layout under `checkpoints/p{partition:05}/`:
 //! - `{epoch:020}-g{generation:010}.full` or `.delta`: one epoch record;
-//! - `complete`: the last complete epoch and the generation that wrote it.
+//! - `{epoch:020}-g{generation:010}.complete`: that record's epoch is complete. Markers are never
+//!   rewritten: the last complete epoch is the greatest marker, so a slow writer (an owner that
+//!   lost the partition and has not noticed) adding an old marker late cannot move it back, where
+//!   one marker rewritten in place needed a compare-and-swap the blob store does not offer;
+//! - `complete`: the single marker of older versions, still read (as one more marker), never
+//!   written.
 //!
 //! Recovery loads the chain up to the last complete epoch (the latest full record and the deltas
 //! after it), plus a pending record for the next epoch if one was pre-committed: the new owner
@@ -68,6 +73,36 @@ struct RecordName {
     epoch: Epoch,
     generation: Generation,
     full: bool,
+}
+
+/// `{epoch:020}-g{generation:010}.complete`: the epoch is complete, as that generation wrote it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct MarkerName {
+    epoch: Epoch,
+    generation: Generation,
+}
+
+fn marker_key(partition: PartitionId, marker: MarkerName) -> String {
+    format!(
+        "{}{:020}-g{:010}.complete",
+        dir(partition),
+        marker.epoch.0,
+        marker.generation.0
+    )
+}
+
+fn parse_marker_name(key: &str) -> Option<MarkerName> {
+    let stem = key.rsplit('/').next()?.strip_suffix(".complete")?;
+    let (epoch, generation) = stem.split_once("-g")?;
+    Some(MarkerName {
+        epoch: Epoch(epoch.parse().ok()?),
+        generation: Generation(generation.parse().ok()?),
+    })
+}
+
+/// The marker file of older versions, rewritten in place.
+fn legacy_marker_key(partition: PartitionId) -> String {
+    format!("{}complete", dir(partition))
 }
 
 fn dir(partition: PartitionId) -> String {
@@ -174,23 +209,19 @@ impl CheckpointStore {
         Ok(())
     }
 
-    /// Step 3: the epoch is complete. Older records that the new chain no longer needs go.
+    /// Step 3: the epoch is complete. Once a full record is complete, the records and markers
+    /// before it go: the chain starts there.
     pub async fn mark_complete(
         &self,
         partition: PartitionId,
         epoch: Epoch,
         generation: Generation,
     ) -> Result<(), CheckpointError> {
-        let marker = format!("{}complete", dir(partition));
-        if let Some((current_epoch, _)) = self.read_marker(partition).await?
-            && current_epoch >= epoch
-        {
-            // A slow writer must not move the marker back.
-            return Ok(());
-        }
+        let marker = MarkerName { epoch, generation };
+        // A new name every time, so a put never replaces anything: no compare-and-swap needed.
         self.blobs
             .put(
-                &marker,
+                &marker_key(partition, marker),
                 format!("{} {}\n", epoch.0, generation.0).into_bytes(),
             )
             .await?;
@@ -198,19 +229,42 @@ impl CheckpointStore {
         let is_full = names
             .iter()
             .any(|name| name.epoch == epoch && name.generation == generation && name.full);
-        if is_full {
+        if is_full && self.read_marker(partition).await? == Some((epoch, generation)) {
             for name in names.iter().filter(|name| name.epoch < epoch) {
                 self.blobs.delete(&record_key(partition, *name)).await?;
             }
+            for key in self.blobs.list(&dir(partition)).await? {
+                if parse_marker_name(&key).is_some_and(|old| old.epoch < epoch) {
+                    self.blobs.delete(&key).await?;
+                }
+            }
+            self.blobs.delete(&legacy_marker_key(partition)).await?;
         }
         Ok(())
     }
 
+    /// The last complete epoch: the greatest marker (by epoch, then generation).
     async fn read_marker(
         &self,
         partition: PartitionId,
     ) -> Result<Option<(Epoch, Generation)>, CheckpointError> {
-        let key = format!("{}complete", dir(partition));
+        let newest = self
+            .blobs
+            .list(&dir(partition))
+            .await?
+            .iter()
+            .filter_map(|key| parse_marker_name(key))
+            .max();
+        let legacy = self.read_legacy_marker(partition).await?;
+        let newest = newest.map(|marker| (marker.epoch, marker.generation));
+        Ok(newest.max(legacy))
+    }
+
+    async fn read_legacy_marker(
+        &self,
+        partition: PartitionId,
+    ) -> Result<Option<(Epoch, Generation)>, CheckpointError> {
+        let key = legacy_marker_key(partition);
         let Some(bytes) = self.blobs.get(&key).await? else {
             return Ok(None);
         };
@@ -305,7 +359,7 @@ impl CheckpointStore {
                 // of a real run: a marker there is corrupt, not a chain with no next epoch.
                 let Some(next) = epoch.0.checked_add(1) else {
                     return Err(CheckpointError::Corrupt {
-                        key: format!("{}complete", dir(partition)),
+                        key: marker_key(partition, MarkerName { epoch, generation }),
                         message: format!("complete epoch {} leaves no next epoch", epoch.0),
                     });
                 };
@@ -332,7 +386,24 @@ mod tests {
     /// A store holding the given marker text and one record at `name`, whose bytes hold a valid
     /// checkpoint and no updates.
     fn store_with(marker: &str, name: RecordName) -> CheckpointStore {
-        let checkpoint = PartitionCheckpoint {
+        let checkpoint = checkpoint_at(name);
+        let checkpoint_bytes = adclick_core::snapshot::encode_checkpoint(&checkpoint);
+        let blobs = Arc::new(MemoryBlobStore::new());
+        futures::executor::block_on(async {
+            let marker_key = format!("{}complete", dir(PartitionId(0)));
+            blobs.put(&marker_key, marker.into()).await.unwrap();
+            let record = encode_record(&checkpoint_bytes, &[]);
+            blobs
+                .put(&record_key(PartitionId(0), name), record)
+                .await
+                .unwrap();
+        });
+        CheckpointStore::new(blobs)
+    }
+
+    /// A valid, empty checkpoint of partition 0 for a record name.
+    fn checkpoint_at(name: RecordName) -> PartitionCheckpoint {
+        PartitionCheckpoint {
             partition: PartitionId(0),
             epoch: name.epoch,
             kind: if name.full {
@@ -354,19 +425,108 @@ mod tests {
             dedup_stats: adclick_core::dedup::DedupStats::default(),
             window_ms: 60_000,
             dedup_bucket_ms: 10_000,
-        };
-        let checkpoint_bytes = adclick_core::snapshot::encode_checkpoint(&checkpoint);
+        }
+    }
+
+    fn name(epoch: u64, generation: u64, full: bool) -> RecordName {
+        RecordName {
+            epoch: Epoch(epoch),
+            generation: Generation(generation),
+            full,
+        }
+    }
+
+    async fn complete_epoch(store: &CheckpointStore, name: RecordName) {
+        let checkpoint = checkpoint_at(name);
+        let bytes = adclick_core::snapshot::encode_checkpoint(&checkpoint);
+        store
+            .put_pending(name.generation, &checkpoint, &bytes, &[])
+            .await
+            .unwrap();
+        store
+            .mark_complete(PartitionId(0), name.epoch, name.generation)
+            .await
+            .unwrap();
+    }
+
+    fn chain_epochs(recovery: &Recovery) -> Vec<u64> {
+        recovery.chain.iter().map(|c| c.epoch.0).collect()
+    }
+
+    /// An owner that lost the partition without noticing may mark an old epoch complete after
+    /// the new owner marked later ones and dropped the records before its full checkpoint. With
+    /// one marker rewritten in place (read, then write), that write could land between the new
+    /// owner's read and write and move the marker back to a record that was gone, and recovery
+    /// failed for good. Markers are now never rewritten, and the greatest one counts.
+    #[tokio::test]
+    async fn a_late_marker_from_a_lost_owner_cannot_move_the_chain_back() {
         let blobs = Arc::new(MemoryBlobStore::new());
-        futures::executor::block_on(async {
-            let marker_key = format!("{}complete", dir(PartitionId(0)));
-            blobs.put(&marker_key, marker.into()).await.unwrap();
-            let record = encode_record(&checkpoint_bytes, &[]);
-            blobs
-                .put(&record_key(PartitionId(0), name), record)
-                .await
-                .unwrap();
-        });
-        CheckpointStore::new(blobs)
+        let store = CheckpointStore::new(blobs.clone());
+        complete_epoch(&store, name(1, 1, true)).await;
+        complete_epoch(&store, name(2, 1, false)).await;
+        // Generation 1 pre-commits epoch 3 and is about to mark it complete when it loses the
+        // partition. Generation 2 takes over from epoch 2 with epoch 3 pending, and starts its
+        // own chain with a full record.
+        let late = checkpoint_at(name(3, 1, false));
+        let late_bytes = adclick_core::snapshot::encode_checkpoint(&late);
+        store
+            .put_pending(Generation(1), &late, &late_bytes, &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            chain_epochs(&store.load(PartitionId(0)).await.unwrap()),
+            vec![1, 2]
+        );
+        // The new owner re-applies the pending epoch 3 and marks it, then goes on.
+        store
+            .mark_complete(PartitionId(0), Epoch(3), Generation(1))
+            .await
+            .unwrap();
+        complete_epoch(&store, name(4, 2, true)).await;
+        complete_epoch(&store, name(5, 2, false)).await;
+        assert_eq!(
+            chain_epochs(&store.load(PartitionId(0)).await.unwrap()),
+            vec![4, 5]
+        );
+        // The old owner's mark of epoch 3 lands now, after the records before 4 are gone.
+        store
+            .mark_complete(PartitionId(0), Epoch(3), Generation(1))
+            .await
+            .unwrap();
+        let recovery = store.load(PartitionId(0)).await.unwrap();
+        assert_eq!(chain_epochs(&recovery), vec![4, 5], "the chain stays at 5");
+        complete_epoch(&store, name(6, 2, false)).await;
+        assert_eq!(
+            chain_epochs(&store.load(PartitionId(0)).await.unwrap()),
+            vec![4, 5, 6]
+        );
+    }
+
+    /// A store written by a version with the single `complete` marker still recovers, and the
+    /// old marker goes with the first full checkpoint after it.
+    #[tokio::test]
+    async fn the_single_marker_of_older_versions_is_still_read() {
+        let store = store_with("7 3\n", name(7, 3, true));
+        assert_eq!(
+            chain_epochs(&store.load(PartitionId(0)).await.unwrap()),
+            vec![7]
+        );
+        complete_epoch(&store, name(8, 4, true)).await;
+        complete_epoch(&store, name(9, 4, false)).await;
+        assert_eq!(
+            chain_epochs(&store.load(PartitionId(0)).await.unwrap()),
+            vec![8, 9]
+        );
+        let keys = store.blobs.list(&dir(PartitionId(0))).await.unwrap();
+        assert_eq!(
+            keys,
+            vec![
+                "checkpoints/p00000/00000000000000000008-g0000000004.complete",
+                "checkpoints/p00000/00000000000000000008-g0000000004.full",
+                "checkpoints/p00000/00000000000000000009-g0000000004.complete",
+                "checkpoints/p00000/00000000000000000009-g0000000004.delta",
+            ]
+        );
     }
 
     fn load(store: &CheckpointStore) -> Result<Recovery, CheckpointError> {
