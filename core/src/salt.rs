@@ -120,6 +120,11 @@ impl HotCampaignDetector {
         }
     }
 
+    /// The largest event time accepted so far (or the floor it started with).
+    pub fn max_accepted_event_time_ms(&self) -> u64 {
+        self.max_event_time_ms
+    }
+
     /// Counts an accepted click.
     pub fn observe(&mut self, campaign: CampaignId, event_time_ms: u64) {
         self.period_clicks += 1;
@@ -172,7 +177,10 @@ impl HotCampaignDetector {
                 salts: self.config.salts,
                 // Later than every accepted click, so no click routed unsalted can be resent
                 // into the salted range.
-                from_event_time_ms: (self.max_event_time_ms + 1 + margin_ms).max(not_before_ms),
+                from_event_time_ms: self
+                    .max_event_time_ms
+                    .saturating_add(1 + margin_ms)
+                    .max(not_before_ms),
             };
             proposed = self
                 .counters

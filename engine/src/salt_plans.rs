@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use adclick_core::ids::CampaignId;
-use adclick_core::limits::SALTS_MAX;
+use adclick_core::limits::{EVENT_TIME_FUTURE_MS_MAX, SALTS_MAX};
 use adclick_core::salt::{SaltPlan, SaltTable};
 use serde::{Deserialize, Serialize};
 
@@ -43,19 +43,46 @@ struct StoredPlan {
     from_event_time_ms: u64,
 }
 
+/// How many ingest nodes make and follow salt plans.
+/// In config files: `engine.ingest_nodes = "one"` or `"several"` (the default, safe for both).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PlanSharing {
+    /// This is the only ingest node: a plan can start 2 s after the campaign turns hot.
+    #[serde(rename = "one")]
+    OneNode,
+    /// Several ingest nodes share the plans: a plan starts about 5.5 minutes after the store
+    /// took it, past every event time any node can have accepted before reading it.
+    #[default]
+    #[serde(rename = "several")]
+    Shared,
+}
+
 /// The salt plans in a blob store.
 #[derive(Clone)]
 pub struct SaltPlanStore {
     blobs: Arc<dyn BlobStore>,
+    sharing: PlanSharing,
 }
 
 pub fn plan_key(campaign: CampaignId) -> String {
     format!("{SALT_PLANS_PREFIX}campaign-{}.json", campaign.0)
 }
 
+fn campaign_of_key(key: &str) -> Option<CampaignId> {
+    let id = key
+        .strip_prefix(SALT_PLANS_PREFIX)?
+        .strip_prefix("campaign-")?
+        .strip_suffix(".json")?;
+    Some(CampaignId(id.parse().ok()?))
+}
+
 impl SaltPlanStore {
-    pub fn new(blobs: Arc<dyn BlobStore>) -> SaltPlanStore {
-        SaltPlanStore { blobs }
+    pub fn new(blobs: Arc<dyn BlobStore>, sharing: PlanSharing) -> SaltPlanStore {
+        SaltPlanStore { blobs, sharing }
+    }
+
+    pub fn sharing(&self) -> PlanSharing {
+        self.sharing
     }
 
     /// Stores a plan for a campaign that has none, and returns the plan in force: this one, or
@@ -74,38 +101,71 @@ impl SaltPlanStore {
         };
         let bytes = serde_json::to_vec(&stored).expect("a plan serializes");
         let key = plan_key(campaign);
-        if self.blobs.put_if_absent(&key, bytes).await? {
-            return Ok(plan);
-        }
-        let Some(bytes) = self.blobs.get(&key).await? else {
-            return Err(SaltPlansError::Invalid {
+        self.blobs.put_if_absent(&key, bytes).await?;
+        match self.read(&key).await? {
+            Some((_, in_force)) => Ok(in_force),
+            None => Err(SaltPlansError::Invalid {
                 key,
-                problem: "exists for a create-only put, then is gone".into(),
-            });
-        };
-        Ok(decode(&key, &bytes)?.1)
+                problem: "gone right after a create-only put".into(),
+            }),
+        }
     }
 
     /// Every stored plan. A plan that cannot be read is an error, not a gap: routing without it
     /// could send a resend somewhere its original is not.
     pub async fn load(&self) -> Result<SaltTable, SaltPlansError> {
+        self.load_new(&SaltTable::default()).await
+    }
+
+    /// The stored plans of campaigns `known` has no plan for (plans never change, so a poll
+    /// reads only the new ones).
+    pub async fn load_new(&self, known: &SaltTable) -> Result<SaltTable, SaltPlansError> {
         let mut table = SaltTable::default();
         for key in self.blobs.list(SALT_PLANS_PREFIX).await? {
-            let invalid = |problem: String| SaltPlansError::Invalid {
-                key: key.clone(),
-                problem,
-            };
-            let Some(bytes) = self.blobs.get(&key).await? else {
+            if campaign_of_key(&key).is_some_and(|campaign| known.plan(campaign).is_some()) {
+                continue;
+            }
+            let Some((campaign, plan)) = self.read(&key).await? else {
                 // Listed, then gone: only an operator deletes plans, and then routing is
                 // theirs to answer for; nothing here can bring it back.
-                return Err(invalid("listed but no longer present".into()));
+                return Err(SaltPlansError::Invalid {
+                    key,
+                    problem: "listed but no longer present".into(),
+                });
             };
-            let (campaign, plan) = decode(&key, &bytes)?;
             table.insert(campaign, plan);
         }
         Ok(table)
     }
+
+    /// One plan as it routes. Shared plans start no earlier than
+    /// `SHARED_PLAN_START_AFTER_STORE_MS` past the moment the store took them (its timestamp,
+    /// rounded up to the second), however long the put took: a node that read the plans just
+    /// before that moment refuses every event time from there on, so no node can have routed
+    /// a click in a shared plan's range without knowing the plan. Every node computes the same
+    /// start from the same immutable blob.
+    async fn read(&self, key: &str) -> Result<Option<(CampaignId, SaltPlan)>, SaltPlansError> {
+        let Some(bytes) = self.blobs.get(key).await? else {
+            return Ok(None);
+        };
+        let (campaign, mut plan) = decode(key, &bytes)?;
+        if self.sharing == PlanSharing::Shared {
+            let Some(modified_ms) = self.blobs.modified_ms(key).await? else {
+                return Ok(None);
+            };
+            let stored_at_ms = modified_ms.div_ceil(1_000) * 1_000;
+            plan.from_event_time_ms = plan
+                .from_event_time_ms
+                .max(stored_at_ms + SHARED_PLAN_START_AFTER_STORE_MS);
+        }
+        Ok(Some((campaign, plan)))
+    }
 }
+
+/// How long after the store takes a shared plan it may start: past every event time a node
+/// may accept (its clock plus `EVENT_TIME_FUTURE_MS_MAX`) before its next read of the plans.
+pub const SHARED_PLAN_START_AFTER_STORE_MS: u64 =
+    EVENT_TIME_FUTURE_MS_MAX + crate::limits::SALT_PLAN_SHARED_DELAY_MS;
 
 /// One stored plan, checked against its key.
 fn decode(key: &str, bytes: &[u8]) -> Result<(CampaignId, SaltPlan), SaltPlansError> {
@@ -157,7 +217,7 @@ mod tests {
     #[tokio::test]
     async fn saved_plans_load_back_as_the_same_table() {
         let blobs: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::new());
-        let store = SaltPlanStore::new(blobs.clone());
+        let store = SaltPlanStore::new(blobs.clone(), PlanSharing::OneNode);
         assert!(store.load().await.unwrap().is_empty());
         assert_eq!(
             store.claim(CampaignId(7), plan(4, 1_000)).await.unwrap(),
@@ -184,10 +244,36 @@ mod tests {
         );
     }
 
+    /// A shared plan whose put took long (the store down, a slow network) must not start in
+    /// event times that nodes which read the plans meanwhile, without it, have accepted: it
+    /// starts `SHARED_PLAN_START_AFTER_STORE_MS` after the store took it, rounded up to the
+    /// second, for every reader alike.
+    #[tokio::test]
+    async fn a_shared_plan_starts_after_the_store_took_it() {
+        let clock = Arc::new(crate::clock::ManualClock::new(1_700_000_000_000));
+        let blobs: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::with_clock(clock.clone()));
+        let proposed = plan(4, 1_700_000_000_000 + SHARED_PLAN_START_AFTER_STORE_MS);
+        clock.advance(42_500);
+        let shared = SaltPlanStore::new(blobs.clone(), PlanSharing::Shared);
+        let in_force = shared.claim(CampaignId(7), proposed).await.unwrap();
+        let expected = 1_700_000_043_000 + SHARED_PLAN_START_AFTER_STORE_MS;
+        assert_eq!(in_force, plan(4, expected));
+        assert_eq!(
+            shared.load().await.unwrap().plan(CampaignId(7)),
+            Some(in_force)
+        );
+        let one_node = SaltPlanStore::new(blobs, PlanSharing::OneNode);
+        assert_eq!(
+            one_node.load().await.unwrap().plan(CampaignId(7)),
+            Some(proposed),
+            "a single node's plan starts where it was proposed"
+        );
+    }
+
     #[tokio::test]
     async fn an_unreadable_plan_is_an_error_that_names_its_key() {
         let blobs: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::new());
-        let store = SaltPlanStore::new(blobs.clone());
+        let store = SaltPlanStore::new(blobs.clone(), PlanSharing::OneNode);
         for (bytes, expected) in [
             (&b"{\"format_version\":1"[..], "not a salt plan"),
             (

@@ -57,6 +57,9 @@ pub struct SimSettings {
     pub duration_s: f64,
     /// Seeds CI sweeps for this scenario.
     pub seeds: u64,
+    /// Ingest nodes; each batch of clicks goes to one picked at random (seeded), so a resend
+    /// often reaches another node than its original did.
+    pub ingest_nodes: u32,
 }
 
 impl Default for SimSettings {
@@ -65,6 +68,7 @@ impl Default for SimSettings {
             rate_per_s: 2_000,
             duration_s: 20.0,
             seeds: 25,
+            ingest_nodes: 1,
         }
     }
 }

@@ -360,6 +360,9 @@ pub trait BlobStore: Send + Sync {
     /// Writes the blob only if the key holds none, atomically with respect to every other
     /// writer (S3's `If-None-Match: *`). Returns whether this call created it.
     async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<bool, BlobError>;
+    /// When the blob was last written, by the store's clock (ms since the Unix epoch), or
+    /// `None` if the key holds none.
+    async fn modified_ms(&self, key: &str) -> Result<Option<u64>, BlobError>;
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError>;
     /// Keys under `prefix`, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError>;

@@ -46,6 +46,11 @@ impl BlobStore for FlakyBlobs {
         self.inner.put_if_absent(key, bytes).await
     }
 
+    async fn modified_ms(&self, key: &str) -> Result<Option<u64>, BlobError> {
+        self.check(key)?;
+        self.inner.modified_ms(key).await
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
         self.check(key)?;
         self.inner.get(key).await
@@ -113,7 +118,6 @@ async fn placements(log: &MemoryLog, campaign: CampaignId) -> BTreeMap<u128, Vec
 fn one_node(plans: &SaltPlanStore) -> DurablePlans {
     DurablePlans {
         store: plans.clone(),
-        sharing: PlanSharing::OneNode,
         loaded_at_ms: START_MS,
     }
 }
@@ -132,7 +136,7 @@ async fn wait_until_no_plan_is_pending(ingest: &IngestCore) {
 async fn a_plan_routes_nothing_until_stored_and_a_restart_routes_resends_like_their_originals() {
     let log = Arc::new(MemoryLog::new(PARTITIONS));
     let blobs = Arc::new(FlakyBlobs::default());
-    let plans = SaltPlanStore::new(blobs.clone());
+    let plans = SaltPlanStore::new(blobs.clone(), PlanSharing::OneNode);
     let clock = Arc::new(ManualClock::new(START_MS));
     let (ingest, flusher) = IngestCore::start_with(
         log.clone(),
@@ -310,9 +314,13 @@ async fn shared_plans_reach_every_node_and_an_unread_store_refuses_only_far_clic
     use adclick_core::limits::EVENT_TIME_FUTURE_MS_MAX;
     use adclick_engine::limits::SALT_PLAN_SHARED_DELAY_MS;
     let log = Arc::new(MemoryLog::new(PARTITIONS));
-    let blobs = Arc::new(FlakyBlobs::default());
-    let plans = SaltPlanStore::new(blobs.clone());
     let clock = Arc::new(ManualClock::new(START_MS));
+    // The store stamps plans with the test's clock: a shared plan starts after that stamp.
+    let blobs = Arc::new(FlakyBlobs {
+        inner: MemoryBlobStore::with_clock(clock.clone()),
+        ..FlakyBlobs::default()
+    });
+    let plans = SaltPlanStore::new(blobs.clone(), PlanSharing::Shared);
     let mut nodes = Vec::new();
     for _ in 0..2 {
         nodes.push(IngestCore::start_with(
@@ -322,7 +330,6 @@ async fn shared_plans_reach_every_node_and_an_unread_store_refuses_only_far_clic
             SaltingStart {
                 durable: Some(DurablePlans {
                     store: plans.clone(),
-                    sharing: PlanSharing::Shared,
                     loaded_at_ms: START_MS,
                 }),
                 ..SaltingStart::default()
@@ -356,16 +363,13 @@ async fn shared_plans_reach_every_node_and_an_unread_store_refuses_only_far_clic
     wait_until_no_plan_is_pending(b).await;
     let stored = plans.load().await.unwrap();
     let plan = stored.plan(HOT).unwrap();
-    assert_eq!(
-        plan.from_event_time_ms,
-        planned_at_ms + EVENT_TIME_FUTURE_MS_MAX + SALT_PLAN_SHARED_DELAY_MS,
-        "past every event time any node can have accepted"
+    assert!(
+        plan.from_event_time_ms
+            >= planned_at_ms + EVENT_TIME_FUTURE_MS_MAX + SALT_PLAN_SHARED_DELAY_MS,
+        "past every event time any node can have accepted: {plan:?}"
     );
-    assert_eq!(
-        stored.plan(CampaignId(9)).unwrap().from_event_time_ms,
-        plan.from_event_time_ms,
-        "node A stored campaign 9's plan first; node B follows it"
-    );
+    let nine_plan = stored.plan(CampaignId(9)).unwrap();
+    assert!(nine_plan.from_event_time_ms >= plan.from_event_time_ms);
 
     // Once the clock reaches the plan's range, node B routes campaign 7 by A's plan, and both
     // nodes route campaign 9 alike. A node may refuse until its next read of the plans.

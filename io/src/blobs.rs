@@ -108,6 +108,14 @@ impl BlobStore for ObjectBlobStore {
         }
     }
 
+    async fn modified_ms(&self, key: &str) -> Result<Option<u64>, BlobError> {
+        match self.store.head(&self.path(key)).await {
+            Ok(meta) => Ok(Some(meta.last_modified.timestamp_millis().max(0) as u64)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(error) => Err(self.error(key, error)),
+        }
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
         match self.store.get(&self.path(key)).await {
             Ok(result) => {

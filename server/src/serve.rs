@@ -104,7 +104,7 @@ pub struct RunningServer {
 /// routed as its original was), and the checkpoint blob store as the place new plans are stored
 /// before they route anything.
 async fn salting_start(config: &ServeConfig, seams: &Seams) -> anyhow::Result<SaltingStart> {
-    let plans = SaltPlanStore::new(seams.blobs.clone());
+    let plans = SaltPlanStore::new(seams.blobs.clone(), config.engine.ingest_nodes);
     let loaded_at_ms = seams.clock.now_ms();
     let table = plans
         .load()
@@ -140,7 +140,6 @@ async fn salting_start(config: &ServeConfig, seams: &Seams) -> anyhow::Result<Sa
         accepted_event_time_floor_ms,
         durable: Some(DurablePlans {
             store: plans,
-            sharing: config.engine.ingest_nodes,
             loaded_at_ms,
         }),
     })

@@ -335,6 +335,11 @@ impl BlobStore for SimBlobs {
         self.inner.put_if_absent(key, bytes).await
     }
 
+    async fn modified_ms(&self, key: &str) -> Result<Option<u64>, BlobError> {
+        self.check(key)?;
+        self.inner.modified_ms(key).await
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
         self.check(key)?;
         self.inner.get(key).await

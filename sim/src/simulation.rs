@@ -121,25 +121,47 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
     let restarts = Arc::new(AtomicU64::new(0));
     let cluster = start_workers(scenario, &env, &stop, &restarts);
 
-    let ingest_slot: IngestSlot = Arc::default();
     let ingest_config = traffic_scenario.ingest_config();
     // Salt plans live in the checkpoint blob store, with its faults, as in `adclick serve`.
-    let salt_plans = SaltPlanStore::new(blobs.clone());
-    let ingest_node = start_ingest(log.clone(), ingest_config, ingest_slot.clone(), salt_plans);
+    let salt_plans = SaltPlanStore::new(blobs.clone(), scenario.engine.ingest_nodes);
+    let ingest_slots: Vec<IngestSlot> = (0..scenario.sim.ingest_nodes.max(1))
+        .map(|_| IngestSlot::default())
+        .collect();
+    let ingest_nodes: Vec<madsim::task::NodeId> = ingest_slots
+        .iter()
+        .enumerate()
+        .map(|(index, slot)| {
+            start_ingest(
+                index,
+                log.clone(),
+                ingest_config,
+                slot.clone(),
+                salt_plans.clone(),
+            )
+            .id()
+        })
+        .collect();
     let started_ms = SystemClock.now_ms();
     let chaos = tokio::spawn(run_chaos(Chaos {
         faults: faults.clone(),
         nodes: cluster.nodes.iter().map(|n| n.id()).collect(),
         owners: cluster.owners.clone(),
-        ingest_node: ingest_node.id(),
-        ingest_slot: ingest_slot.clone(),
+        ingest_nodes,
+        ingest_slots: ingest_slots.clone(),
         env: env.clone(),
         scenario: scenario.clone(),
         stop: stop.clone(),
         restarts: restarts.clone(),
         seed: rng.random(),
     }));
-    let accepted = drive_traffic(&traffic_scenario, &mut generator, &ingest_slot).await?;
+    let accepted = drive_traffic(
+        &traffic_scenario,
+        &mut generator,
+        &ingest_slots,
+        // Its own stream, so that adding ingest nodes leaves every other draw of the seed alone.
+        options.seed ^ 0x1a9e_57ed,
+    )
+    .await?;
 
     // Liveness phase: heal everything and demand a full drain.
     faults.heal();
@@ -148,9 +170,11 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
     for node in &cluster.nodes {
         handle.resume(node.id());
     }
-    let live_ingest = ingest_slot.lock().expect("ingest slot lock").take();
-    if let Some((core, flusher)) = live_ingest {
-        core.close(flusher).await;
+    for slot in &ingest_slots {
+        let live_ingest = slot.lock().expect("ingest slot lock").take();
+        if let Some((core, flusher)) = live_ingest {
+            core.close(flusher).await;
+        }
     }
     let config = scenario.aggregator_config();
     let timeout = Duration::from_secs_f64(scenario.expect.liveness_timeout_s);
@@ -233,12 +257,13 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
     })
 }
 
-/// The ingest node's live incarnation (its core and flusher), or none while the node is down.
+/// An ingest node's live incarnation (its core and flusher), or none while the node is down.
 type IngestSlot = Arc<Mutex<Option<(IngestCore, tokio::task::JoinHandle<()>)>>>;
 
-/// The ingest node: each (re)start is a new incarnation with a new idempotent producer id and an
+/// One ingest node: each (re)start is a new incarnation with a new idempotent producer id and an
 /// empty buffer. Killing it loses whatever its buffer held that the log had not yet taken.
 fn start_ingest(
+    index: usize,
     log: Arc<SimLog>,
     config: IngestConfig,
     slot: IngestSlot,
@@ -247,7 +272,7 @@ fn start_ingest(
     let incarnations = Arc::new(AtomicU64::new(0));
     madsim::runtime::Handle::current()
         .create_node()
-        .name("ingest")
+        .name(format!("ingest-{index}"))
         .init(move || {
             let (log, slot, incarnations, salt_plans) = (
                 log.clone(),
@@ -276,10 +301,10 @@ fn start_ingest(
                 // The salt table is durable state: each incarnation loads what its
                 // predecessors stored, retrying through injected store errors as a supervisor
                 // restarting `adclick serve` would.
-                let loaded_at_ms = SystemClock.now_ms();
-                let table = loop {
+                let (table, loaded_at_ms) = loop {
+                    let loaded_at_ms = SystemClock.now_ms();
                     match salt_plans.load().await {
-                        Ok(table) => break table,
+                        Ok(table) => break (table, loaded_at_ms),
                         Err(error) => {
                             tracing::debug!(%error, "loading salt plans failed, retrying");
                             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -289,10 +314,8 @@ fn start_ingest(
                 let salting = adclick_engine::ingest::SaltingStart {
                     table: Arc::new(Mutex::new(table)),
                     accepted_event_time_floor_ms,
-                    // The simulator runs one ingest node.
                     durable: Some(adclick_engine::ingest::DurablePlans {
                         store: salt_plans,
-                        sharing: adclick_engine::ingest::PlanSharing::OneNode,
                         loaded_at_ms,
                     }),
                 };
@@ -380,8 +403,8 @@ struct Chaos {
     faults: Arc<Faults>,
     nodes: Vec<madsim::task::NodeId>,
     owners: Arc<Mutex<Vec<usize>>>,
-    ingest_node: madsim::task::NodeId,
-    ingest_slot: IngestSlot,
+    ingest_nodes: Vec<madsim::task::NodeId>,
+    ingest_slots: Vec<IngestSlot>,
     env: WorkerEnv,
     scenario: Scenario,
     stop: tokio::sync::watch::Receiver<bool>,
@@ -396,8 +419,8 @@ async fn run_chaos(chaos: Chaos) {
         faults,
         nodes,
         owners,
-        ingest_node,
-        ingest_slot,
+        ingest_nodes,
+        ingest_slots,
         env,
         scenario,
         stop,
@@ -413,7 +436,7 @@ async fn run_chaos(chaos: Chaos) {
         + rates.takeovers_per_min
         + rates.ingest_crashes_per_min)
         / 60.0;
-    let mut ingest_down = false;
+    let mut ingest_down: BTreeSet<usize> = BTreeSet::new();
     let end_ms = SystemClock.now_ms() + (duration_s * 1000.0) as u64;
     let mut down: BTreeSet<usize> = BTreeSet::new();
     let mut paused: BTreeSet<usize> = BTreeSet::new();
@@ -436,11 +459,15 @@ async fn run_chaos(chaos: Chaos) {
             faults.note(format!("kill worker-{node}"));
         } else if pick < rates.worker_kills_per_min + rates.ingest_crashes_per_min {
             // Clients see the node go away at once; its unflushed buffer is lost.
-            ingest_slot.lock().expect("ingest slot lock").take();
-            handle.kill(ingest_node);
-            ingest_down = true;
+            let ingest = rng.random_range(0..ingest_nodes.len());
+            ingest_slots[ingest]
+                .lock()
+                .expect("ingest slot lock")
+                .take();
+            handle.kill(ingest_nodes[ingest]);
+            ingest_down.insert(ingest);
             faults.count(|counts| counts.ingest_crashes += 1);
-            faults.note("kill ingest".into());
+            faults.note(format!("kill ingest-{ingest}"));
         } else if pick
             < rates.worker_kills_per_min + rates.ingest_crashes_per_min + rates.node_pauses_per_min
         {
@@ -485,9 +512,9 @@ async fn run_chaos(chaos: Chaos) {
             handle.resume(nodes[node]);
             faults.note(format!("resume worker-{node}"));
         }
-        if std::mem::take(&mut ingest_down) {
-            handle.restart(ingest_node);
-            faults.note("restart ingest".into());
+        for ingest in std::mem::take(&mut ingest_down) {
+            handle.restart(ingest_nodes[ingest]);
+            faults.note(format!("restart ingest-{ingest}"));
         }
     }
     for node in down {
@@ -498,9 +525,9 @@ async fn run_chaos(chaos: Chaos) {
         handle.resume(nodes[node]);
         faults.note(format!("resume worker-{node}"));
     }
-    if ingest_down {
-        handle.restart(ingest_node);
-        faults.note("restart ingest".into());
+    for ingest in ingest_down {
+        handle.restart(ingest_nodes[ingest]);
+        faults.note(format!("restart ingest-{ingest}"));
     }
 }
 
@@ -572,7 +599,9 @@ fn through_signed_body(
     Ok(parsed.clicks)
 }
 
-/// The live ingest core, waiting while the ingest node is down (clients retry).
+/// The live ingest core of the node a client picked, waiting while that node is down (clients
+/// retry it: a load balancer that moved them elsewhere would only make resends reach other
+/// nodes more often, which the random pick per batch already does).
 async fn live_ingest(slot: &IngestSlot) -> IngestCore {
     loop {
         if let Some((core, _)) = slot.lock().expect("ingest slot lock").as_ref() {
@@ -586,8 +615,10 @@ async fn live_ingest(slot: &IngestSlot) -> IngestCore {
 async fn drive_traffic(
     scenario: &Scenario,
     generator: &mut Generator,
-    ingest: &IngestSlot,
+    ingest_slots: &[IngestSlot],
+    seed: u64,
 ) -> anyhow::Result<Accepted> {
+    let mut pick_rng = Pcg64Mcg::seed_from_u64(seed);
     let rate = scenario.traffic.rate_per_s as f64;
     let total = (rate * scenario.traffic.duration_s) as u64;
     let started_ms = SystemClock.now_ms();
@@ -619,6 +650,7 @@ async fn drive_traffic(
                     &mut accepted,
                 )?;
             }
+            let ingest = &ingest_slots[pick_rng.random_range(0..ingest_slots.len())];
             let outcome = loop {
                 match live_ingest(ingest)
                     .await

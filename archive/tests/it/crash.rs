@@ -61,6 +61,10 @@ impl BlobStore for CrashingBlobs {
         self.inner.put_if_absent(key, bytes).await
     }
 
+    async fn modified_ms(&self, key: &str) -> Result<Option<u64>, BlobError> {
+        self.inner.modified_ms(key).await
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
         self.inner.get(key).await
     }

@@ -3,46 +3,70 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use crate::seams::{BlobError, BlobStore};
+use crate::clock::SystemClock;
+use crate::seams::{BlobError, BlobStore, Clock};
 
-#[derive(Default)]
+/// Blobs in memory, each with the time it was written (by its clock).
 pub struct MemoryBlobStore {
-    blobs: Mutex<BTreeMap<String, Vec<u8>>>,
+    blobs: Mutex<BTreeMap<String, (Vec<u8>, u64)>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for MemoryBlobStore {
+    fn default() -> Self {
+        MemoryBlobStore::with_clock(Arc::new(SystemClock))
+    }
 }
 
 impl MemoryBlobStore {
     pub fn new() -> MemoryBlobStore {
         MemoryBlobStore::default()
     }
+
+    /// A store that stamps writes with `clock` (a test's manual clock).
+    pub fn with_clock(clock: Arc<dyn Clock>) -> MemoryBlobStore {
+        MemoryBlobStore {
+            blobs: Mutex::default(),
+            clock,
+        }
+    }
 }
 
 #[async_trait]
 impl BlobStore for MemoryBlobStore {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), BlobError> {
+        let now_ms = self.clock.now_ms();
         self.blobs
             .lock()
             .expect("blob lock")
-            .insert(key.to_owned(), bytes);
+            .insert(key.to_owned(), (bytes, now_ms));
         Ok(())
     }
 
     async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<bool, BlobError> {
+        let now_ms = self.clock.now_ms();
         let mut blobs = self.blobs.lock().expect("blob lock");
         match blobs.entry(key.to_owned()) {
             std::collections::btree_map::Entry::Occupied(_) => Ok(false),
             std::collections::btree_map::Entry::Vacant(vacant) => {
-                vacant.insert(bytes);
+                vacant.insert((bytes, now_ms));
                 Ok(true)
             }
         }
     }
 
+    async fn modified_ms(&self, key: &str) -> Result<Option<u64>, BlobError> {
+        let blobs = self.blobs.lock().expect("blob lock");
+        Ok(blobs.get(key).map(|(_, modified_ms)| *modified_ms))
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
-        Ok(self.blobs.lock().expect("blob lock").get(key).cloned())
+        let blobs = self.blobs.lock().expect("blob lock");
+        Ok(blobs.get(key).map(|(bytes, _)| bytes.clone()))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
@@ -72,13 +96,26 @@ impl LocalDirBlobStore {
         LocalDirBlobStore { root: root.into() }
     }
 
-    /// Writes and syncs the bytes to a temp file beside the key's path: (temp, path).
+    /// Writes and syncs the bytes to a temp file beside the key's path: (temp, path). The temp
+    /// name is new to this write (process id, a counter, the time), and created exclusively:
+    /// two writers of one key, even in two containers that both run as pid 1 on a shared
+    /// volume, never write into each other's temp file.
     fn write_temp(&self, key: &str, bytes: &[u8]) -> Result<(PathBuf, PathBuf), BlobError> {
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let path = self.path(key)?;
         let parent = path.parent().expect("keys live under the root");
         std::fs::create_dir_all(parent).map_err(|error| io_error(key, error))?;
-        let temp = path.with_extension(format!("{}.tmp", std::process::id()));
-        let mut file = std::fs::File::create(&temp).map_err(|error| io_error(key, error))?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_nanos())
+            .unwrap_or(0);
+        let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temp = path.with_extension(format!("{}-{write}-{nanos}.tmp", std::process::id()));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(|error| io_error(key, error))?;
         file.write_all(bytes)
             .map_err(|error| io_error(key, error))?;
         file.sync_all().map_err(|error| io_error(key, error))?;
@@ -98,6 +135,14 @@ impl LocalDirBlobStore {
         }
         Ok(self.root.join(key))
     }
+}
+
+/// Makes a new name in a directory durable (the file's own sync does not cover its entry).
+fn sync_parent(key: &str, path: &Path) -> Result<(), BlobError> {
+    let parent = path.parent().expect("keys live under the root");
+    std::fs::File::open(parent)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|error| io_error(key, error))
 }
 
 fn io_error(key: &str, error: std::io::Error) -> BlobError {
@@ -134,7 +179,7 @@ impl BlobStore for LocalDirBlobStore {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), BlobError> {
         let (temp, path) = self.write_temp(key, &bytes)?;
         std::fs::rename(&temp, &path).map_err(|error| io_error(key, error))?;
-        Ok(())
+        sync_parent(key, &path)
     }
 
     async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<bool, BlobError> {
@@ -143,8 +188,21 @@ impl BlobStore for LocalDirBlobStore {
         let linked = std::fs::hard_link(&temp, &path);
         std::fs::remove_file(&temp).map_err(|error| io_error(key, error))?;
         match linked {
-            Ok(()) => Ok(true),
+            Ok(()) => sync_parent(key, &path).map(|()| true),
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(error) => Err(io_error(key, error)),
+        }
+    }
+
+    async fn modified_ms(&self, key: &str) -> Result<Option<u64>, BlobError> {
+        match std::fs::metadata(self.path(key)?).and_then(|meta| meta.modified()) {
+            Ok(modified) => Ok(Some(
+                modified
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|since| since.as_millis() as u64)
+                    .unwrap_or(0),
+            )),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(error) => Err(io_error(key, error)),
         }
     }

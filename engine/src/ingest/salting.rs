@@ -10,7 +10,8 @@
 //!   has it, clicks of the campaign in its range are refused whole as busy.
 //! - **Several ingest nodes** (`PlanSharing::Shared`): a node cannot see what the others
 //!   accepted, only that no node accepts an event time past its clock plus
-//!   `EVENT_TIME_FUTURE_MS_MAX`. A plan starts past that plus `SALT_PLAN_SHARED_DELAY_MS`. Every
+//!   `EVENT_TIME_FUTURE_MS_MAX`. A plan starts past that plus `SALT_PLAN_SHARED_DELAY_MS`, counted
+//!   from when the store took it (its timestamp), however long the put took. Every
 //!   node reads the plans every `SALT_PLAN_POLL_MS`, and refuses a click that a plan made since
 //!   its last successful read could cover (only after the store has been unreachable for about
 //!   `SALT_PLAN_SHARED_DELAY_MS - NODE_CLOCK_SKEW_MS_MAX`, for clicks at the future edge). Two
@@ -24,11 +25,11 @@ use adclick_core::event::ClickEvent;
 use adclick_core::ids::{CampaignId, Salt};
 use adclick_core::limits::EVENT_TIME_FUTURE_MS_MAX;
 use adclick_core::salt::{HotCampaignDetector, SaltPlan, SaltTable};
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::IngestError;
 use crate::limits;
+pub use crate::salt_plans::PlanSharing;
 use crate::salt_plans::SaltPlanStore;
 use crate::seams::Clock;
 
@@ -36,25 +37,10 @@ use crate::seams::Clock;
 /// resend after a restart must be routed as the original was).
 pub type SharedSaltTable = Arc<Mutex<SaltTable>>;
 
-/// How many ingest nodes make and follow salt plans.
-/// In config files: `engine.ingest_nodes = "one"` or `"several"` (the default, safe for both).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PlanSharing {
-    /// This is the only ingest node: a plan can start 2 s after the campaign turns hot.
-    #[serde(rename = "one")]
-    OneNode,
-    /// Several ingest nodes share the plans: a plan starts about 5.5 minutes after the
-    /// campaign turns hot, past every event time any node can have accepted.
-    #[default]
-    #[serde(rename = "several")]
-    Shared,
-}
-
-/// Where plans are stored before they route anything, and how they are shared.
+/// Where plans are stored before they route anything (the store knows how they are shared).
 #[derive(Clone)]
 pub struct DurablePlans {
     pub store: SaltPlanStore,
-    pub sharing: PlanSharing,
     /// When the plans in `SaltingStart::table` were read from the store (clock ms; when that
     /// read began).
     pub loaded_at_ms: u64,
@@ -106,13 +92,10 @@ impl Salting {
         detector: Option<HotCampaignDetector>,
     ) -> Option<(Arc<Mutex<Salting>>, SaltingTasks)> {
         let has_plans = !start.table.lock().expect("salt table lock").is_empty();
-        let shared = matches!(
-            &start.durable,
-            Some(DurablePlans {
-                sharing: PlanSharing::Shared,
-                ..
-            })
-        );
+        let shared = start
+            .durable
+            .as_ref()
+            .is_some_and(|durable| durable.store.sharing() == PlanSharing::Shared);
         // With shared plans, another node's plans route here even with detection off.
         if detector.is_none() && !has_plans && !shared {
             return None;
@@ -125,10 +108,11 @@ impl Salting {
             Some(durable) => {
                 let (sender, receiver) = mpsc::unbounded_channel();
                 tasks.writer = Some((durable.store.clone(), receiver));
-                if durable.sharing == PlanSharing::Shared {
+                let sharing = durable.store.sharing();
+                if sharing == PlanSharing::Shared {
                     tasks.poller = Some(durable.store);
                 }
-                (Some(sender), durable.sharing, durable.loaded_at_ms)
+                (Some(sender), sharing, durable.loaded_at_ms)
             }
             None => (None, PlanSharing::OneNode, 0),
         };
@@ -259,15 +243,34 @@ impl Salting {
         if let Some(ours) = self.pending.remove(&campaign)
             && ours != plan
         {
+            // Another node's plan, stored first, or ours starting later: a shared plan starts
+            // from when the store took it.
             tracing::info!(
                 campaign = campaign.0,
+                proposed_from_ms = ours.from_event_time_ms,
                 from_event_time_ms = plan.from_event_time_ms,
-                "another ingest node planned this campaign first; following its plan"
+                salts = plan.salts,
+                "following the stored plan"
             );
         }
+        let accepted_max_ms = self
+            .detector
+            .as_ref()
+            .map_or(0, HotCampaignDetector::max_accepted_event_time_ms);
         let mut table = self.table.lock().expect("salt table lock");
         match table.plan(campaign) {
             None => {
+                if plan.from_event_time_ms <= accepted_max_ms {
+                    // Only clocks apart by more than NODE_CLOCK_SKEW_MS_MAX get here: clicks of
+                    // this campaign this node routed unsalted may fall in the plan's range.
+                    tracing::error!(
+                        campaign = campaign.0,
+                        from_event_time_ms = plan.from_event_time_ms,
+                        accepted_max_ms,
+                        "a salt plan starts before event times this node already accepted; \
+                         resends of those clicks may be counted twice on the fast path"
+                    );
+                }
                 table.insert(campaign, plan);
             }
             Some(known) if known != plan => tracing::error!(
@@ -334,11 +337,16 @@ async fn run_plan_poller(
     let mut failing = false;
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(limits::SALT_PLAN_POLL_MS)).await;
-        let read_at_ms = clock.now_ms();
-        let loaded = store.load().await;
         let Some(salting) = salting.upgrade() else {
             return;
         };
+        let known = {
+            let salting = salting.lock().expect("salting lock");
+            let table = salting.table.lock().expect("salt table lock");
+            table.clone()
+        };
+        let read_at_ms = clock.now_ms();
+        let loaded = store.load_new(&known).await;
         match loaded {
             Ok(table) => {
                 if failing {
