@@ -7,7 +7,9 @@
 //! and a starting ingest node loads every plan before it accepts a click.
 //!
 //! Each plan is a small JSON document, `salt-plans/campaign-<id>.json`, readable by an operator:
-//! `{"format_version":1,"campaign_id":7,"salts":4,"from_event_time_ms":1700000000000}`. One blob
+//! `{"format_version":1,"campaign_id":7,"salts":4,"from_event_time_ms":1700000000000}`, plus
+//! `"shared":true` when ingest nodes share plans (the start then also counts from the store's
+//! timestamp, for every reader, whatever its own config). One blob
 //! per campaign because plans are only ever added, never changed: a put never rewrites another
 //! campaign's plan, and a lost race between two writers of the same plan is harmless.
 
@@ -41,6 +43,11 @@ struct StoredPlan {
     campaign_id: u64,
     salts: u16,
     from_event_time_ms: u64,
+    /// Written by a node sharing plans: the plan starts no earlier than the store's timestamp
+    /// plus `SHARED_PLAN_START_AFTER_STORE_MS`. Recorded in the plan, not taken from the
+    /// reader's config, so that changing `engine.ingest_nodes` never moves an existing plan.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    shared: bool,
 }
 
 /// How many ingest nodes make and follow salt plans.
@@ -98,6 +105,7 @@ impl SaltPlanStore {
             campaign_id: campaign.0,
             salts: plan.salts,
             from_event_time_ms: plan.from_event_time_ms,
+            shared: self.sharing == PlanSharing::Shared,
         };
         let bytes = serde_json::to_vec(&stored).expect("a plan serializes");
         let key = plan_key(campaign);
@@ -148,8 +156,8 @@ impl SaltPlanStore {
         let Some(bytes) = self.blobs.get(key).await? else {
             return Ok(None);
         };
-        let (campaign, mut plan) = decode(key, &bytes)?;
-        if self.sharing == PlanSharing::Shared {
+        let (campaign, mut plan, shared) = decode(key, &bytes)?;
+        if shared {
             let Some(modified_ms) = self.blobs.modified_ms(key).await? else {
                 return Ok(None);
             };
@@ -167,8 +175,8 @@ impl SaltPlanStore {
 pub const SHARED_PLAN_START_AFTER_STORE_MS: u64 =
     EVENT_TIME_FUTURE_MS_MAX + crate::limits::SALT_PLAN_SHARED_DELAY_MS;
 
-/// One stored plan, checked against its key.
-fn decode(key: &str, bytes: &[u8]) -> Result<(CampaignId, SaltPlan), SaltPlansError> {
+/// One stored plan, checked against its key, and whether it was written shared.
+fn decode(key: &str, bytes: &[u8]) -> Result<(CampaignId, SaltPlan, bool), SaltPlansError> {
     let invalid = |problem: String| SaltPlansError::Invalid {
         key: key.to_owned(),
         problem,
@@ -199,7 +207,7 @@ fn decode(key: &str, bytes: &[u8]) -> Result<(CampaignId, SaltPlan), SaltPlansEr
         salts: stored.salts,
         from_event_time_ms: stored.from_event_time_ms,
     };
-    Ok((campaign, plan))
+    Ok((campaign, plan, stored.shared))
 }
 
 #[cfg(test)]
@@ -262,11 +270,21 @@ mod tests {
             shared.load().await.unwrap().plan(CampaignId(7)),
             Some(in_force)
         );
-        let one_node = SaltPlanStore::new(blobs, PlanSharing::OneNode);
+        let one_node = SaltPlanStore::new(blobs.clone(), PlanSharing::OneNode);
         assert_eq!(
             one_node.load().await.unwrap().plan(CampaignId(7)),
-            Some(proposed),
-            "a single node's plan starts where it was proposed"
+            Some(in_force),
+            "the plan says it was shared: a reader configured otherwise starts it alike"
+        );
+        // A single node's plan starts where it was proposed, for every reader.
+        let proposed_12 = plan(2, 1_700_000_000_500);
+        assert_eq!(
+            one_node.claim(CampaignId(12), proposed_12).await.unwrap(),
+            proposed_12
+        );
+        assert_eq!(
+            shared.load().await.unwrap().plan(CampaignId(12)),
+            Some(proposed_12)
         );
     }
 
