@@ -36,3 +36,7 @@ pub const SALT_PLAN_SHARED_DELAY_MS: u64 = 30_000;
 pub const NODE_CLOCK_SKEW_MS_MAX: u64 = 10_000;
 
 const _: () = assert!(SALT_PLAN_POLL_MS * 10 < SALT_PLAN_SHARED_DELAY_MS - NODE_CLOCK_SKEW_MS_MAX);
+/// The longest a blob store may take between stamping a blob's modification time and showing
+/// the blob to readers (S3 stamps while it handles the request; a file's mtime is set before
+/// the link that makes it visible).
+pub const BLOB_VISIBLE_AFTER_STAMP_MS_MAX: u64 = 30_000;

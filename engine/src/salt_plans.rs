@@ -57,7 +57,7 @@ pub enum PlanSharing {
     /// This is the only ingest node: a plan can start 2 s after the campaign turns hot.
     #[serde(rename = "one")]
     OneNode,
-    /// Several ingest nodes share the plans: a plan starts about 5.5 minutes after the store
+    /// Several ingest nodes share the plans: a plan starts about 6 minutes after the store
     /// took it, past every event time any node can have accepted before reading it.
     #[default]
     #[serde(rename = "several")]
@@ -75,12 +75,27 @@ pub fn plan_key(campaign: CampaignId) -> String {
     format!("{SALT_PLANS_PREFIX}campaign-{}.json", campaign.0)
 }
 
+/// Where a shared plan's start, once computed, is kept: `salt-plans/campaign-<id>.start`.
+fn start_key(campaign: CampaignId) -> String {
+    format!("{SALT_PLANS_PREFIX}campaign-{}.start", campaign.0)
+}
+
+/// The campaign whose plan `key` is, if it is exactly a plan's key.
 fn campaign_of_key(key: &str) -> Option<CampaignId> {
     let id = key
         .strip_prefix(SALT_PLANS_PREFIX)?
         .strip_prefix("campaign-")?
         .strip_suffix(".json")?;
-    Some(CampaignId(id.parse().ok()?))
+    let campaign = CampaignId(id.parse().ok()?);
+    (plan_key(campaign) == key).then_some(campaign)
+}
+
+/// A shared plan's start as first computed, so that it never moves again (a copy of the store
+/// to another bucket or disk changes every blob's timestamp).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredStart {
+    from_event_time_ms: u64,
 }
 
 impl SaltPlanStore {
@@ -130,7 +145,9 @@ impl SaltPlanStore {
     pub async fn load_new(&self, known: &SaltTable) -> Result<SaltTable, SaltPlansError> {
         let mut table = SaltTable::default();
         for key in self.blobs.list(SALT_PLANS_PREFIX).await? {
-            if campaign_of_key(&key).is_some_and(|campaign| known.plan(campaign).is_some()) {
+            if key.ends_with(".start")
+                || campaign_of_key(&key).is_some_and(|campaign| known.plan(campaign).is_some())
+            {
                 continue;
             }
             let Some((campaign, plan)) = self.read(&key).await? else {
@@ -150,30 +167,61 @@ impl SaltPlanStore {
     /// `SHARED_PLAN_START_AFTER_STORE_MS` past the moment the store took them (its timestamp,
     /// rounded up to the second), however long the put took: a node that read the plans just
     /// before that moment refuses every event time from there on, so no node can have routed
-    /// a click in a shared plan's range without knowing the plan. Every node computes the same
-    /// start from the same immutable blob.
+    /// a click in a shared plan's range without knowing the plan. The first reader keeps the
+    /// start it computed in a create-only `.start` blob, and every reader takes it from there,
+    /// so all nodes agree for good.
     async fn read(&self, key: &str) -> Result<Option<(CampaignId, SaltPlan)>, SaltPlansError> {
         let Some(bytes) = self.blobs.get(key).await? else {
             return Ok(None);
         };
         let (campaign, mut plan, shared) = decode(key, &bytes)?;
         if shared {
-            let Some(modified_ms) = self.blobs.modified_ms(key).await? else {
-                return Ok(None);
+            let start = start_key(campaign);
+            if self.blobs.get(&start).await?.is_none() {
+                let Some(modified_ms) = self.blobs.modified_ms(key).await? else {
+                    return Ok(None);
+                };
+                let stored_at_ms = modified_ms.div_ceil(1_000) * 1_000;
+                let computed = StoredStart {
+                    from_event_time_ms: plan
+                        .from_event_time_ms
+                        .max(stored_at_ms + SHARED_PLAN_START_AFTER_STORE_MS),
+                };
+                let bytes = serde_json::to_vec(&computed).expect("a start serializes");
+                self.blobs.put_if_absent(&start, bytes).await?;
+            }
+            let Some(bytes) = self.blobs.get(&start).await? else {
+                return Err(SaltPlansError::Invalid {
+                    key: start,
+                    problem: "gone right after a create-only put".into(),
+                });
             };
-            let stored_at_ms = modified_ms.div_ceil(1_000) * 1_000;
-            plan.from_event_time_ms = plan
-                .from_event_time_ms
-                .max(stored_at_ms + SHARED_PLAN_START_AFTER_STORE_MS);
+            let stored: StoredStart =
+                serde_json::from_slice(&bytes).map_err(|error| SaltPlansError::Invalid {
+                    key: start.clone(),
+                    problem: format!("not a plan start: {error}"),
+                })?;
+            if stored.from_event_time_ms < plan.from_event_time_ms {
+                return Err(SaltPlansError::Invalid {
+                    key: start,
+                    problem: format!(
+                        "starts at {} ms, before its plan's {} ms",
+                        stored.from_event_time_ms, plan.from_event_time_ms
+                    ),
+                });
+            }
+            plan.from_event_time_ms = stored.from_event_time_ms;
         }
         Ok(Some((campaign, plan)))
     }
 }
 
-/// How long after the store takes a shared plan it may start: past every event time a node
-/// may accept (its clock plus `EVENT_TIME_FUTURE_MS_MAX`) before its next read of the plans.
-pub const SHARED_PLAN_START_AFTER_STORE_MS: u64 =
-    EVENT_TIME_FUTURE_MS_MAX + crate::limits::SALT_PLAN_SHARED_DELAY_MS;
+/// How long after the store stamps a shared plan it may start: past every event time a node may
+/// accept (its clock plus `EVENT_TIME_FUTURE_MS_MAX`) before its next read of the plans, plus
+/// the time a store may take to make a stamped blob visible.
+pub const SHARED_PLAN_START_AFTER_STORE_MS: u64 = EVENT_TIME_FUTURE_MS_MAX
+    + crate::limits::SALT_PLAN_SHARED_DELAY_MS
+    + crate::limits::BLOB_VISIBLE_AFTER_STAMP_MS_MAX;
 
 /// One stored plan, checked against its key, and whether it was written shared.
 fn decode(key: &str, bytes: &[u8]) -> Result<(CampaignId, SaltPlan, bool), SaltPlansError> {
@@ -266,6 +314,14 @@ mod tests {
         let in_force = shared.claim(CampaignId(7), proposed).await.unwrap();
         let expected = 1_700_000_043_000 + SHARED_PLAN_START_AFTER_STORE_MS;
         assert_eq!(in_force, plan(4, expected));
+        assert_eq!(
+            shared.load().await.unwrap().plan(CampaignId(7)),
+            Some(in_force)
+        );
+        // A copy of the store gives the blob a new timestamp; the kept start does not move.
+        let copied = blobs.get(&plan_key(CampaignId(7))).await.unwrap().unwrap();
+        clock.advance(3_600_000);
+        blobs.put(&plan_key(CampaignId(7)), copied).await.unwrap();
         assert_eq!(
             shared.load().await.unwrap().plan(CampaignId(7)),
             Some(in_force)

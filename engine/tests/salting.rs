@@ -312,7 +312,7 @@ async fn stored_plans_route_even_with_detection_off() {
 #[tokio::test]
 async fn shared_plans_reach_every_node_and_an_unread_store_refuses_only_far_clicks() {
     use adclick_core::limits::EVENT_TIME_FUTURE_MS_MAX;
-    use adclick_engine::limits::SALT_PLAN_SHARED_DELAY_MS;
+    use adclick_engine::limits::{BLOB_VISIBLE_AFTER_STAMP_MS_MAX, SALT_PLAN_SHARED_DELAY_MS};
     let log = Arc::new(MemoryLog::new(PARTITIONS));
     let clock = Arc::new(ManualClock::new(START_MS));
     // The store stamps plans with the test's clock: a shared plan starts after that stamp.
@@ -373,7 +373,7 @@ async fn shared_plans_reach_every_node_and_an_unread_store_refuses_only_far_clic
 
     // Once the clock reaches the plan's range, node B routes campaign 7 by A's plan, and both
     // nodes route campaign 9 alike. A node may refuse until its next read of the plans.
-    clock.advance(SALT_PLAN_SHARED_DELAY_MS + 10_000);
+    clock.advance(SALT_PLAN_SHARED_DELAY_MS + BLOB_VISIBLE_AFTER_STAMP_MS_MAX + 10_000);
     let salted: Vec<ClickEvent> = (0..100u128)
         .map(|n| click(20_000 + n, HOT, plan.from_event_time_ms + n as u64))
         .collect();

@@ -459,7 +459,12 @@ async fn run_chaos(chaos: Chaos) {
             faults.note(format!("kill worker-{node}"));
         } else if pick < rates.worker_kills_per_min + rates.ingest_crashes_per_min {
             // Clients see the node go away at once; its unflushed buffer is lost.
-            let ingest = rng.random_range(0..ingest_nodes.len());
+            // Drawn only with several nodes, so one-node scenarios keep their seeds' schedules.
+            let ingest = if ingest_nodes.len() > 1 {
+                rng.random_range(0..ingest_nodes.len())
+            } else {
+                0
+            };
             ingest_slots[ingest]
                 .lock()
                 .expect("ingest slot lock")

@@ -184,6 +184,13 @@ impl BlobStore for LocalDirBlobStore {
 
     async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<bool, BlobError> {
         let (temp, path) = self.write_temp(key, &bytes)?;
+        // The blob's timestamp is when it becomes visible (shared salt plans count from it),
+        // not when the temp file was written before a slow sync.
+        std::fs::File::options()
+            .write(true)
+            .open(&temp)
+            .and_then(|file| file.set_modified(std::time::SystemTime::now()))
+            .map_err(|error| io_error(key, error))?;
         // A hard link fails if the name exists, where a rename would replace it.
         let linked = std::fs::hard_link(&temp, &path);
         std::fs::remove_file(&temp).map_err(|error| io_error(key, error))?;

@@ -337,16 +337,20 @@ async fn run_plan_poller(
     let mut failing = false;
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(limits::SALT_PLAN_POLL_MS)).await;
-        let Some(salting) = salting.upgrade() else {
-            return;
-        };
         let known = {
+            let Some(salting) = salting.upgrade() else {
+                return;
+            };
             let salting = salting.lock().expect("salting lock");
             let table = salting.table.lock().expect("salt table lock");
             table.clone()
         };
         let read_at_ms = clock.now_ms();
         let loaded = store.load_new(&known).await;
+        // Not held across the read: a dropped core's state goes at once.
+        let Some(salting) = salting.upgrade() else {
+            return;
+        };
         match loaded {
             Ok(table) => {
                 if failing {
