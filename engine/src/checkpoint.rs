@@ -100,6 +100,15 @@ fn parse_marker_name(key: &str) -> Option<MarkerName> {
     })
 }
 
+/// One listing of a partition's checkpoint directory.
+struct Listing {
+    /// Sorted by (epoch, generation).
+    records: Vec<RecordName>,
+    markers: Vec<MarkerName>,
+    /// The last complete epoch and the generation that completed it.
+    complete: Option<(Epoch, Generation)>,
+}
+
 /// The marker file of older versions, rewritten in place.
 fn legacy_marker_key(partition: PartitionId) -> String {
     format!("{}complete", dir(partition))
@@ -225,39 +234,21 @@ impl CheckpointStore {
                 format!("{} {}\n", epoch.0, generation.0).into_bytes(),
             )
             .await?;
-        let names = self.list_names(partition).await?;
-        let is_full = names
+        let listing = self.list(partition).await?;
+        let is_full = listing
+            .records
             .iter()
             .any(|name| name.epoch == epoch && name.generation == generation && name.full);
-        if is_full && self.read_marker(partition).await? == Some((epoch, generation)) {
-            for name in names.iter().filter(|name| name.epoch < epoch) {
+        if is_full && listing.complete == Some((epoch, generation)) {
+            for name in listing.records.iter().filter(|name| name.epoch < epoch) {
                 self.blobs.delete(&record_key(partition, *name)).await?;
             }
-            for key in self.blobs.list(&dir(partition)).await? {
-                if parse_marker_name(&key).is_some_and(|old| old.epoch < epoch) {
-                    self.blobs.delete(&key).await?;
-                }
+            for old in listing.markers.iter().filter(|old| old.epoch < epoch) {
+                self.blobs.delete(&marker_key(partition, *old)).await?;
             }
             self.blobs.delete(&legacy_marker_key(partition)).await?;
         }
         Ok(())
-    }
-
-    /// The last complete epoch: the greatest marker (by epoch, then generation).
-    async fn read_marker(
-        &self,
-        partition: PartitionId,
-    ) -> Result<Option<(Epoch, Generation)>, CheckpointError> {
-        let newest = self
-            .blobs
-            .list(&dir(partition))
-            .await?
-            .iter()
-            .filter_map(|key| parse_marker_name(key))
-            .max();
-        let legacy = self.read_legacy_marker(partition).await?;
-        let newest = newest.map(|marker| (marker.epoch, marker.generation));
-        Ok(newest.max(legacy))
     }
 
     async fn read_legacy_marker(
@@ -281,14 +272,29 @@ impl CheckpointStore {
         }
     }
 
-    async fn list_names(&self, partition: PartitionId) -> Result<Vec<RecordName>, CheckpointError> {
+    /// A partition's records and markers from one listing, and the last complete epoch: the
+    /// greatest marker (by epoch, then generation), the old single marker counted as one more.
+    async fn list(&self, partition: PartitionId) -> Result<Listing, CheckpointError> {
         let keys = self.blobs.list(&dir(partition)).await?;
-        let mut names: Vec<RecordName> = keys
+        let mut records: Vec<RecordName> = keys
             .iter()
             .filter_map(|key| parse_record_name(key))
             .collect();
-        names.sort_by_key(|name| (name.epoch, name.generation));
-        Ok(names)
+        records.sort_by_key(|name| (name.epoch, name.generation));
+        let markers: Vec<MarkerName> = keys
+            .iter()
+            .filter_map(|key| parse_marker_name(key))
+            .collect();
+        let newest = markers
+            .iter()
+            .max()
+            .map(|marker| (marker.epoch, marker.generation));
+        let legacy = self.read_legacy_marker(partition).await?;
+        Ok(Listing {
+            records,
+            markers,
+            complete: newest.max(legacy),
+        })
     }
 
     async fn load_record(
@@ -315,8 +321,11 @@ impl CheckpointStore {
 
     /// Everything a new owner needs; empty for a partition that never checkpointed.
     pub async fn load(&self, partition: PartitionId) -> Result<Recovery, CheckpointError> {
-        let names = self.list_names(partition).await?;
-        let marker = self.read_marker(partition).await?;
+        let Listing {
+            records: names,
+            complete: marker,
+            ..
+        } = self.list(partition).await?;
         let mut recovery = Recovery::default();
         if let Some((complete_epoch, complete_generation)) = marker {
             // Walk back from the complete record to the full one it builds on.

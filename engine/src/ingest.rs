@@ -365,7 +365,7 @@ impl IngestCore {
         Ok(waiters)
     }
 
-    /// Plans waiting to be durable (tests and the status page).
+    /// Plans waiting to be stored (for tests).
     pub fn pending_salt_plans(&self) -> Vec<(CampaignId, SaltPlan)> {
         match &self.inner.salting {
             None => Vec::new(),

@@ -223,6 +223,17 @@ pub const SHARED_PLAN_START_AFTER_STORE_MS: u64 = EVENT_TIME_FUTURE_MS_MAX
     + crate::limits::SALT_PLAN_SHARED_DELAY_MS
     + crate::limits::BLOB_VISIBLE_AFTER_STAMP_MS_MAX;
 
+/// The earliest start of a shared plan that a read of the plans beginning at `read_at_ms` did not
+/// see. Such a plan became visible after the read began, so the store stamped it after
+/// `read_at_ms - BLOB_VISIBLE_AFTER_STAMP_MS_MAX - NODE_CLOCK_SKEW_MS_MAX`, and it starts
+/// `SHARED_PLAN_START_AFTER_STORE_MS` after its stamp. A node whose last good read began at
+/// `read_at_ms` may take event times below this and must refuse the rest.
+pub fn earliest_unseen_shared_start_ms(read_at_ms: u64) -> u64 {
+    read_at_ms + SHARED_PLAN_START_AFTER_STORE_MS
+        - crate::limits::BLOB_VISIBLE_AFTER_STAMP_MS_MAX
+        - crate::limits::NODE_CLOCK_SKEW_MS_MAX
+}
+
 /// One stored plan, checked against its key, and whether it was written shared.
 fn decode(key: &str, bytes: &[u8]) -> Result<(CampaignId, SaltPlan, bool), SaltPlansError> {
     let invalid = |problem: String| SaltPlansError::Invalid {

@@ -110,12 +110,6 @@ async fn salting_start(config: &ServeConfig, seams: &Seams) -> anyhow::Result<Sa
         .load()
         .await
         .context("loading the salt plans of earlier runs (checkpoints.url)")?;
-    if config.checkpoints.url.is_none() && !matches!(config.log, LogConfig::Memory) {
-        tracing::warn!(
-            "checkpoints.url is not set: checkpoints and salt plans are kept in memory, so a \
-             restart recounts from the log's start and forgets which campaigns were split"
-        );
-    }
     // An earlier run accepted no event time past its clock plus the allowed skew. On an empty
     // log nothing was accepted, and a hot campaign can be split at once.
     let mut log_is_empty = true;
@@ -148,6 +142,12 @@ async fn salting_start(config: &ServeConfig, seams: &Seams) -> anyhow::Result<Sa
 pub async fn start(config: ServeConfig, seams: Seams) -> anyhow::Result<RunningServer> {
     let (http_stop, http_stop_receiver) = watch::channel(false);
     let (worker_stop, worker_stop_receiver) = watch::channel(false);
+    if config.checkpoints.url.is_none() && !matches!(config.log, LogConfig::Memory) {
+        tracing::warn!(
+            "checkpoints.url is not set: checkpoints and salt plans are kept in memory, so a \
+             restart recounts from the log's start and forgets which campaigns were split"
+        );
+    }
     let (ingest, flusher) = if config.runs(Role::Ingest) {
         let salting = salting_start(&config, &seams).await?;
         // A producer id of this run's own: after a restart on a file log, the old id's

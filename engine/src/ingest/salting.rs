@@ -10,27 +10,28 @@
 //!   has it, clicks of the campaign in its range are refused whole as busy.
 //! - **Several ingest nodes** (`PlanSharing::Shared`): a node cannot see what the others
 //!   accepted, only that no node accepts an event time past its clock plus
-//!   `EVENT_TIME_FUTURE_MS_MAX`. A plan starts past that plus `SALT_PLAN_SHARED_DELAY_MS`, counted
-//!   from when the store took it (its timestamp), however long the put took. Every
-//!   node reads the plans every `SALT_PLAN_POLL_MS`, and refuses a click that a plan made since
-//!   its last successful read could cover (only after the store has been unreachable for about
-//!   `SALT_PLAN_SHARED_DELAY_MS - NODE_CLOCK_SKEW_MS_MAX`, for clicks at the future edge). Two
-//!   nodes that plan the same campaign at once agree on the first stored plan (a create-only
-//!   put).
+//!   `EVENT_TIME_FUTURE_MS_MAX`. A plan starts `SHARED_PLAN_START_AFTER_STORE_MS` after the
+//!   store stamped it, however long the put took. Every node reads the plans every
+//!   `SALT_PLAN_POLL_MS`, and refuses a click that a plan made since its last successful read
+//!   could cover (`earliest_unseen_shared_start_ms`: only after the store has been unreachable
+//!   for about `SALT_PLAN_SHARED_DELAY_MS - NODE_CLOCK_SKEW_MS_MAX`, for clicks at the future
+//!   edge). Both rules live in `salt_plans`. Two nodes that plan the same campaign at once agree
+//!   on the first stored plan (a create-only put).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use adclick_core::event::ClickEvent;
 use adclick_core::ids::{CampaignId, Salt};
-use adclick_core::limits::EVENT_TIME_FUTURE_MS_MAX;
 use adclick_core::salt::{HotCampaignDetector, SaltPlan, SaltTable};
 use tokio::sync::mpsc;
 
 use super::IngestError;
 use crate::limits;
 pub use crate::salt_plans::PlanSharing;
-use crate::salt_plans::SaltPlanStore;
+use crate::salt_plans::{
+    SHARED_PLAN_START_AFTER_STORE_MS, SaltPlanStore, earliest_unseen_shared_start_ms,
+};
 use crate::seams::Clock;
 
 /// The salt table, shared by every incarnation of an ingest node (it must outlive a crash: a
@@ -154,10 +155,9 @@ impl Salting {
         let (margin_ms, not_before_ms) = match (&self.plans_to_store, self.sharing) {
             (None, _) => (0, 0),
             (Some(_), PlanSharing::OneNode) => (limits::SALT_PLAN_DURABILITY_MARGIN_MS, 0),
-            (Some(_), PlanSharing::Shared) => (
-                0,
-                now_ms + EVENT_TIME_FUTURE_MS_MAX + limits::SALT_PLAN_SHARED_DELAY_MS,
-            ),
+            // The store will stamp the plan at `now_ms` or later, and its start counts from
+            // there (`salt_plans`): propose that start, so the pending range is the final one.
+            (Some(_), PlanSharing::Shared) => (0, now_ms + SHARED_PLAN_START_AFTER_STORE_MS),
         };
         let pending = &mut self.pending;
         let planned = |campaign| table.plan(campaign).is_some() || pending.contains_key(&campaign);
@@ -186,12 +186,9 @@ impl Salting {
     /// Why a request must be refused whole, if it must: a click in the range of a plan not yet
     /// stored, or (shared plans) a click a plan made since the last read could cover.
     fn refusal(&self, events: &[&ClickEvent]) -> Option<IngestError> {
-        if self.sharing == PlanSharing::Shared && self.plans_to_store.is_some() {
-            // A plan another node made after our last read starts at or after this.
-            let unseen_plans_from_ms = self.plans_read_at_ms
-                + EVENT_TIME_FUTURE_MS_MAX
-                + limits::SALT_PLAN_SHARED_DELAY_MS
-                - limits::NODE_CLOCK_SKEW_MS_MAX;
+        // `sharing` is `Shared` only with a store to share through.
+        if self.sharing == PlanSharing::Shared {
+            let unseen_plans_from_ms = earliest_unseen_shared_start_ms(self.plans_read_at_ms);
             let stale = events
                 .iter()
                 .filter(|event| event.event_time_ms.0 >= unseen_plans_from_ms)
