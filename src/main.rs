@@ -92,6 +92,11 @@ enum Command {
         /// A fraud list file (`version N`, then `ip ...` / `ua ...` lines).
         #[arg(long)]
         fraud_list: Option<PathBuf>,
+        /// The processing time the input is judged at (ms since the epoch; default: the
+        /// clock). It bounds the watermark, and records whose event time ingest could not have
+        /// accepted then are quarantined: set it to replay an old export as it was.
+        #[arg(long)]
+        now_ms: Option<u64>,
     },
 }
 
@@ -170,7 +175,8 @@ fn main() -> ExitCode {
             input,
             format,
             fraud_list,
-        } => cli::aggregate::main(&input, format, fraud_list.as_deref()),
+            now_ms,
+        } => cli::aggregate::main(&input, format, fraud_list.as_deref(), now_ms),
     };
     match result {
         Ok(code) => code,

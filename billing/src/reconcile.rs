@@ -4,14 +4,17 @@
 //! For each (campaign, hour), with the fast path's hour rollups summed over salts:
 //!
 //! ```text
-//! billed = on_time + late − duplicates_beyond_horizon − reused_click_ids ± fraud_list_change + unexplained
+//! billed = on_time + late + unverified − unverified_rejected − reused_click_ids ± fraud_list_change + unexplained
 //! ```
 //!
 //! - `late`: unique clicks in the late lane (arrived after their window closed, beyond the
-//!   allowed lateness). The fast path keeps them in the late side output; billing bills them.
-//! - `duplicates_beyond_horizon`: the fast path counted more than billing, and billing dropped at
-//!   least that many resends of the same campaign's click ids (a resend past the dedup horizon
-//!   looks new to a worker; billing dedups over the whole period).
+//!   allowed lateness, within the dedup horizon). Decided exactly; billing bills them.
+//! - `unverified`: clicks in the unverified lane not on the fraud list: the fast path could not
+//!   deduplicate or rate-check them (`adclick_core::window` says when). Every verified click is
+//!   decided as billing decides it, so the fast path can only count more than billing there.
+//! - `unverified_rejected`: the duplicates and rate-rule fraud billing found among them: the
+//!   fast path's surplus, explained only up to the unverified count and up to what billing
+//!   dropped in that (campaign, hour) as duplicates or fraud.
 //! - `reused_click_ids`: the same for click ids billing first saw under another campaign.
 //! - `fraud_list_change`: the paths disagree on fraud and the fast path ran other fraud-list
 //!   versions than the billing run.
@@ -30,10 +33,11 @@ pub struct ReconciledHour {
     pub hour_start_ms: u64,
     pub on_time: u64,
     pub late: u64,
+    pub unverified: u64,
     pub fast_fraud: u64,
     pub billed: u64,
     pub billed_fraud: u64,
-    pub duplicates_beyond_horizon: u64,
+    pub unverified_rejected: u64,
     pub reused_click_ids: u64,
     /// Signed: billing minus the fast path, where a fraud-list change explains it.
     pub fraud_list_change: i64,
@@ -76,6 +80,7 @@ pub fn reconcile(
     struct Fast {
         on_time: u64,
         late: u64,
+        unverified: u64,
         fraud: u64,
     }
     let mut fast_hours: BTreeMap<BillKey, Fast> = BTreeMap::new();
@@ -92,8 +97,11 @@ pub fn reconcile(
         match lane {
             Lane::OnTime => entry.on_time += stored.counts.unique,
             Lane::Late => entry.late += stored.counts.unique,
+            Lane::Unverified => entry.unverified += stored.counts.unique,
         }
-        entry.fraud += stored.counts.fraud;
+        if lane.is_verified() {
+            entry.fraud += stored.counts.fraud;
+        }
     }
     let versions_differ = fast_fraud_list_versions
         .iter()
@@ -112,16 +120,20 @@ pub fn reconcile(
             hour_start_ms: key.hour_start_ms,
             on_time: fast.map_or(0, |fast| fast.on_time),
             late: fast.map_or(0, |fast| fast.late),
+            unverified: fast.map_or(0, |fast| fast.unverified),
             fast_fraud: fast.map_or(0, |fast| fast.fraud),
             billed: bill.billable,
             billed_fraud: bill.fraud,
             ..ReconciledHour::default()
         };
         // Positive: the fast path counted more than billing bills.
-        let mut surplus = (hour.on_time + hour.late) as i64 - bill.billable as i64;
+        let mut surplus =
+            (hour.on_time + hour.late + hour.unverified) as i64 - bill.billable as i64;
         if surplus > 0 {
-            hour.duplicates_beyond_horizon = (surplus as u64).min(bill.duplicates);
-            surplus -= hour.duplicates_beyond_horizon as i64;
+            hour.unverified_rejected = (surplus as u64)
+                .min(hour.unverified)
+                .min(bill.duplicates + bill.fraud);
+            surplus -= hour.unverified_rejected as i64;
             hour.reused_click_ids = (surplus as u64).min(bill.reused_ids);
             surplus -= hour.reused_click_ids as i64;
         }
@@ -144,10 +156,11 @@ pub fn reconcile(
 fn add_into(total: &mut ReconciledHour, hour: &ReconciledHour) {
     total.on_time += hour.on_time;
     total.late += hour.late;
+    total.unverified += hour.unverified;
     total.fast_fraud += hour.fast_fraud;
     total.billed += hour.billed;
     total.billed_fraud += hour.billed_fraud;
-    total.duplicates_beyond_horizon += hour.duplicates_beyond_horizon;
+    total.unverified_rejected += hour.unverified_rejected;
     total.reused_click_ids += hour.reused_click_ids;
     total.fraud_list_change += hour.fraud_list_change;
     total.unexplained += hour.unexplained;
@@ -157,20 +170,21 @@ fn add_into(total: &mut ReconciledHour, hour: &ReconciledHour) {
 pub fn render_table(reconciliation: &Reconciliation) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "{:>12} {:>15} {:>9} {:>7} {:>9} {:>10} {:>8} {:>8} {:>11}\n",
+        "{:>12} {:>15} {:>9} {:>7} {:>10} {:>9} {:>10} {:>8} {:>8} {:>11}\n",
         "campaign",
         "hour_start_ms",
         "on_time",
         "late",
+        "unverified",
         "billed",
-        "dup>horiz",
+        "unv_reject",
         "reused",
         "fraudlst",
         "unexplained"
     ));
     let mut row = |label: String, hour: &ReconciledHour| {
         out.push_str(&format!(
-            "{:>12} {:>15} {:>9} {:>7} {:>9} {:>10} {:>8} {:>8} {:>11}\n",
+            "{:>12} {:>15} {:>9} {:>7} {:>10} {:>9} {:>10} {:>8} {:>8} {:>11}\n",
             label,
             if label == "total" {
                 String::new()
@@ -179,8 +193,9 @@ pub fn render_table(reconciliation: &Reconciliation) -> String {
             },
             hour.on_time,
             hour.late,
+            hour.unverified,
             hour.billed,
-            hour.duplicates_beyond_horizon,
+            hour.unverified_rejected,
             hour.reused_click_ids,
             hour.fraud_list_change,
             hour.unexplained
@@ -188,7 +203,7 @@ pub fn render_table(reconciliation: &Reconciliation) -> String {
     };
     for hour in reconciliation.hours.iter().filter(|hour| {
         hour.unexplained != 0
-            || hour.duplicates_beyond_horizon != 0
+            || hour.unverified_rejected != 0
             || hour.reused_click_ids != 0
             || hour.fraud_list_change != 0
     }) {
@@ -250,20 +265,37 @@ mod tests {
     }
 
     #[test]
-    fn late_and_salts_add_up_and_horizon_duplicates_are_named() {
+    fn late_and_salts_add_up_and_unverified_duplicates_are_named() {
         let fast = vec![
             fast_hour(7, 0, Lane::OnTime, 50),
             fast_hour(7, 1, Lane::OnTime, 40),
             fast_hour(7, 0, Lane::Late, 10),
-            // Campaign 8: the fast path counted 3 resends billing dropped.
-            fast_hour(8, 0, Lane::OnTime, 23),
+            // Campaign 8: 4 unverified clicks, 3 of them resends billing dropped.
+            fast_hour(8, 0, Lane::OnTime, 19),
+            fast_hour(8, 0, Lane::Unverified, 4),
         ];
         let billed = BTreeMap::from([(key(7), bill(100, 0)), (key(8), bill(20, 5))]);
         let versions = BTreeSet::from([1]);
         let result = reconcile(&fast, &billed, 0, 3_600_000, &versions, 1);
         assert!(result.holds(), "{}", render_table(&result));
         assert_eq!(result.hours[0].late, 10);
-        assert_eq!(result.hours[1].duplicates_beyond_horizon, 3);
+        assert_eq!(result.hours[1].unverified, 4);
+        assert_eq!(result.hours[1].unverified_rejected, 3);
+    }
+
+    /// Regression (duplicates beyond the horizon explained any surplus up to billing's count of
+    /// all resends): a surplus in verified lanes is a fast-path bug, whatever billing dropped.
+    #[test]
+    fn a_surplus_beyond_the_unverified_lane_is_unexplained() {
+        let fast = vec![
+            fast_hour(8, 0, Lane::OnTime, 22),
+            fast_hour(8, 0, Lane::Unverified, 1),
+        ];
+        let billed = BTreeMap::from([(key(8), bill(20, 5))]);
+        let result = reconcile(&fast, &billed, 0, 3_600_000, &BTreeSet::from([1]), 1);
+        assert_eq!(result.hours[0].unverified_rejected, 1);
+        assert_eq!(result.hours[0].unexplained, -2);
+        assert!(!result.holds());
     }
 
     #[test]

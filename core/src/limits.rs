@@ -13,6 +13,20 @@ pub const ALLOWED_LATENESS_MS_DEFAULT: u64 = 60_000;
 pub const MAX_OUT_OF_ORDERNESS_MS_DEFAULT: u64 = 5_000;
 /// After this much processing time without events, a partition's watermark follows the clock.
 pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// The watermark never runs further than this ahead of the worker's clock (processing time),
+/// whatever event times clients stamp: the allowance for worker clocks that run behind the
+/// clocks of honest clients (NTP keeps them within milliseconds). A click stamped further ahead
+/// is still counted, in its own window, which stays open until its time comes.
+pub const WATERMARK_AHEAD_OF_PROCESSING_MS_MAX: u64 = 2_000;
+/// Quarantine: a record whose event time is more than `EVENT_TIME_FUTURE_MS_MAX` plus this ahead
+/// of the worker's clock cannot have passed ingest's validation, whatever the skew between the
+/// ingest node's clock and the worker's: an outside producer wrote it (microseconds for
+/// milliseconds, say).
+pub const QUARANTINE_NODE_SKEW_SLACK_MS: u64 = 60_000;
+/// Quarantine: a record whose event time is more than `EVENT_AGE_MS_MAX` plus this behind the
+/// worker's clock is absurd. The slack is a week, a log retention's worth of consumer lag, so
+/// that a backlog a worker catches up on is never quarantined.
+pub const QUARANTINE_CONSUMER_LAG_SLACK_MS: u64 = 7 * 86_400_000;
 /// How long after its event time a click id is remembered for dedup: window plus lateness plus a
 /// client retry window of one minute.
 pub const DEDUP_HORIZON_MS_DEFAULT: u64 = 180_000;
@@ -58,6 +72,7 @@ const _: () = assert!(DEDUP_HORIZON_MS_DEFAULT.is_multiple_of(DEDUP_BUCKET_MS_DE
 const _: () = assert!(HOUR_MS.is_multiple_of(WINDOW_MS_DEFAULT));
 const _: () = assert!(LATE_RETENTION_MS_DEFAULT >= HOUR_MS + ALLOWED_LATENESS_MS_DEFAULT);
 const _: () = assert!(EVENT_AGE_MS_MAX <= LATE_RETENTION_MS_DEFAULT);
+const _: () = assert!(WATERMARK_AHEAD_OF_PROCESSING_MS_MAX < QUARANTINE_NODE_SKEW_SLACK_MS);
 
 /// The most salted sub-keys a hot campaign is split into. Queries sum salts `0..SALTS_MAX`.
 pub const SALTS_MAX: u16 = 8;

@@ -1,7 +1,9 @@
 //! The per-partition aggregator, exposed as lifecycle hooks (Arroyo-style operators).
 //!
-//! - `on_batch` / `on_click`: decode → dedup → fraud → count in the click's window and hour.
-//! - `on_idle` / `on_watermark`: move the watermark without events.
+//! - `on_batch` / `on_click`: decode → bound the event time → dedup → fraud → count in the
+//!   click's window and hour, in the lane `window` describes (on time, late, unverified).
+//! - `on_idle` / `on_watermark`: move the watermark without events (`on_idle` only once the
+//!   caller has read up to a known end of the log).
 //! - `on_barrier(epoch)`: swap in a staged fraud list, emit the absolute counts of every series
 //!   that changed (and the windows that closed, marked final), expire dedup ids, and produce the
 //!   checkpoint that must be stored *before* the sink applies those counts.
@@ -9,6 +11,20 @@
 //!
 //! The streaming worker, the batch `aggregate` command, the billing job and the simulator all
 //! drive this one type.
+//!
+//! How a click is decided, in order:
+//! 1. An event time outside what ingest accepts, against the processing time passed in
+//!    (`window::event_time_in_bounds`), quarantines the record: `stats.quarantined`, returned to
+//!    the caller with its offset, in no lane.
+//! 2. A window past its late retention: `stats.expired`, billing's alone.
+//! 3. Dedup: a duplicate is counted as such in its window's lane (on time or late). An id below
+//!    the dedup cutoff is unverifiable, and so is a new id whose IP and minute already had an
+//!    unverifiable click (`rate_rule`'s taint): both go to the unverified lane, with the fraud
+//!    list's verdict but no rate rule.
+//! 4. Otherwise the fraud list and the rate rule decide, in the window's lane.
+//!
+//! So every click in the on-time and late lanes is decided exactly as billing decides it, and the
+//! unverified lane holds exactly the clicks the fast path could not decide.
 //!
 //! **Invariant:** the output depends only on the sequence of hook calls and their arguments. No
 //! clock, no I/O, no hash-order leaks: restoring a checkpoint and replaying the same calls gives
@@ -28,7 +44,8 @@ use crate::snapshot::{
     CheckpointKind, PartitionCheckpoint, PartitionStats, encode_checkpoint_into,
 };
 use crate::window::{
-    Counts, CountsTable, HourKey, Lane, Watermark, WindowConfig, WindowKey, key_hash,
+    Counts, CountsTable, HourKey, Lane, Watermark, WindowConfig, WindowKey, event_time_in_bounds,
+    key_hash,
 };
 
 /// How many records ahead `on_batch` decodes and prefetches. Far enough to cover a DRAM miss (a
@@ -149,6 +166,36 @@ pub enum RestoreError {
     },
 }
 
+/// A log record the aggregator could not count in any lane. Never skipped silently: counted in
+/// the stats and returned, with its offset, to the caller, which logs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordProblem {
+    Undecodable(CodecError),
+    /// The event time is outside ingest's bounds against the worker's clock, with slack
+    /// (`window::event_time_in_bounds`): an outside producer's record, quarantined.
+    Quarantined {
+        event_time_ms: u64,
+        processing_ms: u64,
+    },
+}
+
+impl std::fmt::Display for RecordProblem {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordProblem::Undecodable(error) => write!(formatter, "undecodable: {error}"),
+            RecordProblem::Quarantined {
+                event_time_ms,
+                processing_ms,
+            } => write!(
+                formatter,
+                "quarantined: event_time_ms {event_time_ms} is outside ingest's bounds (at most {} ms ahead of, and {} ms behind, the worker's clock {processing_ms}, with slack)",
+                limits::EVENT_TIME_FUTURE_MS_MAX + limits::QUARANTINE_NODE_SKEW_SLACK_MS,
+                limits::EVENT_AGE_MS_MAX + limits::QUARANTINE_CONSUMER_LAG_SLACK_MS
+            ),
+        }
+    }
+}
+
 pub struct PartitionAggregator {
     config: AggregatorConfig,
     partition: PartitionId,
@@ -161,9 +208,12 @@ pub struct PartitionAggregator {
     rate: RateRule,
     fraud_list: Arc<FraudList>,
     staged_fraud_list: Option<Arc<FraudList>>,
-    /// Indexed by lane: on time, late.
-    windows: [CountsTable<WindowKey>; 2],
-    hours: [CountsTable<HourKey>; 2],
+    /// Indexed by `Lane::index`: on time, late, unverified.
+    windows: [CountsTable<WindowKey>; 3],
+    hours: [CountsTable<HourKey>; 3],
+    /// The processing time of the batch being counted: the bound on the watermark and the
+    /// quarantine's reference.
+    processing_ms: u64,
     stats: PartitionStats,
     /// A checkpoint buffer handed back by `recycle`, for the next barrier to encode into.
     spare_checkpoint_bytes: Vec<u8>,
@@ -203,13 +253,26 @@ struct Staged<'a> {
 }
 
 fn lane_index(lane: Lane) -> usize {
-    match lane {
-        Lane::OnTime => 0,
-        Lane::Late => 1,
-    }
+    lane.index()
 }
 
-const LANES: [Lane; 2] = [Lane::OnTime, Lane::Late];
+const LANES: [Lane; 3] = Lane::ALL;
+
+const DUPLICATE: Counts = Counts {
+    clicks: 1,
+    unique: 0,
+    fraud: 0,
+};
+const CLEAN: Counts = Counts {
+    clicks: 1,
+    unique: 1,
+    fraud: 0,
+};
+const FRAUD: Counts = Counts {
+    clicks: 1,
+    unique: 0,
+    fraud: 1,
+};
 
 impl PartitionAggregator {
     pub fn new(
@@ -234,6 +297,7 @@ impl PartitionAggregator {
             staged_fraud_list: None,
             windows: Default::default(),
             hours: Default::default(),
+            processing_ms: 0,
             stats: PartitionStats::default(),
             spare_checkpoint_bytes: Vec::new(),
         }
@@ -264,14 +328,16 @@ impl PartitionAggregator {
         self.windows[0].len()
     }
 
-    /// Decodes and counts a batch of log records. Undecodable records are counted in the stats
-    /// and returned, never silently skipped.
+    /// Decodes and counts a batch of log records read at `processing_ms` (the worker's clock).
+    /// Undecodable and quarantined records are counted in the stats and returned, never
+    /// silently skipped.
     pub fn on_batch<'a>(
         &mut self,
         records: impl IntoIterator<Item = (Offset, &'a [u8])>,
         processing_ms: u64,
-    ) -> Vec<(Offset, CodecError)> {
-        let mut undecodable = Vec::new();
+    ) -> Vec<(Offset, RecordProblem)> {
+        self.processing_ms = processing_ms;
+        let mut problems = Vec::new();
         // Software pipelining: each record is decoded `PREFETCH_DISTANCE` records before it is
         // counted, and the table slots it will touch (dedup, its window and hour series, its IP's
         // rate counter) are requested from memory then. Those slots are mostly cache misses into
@@ -305,21 +371,25 @@ impl PartitionAggregator {
             }
             let slot = &mut ahead[index % AHEAD];
             match slot {
-                Some(Ok(staged)) => self.count(offset, staged),
+                Some(Ok(staged)) => {
+                    if let Err(problem) = self.count(offset, staged) {
+                        problems.push((offset, problem));
+                    }
+                }
                 _ => {
                     let Some(Err(error)) = slot.take() else {
                         unreachable!("every record is staged before it is counted");
                     };
                     self.advance_offset(offset);
                     self.stats.undecodable += 1;
-                    undecodable.push((offset, error));
+                    problems.push((offset, RecordProblem::Undecodable(error)));
                 }
             }
         }
         if !records.is_empty() {
             self.watermark.observe_activity(processing_ms);
         }
-        undecodable
+        problems
     }
 
     /// Names every key `click` will touch and hashes each once.
@@ -363,67 +433,85 @@ impl PartitionAggregator {
         self.stats.records += 1;
     }
 
-    /// Counts one decoded click read at `offset`.
-    pub fn on_click(&mut self, offset: Offset, click: &ClickView<'_>) {
+    /// Counts one decoded click read at `offset` at `processing_ms` (the worker's clock).
+    pub fn on_click(
+        &mut self,
+        offset: Offset,
+        click: &ClickView<'_>,
+        processing_ms: u64,
+    ) -> Result<(), RecordProblem> {
+        self.processing_ms = processing_ms;
         let staged = self.stage(*click);
-        self.count(offset, &staged);
+        self.count(offset, &staged)
     }
 
-    fn count(&mut self, offset: Offset, staged: &Staged<'_>) {
+    /// Decides and counts one click (the module docs give the order of the rules).
+    fn count(&mut self, offset: Offset, staged: &Staged<'_>) -> Result<(), RecordProblem> {
         self.advance_offset(offset);
-        self.stats.clicks += 1;
         let click = &staged.click;
         let event_time_ms = click.event_time_ms.0;
+        if !event_time_in_bounds(event_time_ms, self.processing_ms) {
+            self.stats.quarantined += 1;
+            return Err(RecordProblem::Quarantined {
+                event_time_ms,
+                processing_ms: self.processing_ms,
+            });
+        }
+        self.stats.clicks += 1;
         let window = &self.config.window;
         let window_start_ms = staged.window_start_ms;
         let watermark_ms = self.watermark.watermark_ms;
-        let lane = if window.close_at(window_start_ms, window.window_ms) > watermark_ms {
+        let window_lane = if window.close_at(window_start_ms, window.window_ms) > watermark_ms {
             Lane::OnTime
         } else if window.retire_at(window_start_ms, window.window_ms) > watermark_ms {
-            self.stats.late += 1;
             Lane::Late
         } else {
             self.stats.expired += 1;
-            return;
+            return Ok(());
         };
-        self.watermark.observe_event(event_time_ms, window);
+        self.watermark
+            .observe_event(event_time_ms, self.processing_ms, window);
 
-        let delta = match self
-            .dedup
-            .insert_hashed(click.click_id, staged.dedup_hash, event_time_ms)
-        {
-            DedupOutcome::Duplicate => {
-                self.stats.duplicates += 1;
-                Counts {
-                    clicks: 1,
-                    unique: 0,
-                    fraud: 0,
+        let (lane, delta) =
+            match self
+                .dedup
+                .insert_hashed(click.click_id, staged.dedup_hash, event_time_ms)
+            {
+                DedupOutcome::Duplicate => {
+                    self.stats.duplicates += 1;
+                    (window_lane, DUPLICATE)
                 }
-            }
-            DedupOutcome::New => match self.fraud_verdict(staged) {
-                FraudVerdict::Clean => Counts {
-                    clicks: 1,
-                    unique: 1,
-                    fraud: 0,
+                DedupOutcome::Unverifiable => {
+                    self.taint_rate_minute(staged);
+                    (Lane::Unverified, self.unverified_counts(staged))
+                }
+                DedupOutcome::New => match self.fraud_verdict(staged) {
+                    Some(FraudVerdict::Clean) => (window_lane, CLEAN),
+                    Some(_) => (window_lane, FRAUD),
+                    None => (Lane::Unverified, self.unverified_counts(staged)),
                 },
-                _ => Counts {
-                    clicks: 1,
-                    unique: 0,
-                    fraud: 1,
-                },
-            },
-        };
+            };
+        match lane {
+            Lane::OnTime => {}
+            Lane::Late => self.stats.late += 1,
+            Lane::Unverified => self.stats.unverified += 1,
+        }
         let (window_key, hour_key) = series_keys(click, window_start_ms);
         self.windows[lane_index(lane)].add_hashed(window_key, staged.window_hash, delta);
         self.hours[lane_index(lane)].add_hashed(hour_key, staged.hour_hash, delta);
+        Ok(())
     }
 
     /// Every unique click counts toward its IP's rate, whatever the list says: the decision of
-    /// `fraud::judge`, on the hashes computed when the click was staged.
-    fn fraud_verdict(&mut self, staged: &Staged<'_>) -> FraudVerdict {
+    /// `fraud::judge`, on the hashes computed when the click was staged. `None` when the rate
+    /// counter is tainted (an unverified click of the IP and minute came first): the click is
+    /// unverified, and nothing is counted toward the rate.
+    fn fraud_verdict(&mut self, staged: &Staged<'_>) -> Option<FraudVerdict> {
         let click = &staged.click;
         let rate_key = RateRule::key(click.ip, click.event_time_ms.0);
-        let within_rate = self.rate.admit_hashed(rate_key, staged.rate_hash);
+        let within_rate = self
+            .rate
+            .admit_verified_hashed(rate_key, staged.rate_hash)?;
         let verdict = crate::fraud::decide(self.fraud_list.check_hashed(staged.fraud), within_rate);
         match verdict {
             FraudVerdict::Clean => {}
@@ -431,13 +519,42 @@ impl PartitionAggregator {
             FraudVerdict::KnownBadUserAgent => self.stats.fraud_known_user_agent += 1,
             FraudVerdict::RateExceeded => self.stats.fraud_rate += 1,
         }
-        verdict
+        Some(verdict)
     }
 
-    /// An idle partition's watermark follows processing time. Returns whether it moved.
+    /// An unverified click's counts: the fraud list's verdict alone (it needs no memory, so it
+    /// is billing's too); dedup and the rate rule are billing's to apply.
+    fn unverified_counts(&self, staged: &Staged<'_>) -> Counts {
+        match self.fraud_list.check_hashed(staged.fraud) {
+            FraudVerdict::Clean => CLEAN,
+            _ => FRAUD,
+        }
+    }
+
+    /// An unverified click of a minute whose counters are still kept makes its IP's counter
+    /// incomplete (`rate_rule` says why). A minute wholly below the cutoff has no counters.
+    fn taint_rate_minute(&mut self, staged: &Staged<'_>) {
+        let click = &staged.click;
+        let rate_key = RateRule::key(click.ip, click.event_time_ms.0);
+        if rate_key.minute_start_ms + limits::RATE_RULE_WINDOW_MS > self.dedup.cutoff_ms() {
+            self.rate.taint_hashed(rate_key, staged.rate_hash);
+        }
+    }
+
+    /// An idle partition's watermark follows processing time. Call it only once the partition
+    /// has read up to a known end of the log: an empty read alone may hide a backlog, which a
+    /// watermark moved ahead would send to the late lane. Returns whether it moved.
     pub fn on_idle(&mut self, processing_ms: u64) -> bool {
+        self.processing_ms = processing_ms;
         self.watermark
             .advance_idle(processing_ms, &self.config.window)
+    }
+
+    /// Whether `on_idle(processing_ms)` would move the watermark: callers check this before
+    /// asking the log whether they are caught up.
+    pub fn idle_advance_due(&self, processing_ms: u64) -> bool {
+        self.watermark
+            .idle_advance_due(processing_ms, &self.config.window)
     }
 
     /// Moves the watermark to at least `watermark_ms` (batch mode: `u64::MAX` closes everything).
@@ -489,7 +606,7 @@ impl PartitionAggregator {
                         window.close_at(start, limits::HOUR_MS)
                     }),
                 ),
-                Lane::Late => (
+                Lane::Late | Lane::Unverified => (
                     self.windows[index].retire_before(watermark_ms, |start| {
                         window.retire_at(start, window.window_ms)
                     }),
@@ -527,8 +644,8 @@ impl PartitionAggregator {
             );
         }
         let changed_rate = self.rate.take_changed();
-        self.retire_rate_counters();
         self.dedup.expire(watermark_ms);
+        self.retire_rate_counters();
         let dedup_journal = self.dedup.take_journal();
 
         self.epoch = epoch;
@@ -584,12 +701,13 @@ impl PartitionAggregator {
         self.committed_epoch = epoch;
     }
 
+    /// A minute's rate counters go once the whole minute is below the dedup cutoff: every click
+    /// of it is unverifiable from then on, so no decision needs them. Kept until then, they
+    /// decide late clicks within the horizon exactly as billing does.
     fn retire_rate_counters(&mut self) {
-        let window = self.config.window;
-        self.rate
-            .retire_before(self.watermark.watermark_ms, |start| {
-                window.close_at(start, limits::RATE_RULE_WINDOW_MS)
-            });
+        self.rate.retire_before(self.dedup.cutoff_ms(), |start| {
+            start + limits::RATE_RULE_WINDOW_MS
+        });
     }
 
     fn checkpoint_scalars(&self, kind: CheckpointKind) -> PartitionCheckpoint {
@@ -725,12 +843,14 @@ impl PartitionAggregator {
         self.hours[0].retire_before(watermark_ms, |start| {
             window.close_at(start, limits::HOUR_MS)
         });
-        self.windows[1].retire_before(watermark_ms, |start| {
-            window.retire_at(start, window.window_ms)
-        });
-        self.hours[1].retire_before(watermark_ms, |start| {
-            window.retire_at(start, limits::HOUR_MS)
-        });
+        for lane in [Lane::Late, Lane::Unverified] {
+            self.windows[lane.index()].retire_before(watermark_ms, |start| {
+                window.retire_at(start, window.window_ms)
+            });
+            self.hours[lane.index()].retire_before(watermark_ms, |start| {
+                window.retire_at(start, limits::HOUR_MS)
+            });
+        }
         self.retire_rate_counters();
     }
 }

@@ -13,6 +13,13 @@
 //! counters in old minutes at nearly every barrier
 //! (reports/2026-11-28-rust-svc/hot-path-session-4.md).
 //!
+//! **Tainted counters.** The aggregator counts only the clicks it can verify (`window` names the
+//! lanes). When a click of an IP and minute goes unverified while the minute still has live
+//! counters, the counter no longer holds every unique click billing will count for it, so it is
+//! *tainted*: every later unique click of that IP and minute is unverified too, and billing,
+//! which counts the whole period, decides them. So a verified click's rate decision is always
+//! billing's.
+//!
 //! **Invariant:** the rule's decisions and checkpoint form depend only on the sequence of
 //! calls; the table's hasher has a fixed seed and slot order never leaves this module.
 
@@ -92,6 +99,8 @@ struct Counter {
     clicks: u32,
     /// Changed since the last barrier (and listed in its minute's `changed`).
     changed: bool,
+    /// An unverified click of this IP and minute came by: the count is no longer complete.
+    tainted: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -151,6 +160,44 @@ impl RateRule {
         clicks <= self.clicks_per_ip_per_minute_max
     }
 
+    /// `admit_hashed` for the aggregator, which counts only what it can verify: `None` (and
+    /// nothing counted) when the counter is tainted, else whether the click is within the rule.
+    pub fn admit_verified_hashed(&mut self, key: RateKey, hash: u64) -> Option<bool> {
+        debug_assert_eq!(hash, key.hash(), "a hash from RateKey::hash");
+        let max = self.clicks_per_ip_per_minute_max;
+        let minute = self.minute_mut(key.minute_start_ms);
+        let counter = minute
+            .counters
+            .get_or_insert_hashed(key.ip_halves, hash, Counter::default());
+        if counter.tainted {
+            return None;
+        }
+        counter.clicks = counter.clicks.saturating_add(1);
+        let clicks = counter.clicks;
+        if !counter.changed {
+            counter.changed = true;
+            minute.changed.push(key.ip_halves);
+        }
+        Some(clicks <= max)
+    }
+
+    /// Marks the counter of `key` incomplete: an unverified click of its IP and minute came by.
+    pub fn taint_hashed(&mut self, key: RateKey, hash: u64) {
+        debug_assert_eq!(hash, key.hash(), "a hash from RateKey::hash");
+        let minute = self.minute_mut(key.minute_start_ms);
+        let counter = minute
+            .counters
+            .get_or_insert_hashed(key.ip_halves, hash, Counter::default());
+        if counter.tainted {
+            return;
+        }
+        counter.tainted = true;
+        if !counter.changed {
+            counter.changed = true;
+            minute.changed.push(key.ip_halves);
+        }
+    }
+
     /// Asks the CPU to start loading the counter of the key in the minute starting at
     /// `minute_start_ms` whose `RateKey::hash` is `hash`. A hint only: no effect on results.
     #[inline]
@@ -196,7 +243,7 @@ impl RateRule {
                     ip_halves: *ip,
                     minute_start_ms: *start_ms,
                 };
-                taken.push((key, on_the_wire(counter.clicks)));
+                taken.push((key, on_the_wire(counter)));
             }
             // Cleared, not dropped: the list's memory serves the next epoch.
             changed.clear();
@@ -239,7 +286,7 @@ impl RateRule {
                     ip_halves: *ip,
                     minute_start_ms: minute.start_ms,
                 };
-                (key, on_the_wire(counter.clicks))
+                (key, on_the_wire(counter))
             }));
         }
         all.sort_unstable_by_key(|(key, _)| *key);
@@ -252,14 +299,17 @@ impl RateRule {
             // The rule's threshold is a u32: more clicks than that from one IP in a minute is
             // over any threshold either way.
             let clicks = u32::try_from(counts.clicks).unwrap_or(u32::MAX);
+            let tainted = counts.fraud != 0;
             let counter = self.minute_mut(key.minute_start_ms).counters.get_or_insert(
                 key.ip_halves,
                 Counter {
                     clicks,
                     changed: false,
+                    tainted,
                 },
             );
             counter.clicks = clicks;
+            counter.tainted = tainted;
         }
     }
 
@@ -298,11 +348,13 @@ pub fn minute_start(event_time_ms: u64) -> u64 {
     event_time_ms - event_time_ms % limits::RATE_RULE_WINDOW_MS
 }
 
-fn on_the_wire(clicks: u32) -> Counts {
+/// A counter's checkpoint form: its clicks in `clicks`, and 1 in `fraud` when it is tainted
+/// (the field is otherwise unused, so the format did not change for the taint).
+fn on_the_wire(counter: &Counter) -> Counts {
     Counts {
-        clicks: u64::from(clicks),
+        clicks: u64::from(counter.clicks),
         unique: 0,
-        fraud: 0,
+        fraud: u64::from(counter.tainted),
     }
 }
 

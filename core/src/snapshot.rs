@@ -13,7 +13,8 @@
 //! fixed width: their count (u64 LE), then per id its 16 bytes (LE) and its bucket (u32 LE). The
 //! ids are nearly all of a checkpoint, and random 128-bit ids gain nothing from postcard's
 //! varints (19 bytes each, encoded a byte at a time); packed, they cost 20 bytes and a copy.
-//! Format 1 (every field in postcard) is still read.
+//! Format 3 added the unverified and quarantined counters to the stats. Formats 1 (every field
+//! in postcard) and 2 are still read; their counters read as 0.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,9 +25,11 @@ use crate::limits;
 use crate::window::{Counts, HourKey, Lane, Watermark, WindowKey};
 
 const MAGIC: [u8; 4] = *b"ADCK";
-pub const SNAPSHOT_FORMAT_VERSION: u16 = 2;
+pub const SNAPSHOT_FORMAT_VERSION: u16 = 3;
 /// The format before the dedup ids were packed; still read.
 const FORMAT_POSTCARD_IDS: u16 = 1;
+/// The format before the stats counted unverified and quarantined clicks; still read.
+const FORMAT_PACKED_IDS: u16 = 2;
 /// Bytes of one packed dedup id: the id and its bucket.
 const PACKED_ID_BYTES: usize = 16 + 4;
 const HEADER_BYTES: usize = 4 + 2 + 4 + 8;
@@ -54,6 +57,45 @@ pub struct PartitionStats {
     pub late: u64,
     /// Clicks older than the late retention: counted here and nowhere else.
     pub expired: u64,
+    /// Clicks counted in the unverified lane: the fast path could not decide them.
+    #[serde(default)]
+    pub unverified: u64,
+    /// Records whose event time is outside ingest's bounds against the worker's clock: counted
+    /// here, in no lane.
+    #[serde(default)]
+    pub quarantined: u64,
+}
+
+/// `PartitionStats` as formats 1 and 2 hold them.
+#[derive(Clone, Copy, Deserialize)]
+struct PartitionStatsV2 {
+    records: u64,
+    undecodable: u64,
+    clicks: u64,
+    duplicates: u64,
+    fraud_known_ip: u64,
+    fraud_known_user_agent: u64,
+    fraud_rate: u64,
+    late: u64,
+    expired: u64,
+}
+
+impl From<PartitionStatsV2> for PartitionStats {
+    fn from(old: PartitionStatsV2) -> PartitionStats {
+        PartitionStats {
+            records: old.records,
+            undecodable: old.undecodable,
+            clicks: old.clicks,
+            duplicates: old.duplicates,
+            fraud_known_ip: old.fraud_known_ip,
+            fraud_known_user_agent: old.fraud_known_user_agent,
+            fraud_rate: old.fraud_rate,
+            late: old.late,
+            expired: old.expired,
+            unverified: 0,
+            quarantined: 0,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,7 +128,7 @@ pub enum SnapshotError {
     #[error("checkpoint does not start with the adclick magic bytes")]
     BadMagic,
     #[error(
-        "checkpoint format version {version} is unknown, this build reads {FORMAT_POSTCARD_IDS} and {SNAPSHOT_FORMAT_VERSION}"
+        "checkpoint format version {version} is unknown, this build reads {FORMAT_POSTCARD_IDS} to {SNAPSHOT_FORMAT_VERSION}"
     )]
     UnknownVersion { version: u16 },
     #[error(
@@ -125,7 +167,7 @@ struct Format1Body {
     next_offset: Offset,
     watermark: Watermark,
     fraud_list_version: FraudListVersion,
-    stats: PartitionStats,
+    stats: PartitionStatsV2,
     windows: Vec<(Lane, WindowKey, Counts)>,
     hours: Vec<(Lane, HourKey, Counts)>,
     rate: Vec<(RateKey, Counts)>,
@@ -134,6 +176,47 @@ struct Format1Body {
     dedup_stats: DedupStats,
     window_ms: u64,
     dedup_bucket_ms: u64,
+}
+
+/// Format 2's postcard part: format 3's with the old stats. Only read.
+#[derive(Deserialize)]
+struct Format2Body {
+    partition: PartitionId,
+    epoch: Epoch,
+    kind: CheckpointKind,
+    next_offset: Offset,
+    watermark: Watermark,
+    fraud_list_version: FraudListVersion,
+    stats: PartitionStatsV2,
+    windows: Vec<(Lane, WindowKey, Counts)>,
+    hours: Vec<(Lane, HourKey, Counts)>,
+    rate: Vec<(RateKey, Counts)>,
+    dedup_cutoff_bucket: u32,
+    dedup_stats: DedupStats,
+    window_ms: u64,
+    dedup_bucket_ms: u64,
+}
+
+impl From<Format2Body> for PartitionCheckpoint {
+    fn from(body: Format2Body) -> Self {
+        PartitionCheckpoint {
+            partition: body.partition,
+            epoch: body.epoch,
+            kind: body.kind,
+            next_offset: body.next_offset,
+            watermark: body.watermark,
+            fraud_list_version: body.fraud_list_version,
+            stats: body.stats.into(),
+            windows: body.windows,
+            hours: body.hours,
+            rate: body.rate,
+            dedup_ids: Vec::new(),
+            dedup_cutoff_bucket: body.dedup_cutoff_bucket,
+            dedup_stats: body.dedup_stats,
+            window_ms: body.window_ms,
+            dedup_bucket_ms: body.dedup_bucket_ms,
+        }
+    }
 }
 
 impl From<Format1Body> for PartitionCheckpoint {
@@ -145,7 +228,7 @@ impl From<Format1Body> for PartitionCheckpoint {
             next_offset: body.next_offset,
             watermark: body.watermark,
             fraud_list_version: body.fraud_list_version,
-            stats: body.stats,
+            stats: body.stats.into(),
             windows: body.windows,
             hours: body.hours,
             rate: body.rate,
@@ -201,7 +284,13 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<PartitionCheckpoint, SnapshotEr
         return Err(SnapshotError::BadMagic);
     }
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-    if version != SNAPSHOT_FORMAT_VERSION && version != FORMAT_POSTCARD_IDS {
+    if ![
+        SNAPSHOT_FORMAT_VERSION,
+        FORMAT_PACKED_IDS,
+        FORMAT_POSTCARD_IDS,
+    ]
+    .contains(&version)
+    {
         return Err(SnapshotError::UnknownVersion { version });
     }
     let expected = u32::from_le_bytes(bytes[6..10].try_into().expect("header length checked"));
@@ -231,8 +320,13 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<PartitionCheckpoint, SnapshotEr
         let body: Format1Body = postcard::from_bytes(body).map_err(body_error)?;
         return Ok(body.into());
     }
-    let (mut checkpoint, packed): (PartitionCheckpoint, &[u8]) =
-        postcard::take_from_bytes(body).map_err(body_error)?;
+    let (mut checkpoint, packed): (PartitionCheckpoint, &[u8]) = if version == FORMAT_PACKED_IDS {
+        let (body, packed): (Format2Body, &[u8]) =
+            postcard::take_from_bytes(body).map_err(body_error)?;
+        (body.into(), packed)
+    } else {
+        postcard::take_from_bytes(body).map_err(body_error)?
+    };
     checkpoint.dedup_ids = unpack_ids(packed)?;
     Ok(checkpoint)
 }

@@ -2,12 +2,29 @@
 //!
 //! Each click is counted in a window of `window_ms` keyed by (campaign, ad, salt), and in an hour
 //! rollup keyed by (campaign, salt) that billing reconciles against. Which *lane* a click goes to
-//! is decided once, at the window level: on time while the window is open, late once the
-//! watermark has passed the window's end plus the allowed lateness. The hour rollup follows the
-//! window's decision, so an hour's on-time total is always the sum of its windows' on-time totals.
+//! is decided once per click (`operator` applies the rules); the hour rollup follows the window's
+//! decision, so an hour's total in a lane is always the sum of its windows' totals in that lane:
 //!
-//! **Invariant:** this module never reads a clock. The watermark moves with event times and, for an
-//! idle partition, with a processing time the caller passes in.
+//! - **on time**: the window is open (the watermark is below its end plus `allowed_lateness_ms`);
+//!   the click updates the window in place.
+//! - **late**: the window closed, but the click is still within the dedup horizon, so dedup and
+//!   the rate rule decide it exactly, as on time. Kept for `late_retention_ms`.
+//! - **unverified**: the fast path cannot decide the click exactly: its event time is below the
+//!   dedup cutoff (watermark minus `dedup_horizon_ms`, or higher where the dedup bound evicted
+//!   ids early), or an earlier click of its IP and minute was. Counted (`clicks`, and `unique`
+//!   or `fraud` by the fraud list alone, with no dedup and no rate rule), never as verified
+//!   unique; billing, which dedupes over its whole period, decides it.
+//!
+//! The watermark is the max event time seen minus `max_out_of_orderness_ms`, where an event time
+//! counts for at most the worker's processing time plus `WATERMARK_AHEAD_OF_PROCESSING_MS_MAX`:
+//! a client clock that runs ahead never moves it past the worker's own clock. An idle partition
+//! follows processing time (the caller says when it is caught up with the log). A record whose
+//! event time is outside ingest's bounds, measured against the worker's clock and widened by the
+//! `QUARANTINE_*_SLACK_MS` bounds, is quarantined (`event_time_in_bounds`): counted apart,
+//! never in a lane, and never moving the watermark.
+//!
+//! **Invariant:** this module never reads a clock. The watermark moves with event times and
+//! processing times the caller passes in.
 
 use std::hash::Hash;
 
@@ -102,23 +119,63 @@ pub enum Lane {
     OnTime,
     /// The window closed: the click goes to the late side output of that window.
     Late,
+    /// Past what the fast path can deduplicate or rate-check: counted apart, billing decides.
+    Unverified,
 }
 
-/// The per-partition watermark: the max event time seen minus the out-of-orderness bound, moved
-/// by processing time while the partition is idle. It never goes backwards.
+impl Lane {
+    pub const ALL: [Lane; 3] = [Lane::OnTime, Lane::Late, Lane::Unverified];
+
+    /// Dense index, for per-lane arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Lane::OnTime => 0,
+            Lane::Late => 1,
+            Lane::Unverified => 2,
+        }
+    }
+
+    /// Verified lanes count every click exactly: dedup and the rate rule decided it.
+    pub fn is_verified(self) -> bool {
+        self != Lane::Unverified
+    }
+}
+
+/// Whether a record's event time is one ingest could have accepted, judged against the worker's
+/// clock (`processing_ms`) with slack for node skew and consumer lag. Outside: quarantined.
+pub fn event_time_in_bounds(event_time_ms: u64, processing_ms: u64) -> bool {
+    let newest_ms = processing_ms
+        .saturating_add(limits::EVENT_TIME_FUTURE_MS_MAX)
+        .saturating_add(limits::QUARANTINE_NODE_SKEW_SLACK_MS);
+    let oldest_ms = processing_ms
+        .saturating_sub(limits::EVENT_AGE_MS_MAX)
+        .saturating_sub(limits::QUARANTINE_CONSUMER_LAG_SLACK_MS);
+    (oldest_ms..=newest_ms).contains(&event_time_ms)
+}
+
+/// The per-partition watermark: the max event time seen (each bounded by the processing time it
+/// was seen at) minus the out-of-orderness bound, moved by processing time while the partition is
+/// idle and caught up. It never goes backwards.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Watermark {
     pub watermark_ms: u64,
+    /// The max event time seen, each bounded by `processing_ms +
+    /// WATERMARK_AHEAD_OF_PROCESSING_MS_MAX` at the time it was seen.
     pub max_event_time_ms: u64,
     /// Processing time of the last batch that held events; `None` before the first.
     pub last_activity_processing_ms: Option<u64>,
 }
 
 impl Watermark {
-    pub fn observe_event(&mut self, event_time_ms: u64, config: &WindowConfig) {
-        if event_time_ms > self.max_event_time_ms {
-            self.max_event_time_ms = event_time_ms;
-            let candidate = event_time_ms.saturating_sub(config.max_out_of_orderness_ms);
+    /// An event time seen at `processing_ms`. A time ahead of the worker's clock counts only as
+    /// far as the clock plus the allowance, so that one fast client clock cannot close current
+    /// windows, expire the dedup set or retire the rate rule's current minutes.
+    pub fn observe_event(&mut self, event_time_ms: u64, processing_ms: u64, config: &WindowConfig) {
+        let bounded_ms = event_time_ms
+            .min(processing_ms.saturating_add(limits::WATERMARK_AHEAD_OF_PROCESSING_MS_MAX));
+        if bounded_ms > self.max_event_time_ms {
+            self.max_event_time_ms = bounded_ms;
+            let candidate = bounded_ms.saturating_sub(config.max_out_of_orderness_ms);
             self.watermark_ms = self.watermark_ms.max(candidate);
         }
     }
@@ -128,18 +185,24 @@ impl Watermark {
     }
 
     /// Advances an idle partition's watermark with processing time, so that an idle partition
-    /// never stalls output. Returns whether the watermark moved.
+    /// never stalls output. The caller calls it only once the partition has read up to a known
+    /// end of the log: one empty read says nothing about a backlog. Returns whether it moved.
     pub fn advance_idle(&mut self, processing_ms: u64, config: &WindowConfig) -> bool {
+        if !self.idle_advance_due(processing_ms, config) {
+            return false;
+        }
+        self.watermark_ms = processing_ms.saturating_sub(config.max_out_of_orderness_ms);
+        true
+    }
+
+    /// Whether `advance_idle` at `processing_ms` would move the watermark: the partition has
+    /// been idle for the idle timeout and the clock is ahead of the watermark.
+    pub fn idle_advance_due(&self, processing_ms: u64, config: &WindowConfig) -> bool {
         let idle = match self.last_activity_processing_ms {
             None => true,
             Some(last) => processing_ms.saturating_sub(last) >= config.idle_timeout_ms,
         };
-        let candidate = processing_ms.saturating_sub(config.max_out_of_orderness_ms);
-        if idle && candidate > self.watermark_ms {
-            self.watermark_ms = candidate;
-            return true;
-        }
-        false
+        idle && processing_ms.saturating_sub(config.max_out_of_orderness_ms) > self.watermark_ms
     }
 
     /// End of input (batch mode): every window closes.
@@ -371,9 +434,9 @@ mod tests {
     fn watermark_trails_max_event_time_and_never_goes_back() {
         let config = WindowConfig::default();
         let mut watermark = Watermark::default();
-        watermark.observe_event(100_000, &config);
+        watermark.observe_event(100_000, 100_000, &config);
         assert_eq!(watermark.watermark_ms, 95_000);
-        watermark.observe_event(50_000, &config);
+        watermark.observe_event(50_000, 100_000, &config);
         assert_eq!(watermark.watermark_ms, 95_000);
         watermark.observe_activity(1_000);
         assert!(!watermark.advance_idle(5_999, &config), "not idle yet");
@@ -383,6 +446,44 @@ mod tests {
             !watermark.advance_idle(1, &config),
             "processing time going back is ignored"
         );
+    }
+
+    /// Regression (a future-dated click moved the watermark): a click stamped 295 s ahead,
+    /// which ingest accepts, pushed the watermark 295 s past the worker's clock, so a resend of a
+    /// current click counted again in the late lane and current windows read final.
+    #[test]
+    fn a_future_dated_click_moves_the_watermark_only_as_far_as_the_clock_allows() {
+        let config = WindowConfig::default();
+        let now_ms = 1_800_000_000_000;
+        let mut watermark = Watermark::default();
+        watermark.observe_event(now_ms, now_ms, &config);
+        watermark.observe_event(now_ms + 295_000, now_ms, &config);
+        assert_eq!(
+            watermark.watermark_ms,
+            now_ms + limits::WATERMARK_AHEAD_OF_PROCESSING_MS_MAX - config.max_out_of_orderness_ms
+        );
+        // An outside producer's microseconds: the same bound.
+        watermark.observe_event(now_ms * 1000, now_ms + 1, &config);
+        assert!(
+            watermark.watermark_ms <= now_ms + 1 + limits::WATERMARK_AHEAD_OF_PROCESSING_MS_MAX
+        );
+    }
+
+    #[test]
+    fn event_times_outside_ingest_bounds_plus_slack_are_out_of_bounds() {
+        let now_ms = 1_800_000_000_000;
+        let future_ms = limits::EVENT_TIME_FUTURE_MS_MAX + limits::QUARANTINE_NODE_SKEW_SLACK_MS;
+        let past_ms = limits::EVENT_AGE_MS_MAX + limits::QUARANTINE_CONSUMER_LAG_SLACK_MS;
+        assert!(event_time_in_bounds(now_ms, now_ms));
+        assert!(event_time_in_bounds(now_ms + future_ms, now_ms));
+        assert!(!event_time_in_bounds(now_ms + future_ms + 1, now_ms));
+        assert!(
+            event_time_in_bounds(now_ms - past_ms, now_ms),
+            "a backlog a week behind"
+        );
+        assert!(!event_time_in_bounds(now_ms - past_ms - 1, now_ms));
+        assert!(!event_time_in_bounds(now_ms * 1000, now_ms), "microseconds");
+        assert!(!event_time_in_bounds(now_ms / 1000, now_ms), "seconds");
     }
 
     /// Both ways of taking the dirty series, the lookup of each (few dirty) and the pass over

@@ -12,6 +12,9 @@ pub const BUSY_RETRY_AFTER_MS: u64 = 100;
 pub const WORKER_READ_RECORDS_MAX: usize = 16_384;
 /// A worker with nothing to read sleeps this long before polling again.
 pub const WORKER_IDLE_POLL_MS: u64 = 5;
+/// An idle worker asks the log for its end offset (a broker round trip on Kafka) at most this
+/// often, before it lets the watermark follow the clock.
+pub const WORKER_END_OFFSET_CHECK_MS: u64 = 100;
 /// The checkpoint epoch.
 pub const EPOCH_MS_DEFAULT: u64 = 1_000;
 /// Records per clicks request at most (ingest API).

@@ -6,7 +6,7 @@
 //! seed = 42
 //! [traffic]      # rate, duration, campaigns, ads, Zipf exponent, countries
 //! [anomalies]    # duplicates, late events, bots, a viral campaign
-//! [faults]       # worker crashes, store errors
+//! [faults]       # worker crashes, store errors, log outages and empty reads
 //! [engine]       # partitions, epoch, window, lateness, dedup horizon, buffer
 //! [expect]       # which invariants must hold
 //! ```
@@ -131,7 +131,8 @@ pub struct Anomalies {
     /// Share of all traffic that goes to one viral campaign at the end of its ramp.
     pub viral_campaign_share: f64,
     pub viral_ramp_s: f64,
-    /// Client clock skew: event times are off by up to this much either way.
+    /// Client clock skew: event times are off by up to this much either way, at most
+    /// `EVENT_TIME_FUTURE_MS_MAX` (ingest refuses clicks further in the future).
     pub clock_skew_ms: u64,
     /// Simulator: clients send signed clicks through the ingest body parser, and this fraction
     /// of them is forged (unsigned, signed with a key nobody gave out, or altered after signing).
@@ -155,6 +156,10 @@ pub struct Faults {
     pub duplicate_append_rate: f64,
     /// Simulator only: fraction of checkpoint store calls that fail.
     pub checkpoint_error_rate: f64,
+    /// Fraction of log reads that return no records although the log holds records past the
+    /// read offset, as a Kafka consume that times out does, or a broker whose high watermark
+    /// lags (Tansu). Applies in the simulator and in `adclick run`.
+    pub log_empty_read_rate: f64,
     /// Simulator only: the ingest node crashes (losing its unflushed buffer) this often.
     pub ingest_crashes_per_min: f64,
     /// Simulator only: worker nodes paused (and resumed) per minute.
@@ -472,7 +477,10 @@ impl Scenario {
             return Err(invalid(
                 "anomalies.clock_skew_ms",
                 anomalies.clock_skew_ms.to_string(),
-                "must be within the ingest skew limit",
+                &format!(
+                    "must be at most {} (ingest refuses event times further in the future)",
+                    adclick_core::limits::EVENT_TIME_FUTURE_MS_MAX
+                ),
             ));
         }
         let faults = &self.faults;
@@ -480,6 +488,7 @@ impl Scenario {
         fraction("faults.log_error_rate", faults.log_error_rate)?;
         fraction("faults.duplicate_append_rate", faults.duplicate_append_rate)?;
         fraction("faults.checkpoint_error_rate", faults.checkpoint_error_rate)?;
+        fraction("faults.log_empty_read_rate", faults.log_empty_read_rate)?;
         for (key, rate) in [
             ("faults.node_pauses_per_min", faults.node_pauses_per_min),
             ("faults.takeovers_per_min", faults.takeovers_per_min),
@@ -618,6 +627,18 @@ mod tests {
         assert_eq!(
             error,
             "t.toml: `anomalies.late_fraction` = 1.5: must be between 0 and 1"
+        );
+        let bad = format!("{MINIMAL}[anomalies]\nclock_skew_ms = 300001\n");
+        let error = Scenario::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "t.toml: `anomalies.clock_skew_ms` = 300001: must be at most 300000 (ingest refuses event times further in the future)"
+        );
+        let bad = format!("{MINIMAL}[faults]\nlog_empty_read_rate = -0.1\n");
+        let error = Scenario::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "t.toml: `faults.log_empty_read_rate` = -0.1: must be between 0 and 1"
         );
         let bad = format!("{MINIMAL}[engine]\nwindow_ms = 7000\n");
         let error = Scenario::parse(&bad, "t.toml").unwrap_err().to_string();

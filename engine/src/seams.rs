@@ -260,6 +260,15 @@ pub struct PartitionStatus {
     pub next_offset: Offset,
     pub watermark: Watermark,
     pub stats: adclick_core::snapshot::PartitionStats,
+    /// Event times below this are unverifiable for the partition's dedup (the watermark minus
+    /// the horizon, or higher after early evictions): what the next epoch's clicks are judged
+    /// against. Checkers rebuild every click's lane from these.
+    #[serde(default)]
+    pub dedup_cutoff_ms: u64,
+    /// Buckets the dedup bound evicted before their time, so far: each raised the cutoff
+    /// mid-epoch.
+    #[serde(default)]
+    pub dedup_early_evictions: u64,
     /// Resource figures for operators (metrics); not part of any invariant.
     #[serde(default)]
     pub health: PartitionHealth,

@@ -22,6 +22,9 @@ use crate::seams::{
     Clock, Log, LogError, PartitionHealth, PartitionStatus, RealtimeStore, StoreError,
 };
 
+/// A batch with many bad records logs this many of them, and a count of the rest.
+const RECORD_PROBLEMS_LOGGED_PER_BATCH_MAX: usize = 8;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerConfig {
     pub epoch_ms: u64,
@@ -132,6 +135,8 @@ pub struct PartitionWorker {
     generation: Generation,
     aggregator: Option<PartitionAggregator>,
     last_barrier_ms: u64,
+    /// When an idle poll last asked the log for its end offset.
+    end_offset_checked_ms: u64,
     #[cfg(feature = "test-canaries")]
     canary_last_emitted: std::collections::HashMap<
         (adclick_core::operator::Series, adclick_core::window::Lane),
@@ -154,6 +159,7 @@ impl PartitionWorker {
             generation: Generation(0),
             aggregator: None,
             last_barrier_ms: 0,
+            end_offset_checked_ms: 0,
             #[cfg(feature = "test-canaries")]
             canary_last_emitted: Default::default(),
         }
@@ -244,6 +250,8 @@ impl PartitionWorker {
             next_offset: aggregator.next_offset(),
             watermark: aggregator.watermark(),
             stats: aggregator.stats(),
+            dedup_cutoff_ms: aggregator.dedup().cutoff_ms(),
+            dedup_early_evictions: aggregator.dedup().stats().early_evictions,
             health: PartitionHealth {
                 dedup_ids: aggregator.dedup().len() as u64,
                 dedup_bytes: aggregator.dedup().allocated_bytes() as u64,
@@ -366,19 +374,25 @@ impl PartitionWorker {
         let mut read = 0;
         for batch in &batches {
             read += batch.len();
-            let undecodable = self.aggregator().on_batch(batch.iter(), now_ms);
-            if let Some((offset, error)) = undecodable.first() {
+            let problems = self.aggregator().on_batch(batch.iter(), now_ms);
+            for (offset, problem) in problems.iter().take(RECORD_PROBLEMS_LOGGED_PER_BATCH_MAX) {
                 tracing::warn!(
                     partition = partition.0,
                     offset = offset.0,
-                    count = undecodable.len(),
-                    %error,
-                    "undecodable log records counted and skipped"
+                    %problem,
+                    "log record counted in no lane"
+                );
+            }
+            if problems.len() > RECORD_PROBLEMS_LOGGED_PER_BATCH_MAX {
+                tracing::warn!(
+                    partition = partition.0,
+                    more = problems.len() - RECORD_PROBLEMS_LOGGED_PER_BATCH_MAX,
+                    "more log records counted in no lane in this batch (see the partition's stats)"
                 );
             }
         }
         if read == 0 {
-            self.aggregator().on_idle(now_ms);
+            self.advance_idle_if_caught_up(from, now_ms).await?;
         }
         tracing::trace!(
             partition = partition.0,
@@ -388,6 +402,33 @@ impl PartitionWorker {
             "polled"
         );
         Ok(read)
+    }
+
+    /// An empty read alone says nothing about a backlog (a Kafka consume can time out with
+    /// records waiting): the idle watermark follows the clock only once the log's end offset
+    /// says this partition has read everything, including right after a restore.
+    async fn advance_idle_if_caught_up(
+        &mut self,
+        next_offset: Offset,
+        now_ms: u64,
+    ) -> Result<(), WorkerError> {
+        let checked_recently =
+            now_ms.saturating_sub(self.end_offset_checked_ms) < limits::WORKER_END_OFFSET_CHECK_MS;
+        if checked_recently || !self.aggregator().idle_advance_due(now_ms) {
+            return Ok(());
+        }
+        self.end_offset_checked_ms = now_ms;
+        let partition = self.partition;
+        let end = self
+            .env
+            .log
+            .end_offset(partition)
+            .await
+            .map_err(|source| WorkerError::Log { partition, source })?;
+        if end <= next_offset {
+            self.aggregator().on_idle(now_ms);
+        }
+        Ok(())
     }
 
     /// Runs until `stop` turns true, then takes a final checkpoint.

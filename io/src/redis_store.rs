@@ -176,6 +176,7 @@ fn lane_code(lane: Lane) -> &'static str {
     match lane {
         Lane::OnTime => "o",
         Lane::Late => "l",
+        Lane::Unverified => "u",
     }
 }
 
@@ -183,6 +184,7 @@ fn parse_lane(code: &str) -> Option<Lane> {
     match code {
         "o" => Some(Lane::OnTime),
         "l" => Some(Lane::Late),
+        "u" => Some(Lane::Unverified),
         _ => None,
     }
 }

@@ -69,6 +69,8 @@ fn status(partition: PartitionId, generation: Generation, epoch: u64) -> Partiti
         next_offset: Offset(epoch * 10),
         watermark: Default::default(),
         stats: Default::default(),
+        dedup_cutoff_ms: 0,
+        dedup_early_evictions: 0,
         health: Default::default(),
     }
 }

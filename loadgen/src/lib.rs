@@ -1,5 +1,6 @@
 //! Deterministic click traffic from a scenario: Zipf-distributed campaigns, a viral campaign's
-//! ramp, client resends (duplicates), late events, clock skew, bots from the fraud list and
+//! ramp, client resends (duplicates), late events (of every kind of click: ordinary, bots and
+//! high-rate IPs), clock skew (clamped to what ingest accepts), bots from the fraud list and
 //! high-rate IPs.
 //!
 //! **Invariant:** the same scenario and seed give the same events, in the same order, for the
@@ -24,6 +25,10 @@ const USER_AGENTS: [&str; 4] = [
 const BOT_USER_AGENT: &str = "ClickBot/3.1 (+fraud)";
 
 /// What kind of click the generator meant to send: the oracle's ground truth of intent.
+///
+/// Any fresh click can be late. `Late` is a late ordinary click, as it always was; late bots and
+/// late high-rate clicks keep their own kinds (`LateBot`, `LateHighRate`) so that nothing that
+/// counts by kind has to guess which of the two a late click was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClickKind {
     Normal,
@@ -31,6 +36,37 @@ pub enum ClickKind {
     Late,
     Bot,
     HighRate,
+    LateBot,
+    LateHighRate,
+}
+
+impl ClickKind {
+    /// Whether the click's event time lags the run's clock by `late_lag_ms`.
+    pub fn is_late(self) -> bool {
+        matches!(
+            self,
+            ClickKind::Late | ClickKind::LateBot | ClickKind::LateHighRate
+        )
+    }
+
+    /// Whether the click comes from an IP on the fraud list, on time or late.
+    pub fn is_bot(self) -> bool {
+        matches!(self, ClickKind::Bot | ClickKind::LateBot)
+    }
+
+    /// Whether the click comes from one of the high-rate IPs, on time or late.
+    pub fn is_high_rate(self) -> bool {
+        matches!(self, ClickKind::HighRate | ClickKind::LateHighRate)
+    }
+
+    /// The same kind of click, late.
+    fn late(self) -> ClickKind {
+        match self {
+            ClickKind::Bot | ClickKind::LateBot => ClickKind::LateBot,
+            ClickKind::HighRate | ClickKind::LateHighRate => ClickKind::LateHighRate,
+            ClickKind::Normal | ClickKind::Late | ClickKind::Resend => ClickKind::Late,
+        }
+    }
 }
 
 /// Clicks and what the generator meant each to be, side by side, so that the clicks can be
@@ -189,12 +225,16 @@ impl Generator {
         } else {
             0
         };
-        let mut event_time_ms = now_ms.saturating_add_signed(skew_ms);
-        // Only ordinary clicks are late: the rate rule is exact for on-time traffic, and late
-        // high-rate clicks are billing's to explain.
-        let kind = if kind == ClickKind::Normal && self.rng.random_bool(anomalies.late_fraction) {
+        // Ingest refuses event times more than `EVENT_TIME_FUTURE_MS_MAX` past its clock, which
+        // is at or after `now_ms` when the click arrives: a skewed client never goes past it.
+        let mut event_time_ms = now_ms
+            .saturating_add_signed(skew_ms)
+            .min(now_ms.saturating_add(limits::EVENT_TIME_FUTURE_MS_MAX));
+        // Every kind of click can be late, bots and high-rate IPs too: a late click must be
+        // judged exactly as an on-time one would be, whatever it is.
+        let kind = if self.rng.random_bool(anomalies.late_fraction) {
             event_time_ms = now_ms.saturating_sub(anomalies.late_lag_ms);
-            ClickKind::Late
+            kind.late()
         } else {
             kind
         };
@@ -252,23 +292,94 @@ mod tests {
     #[test]
     fn anomalies_appear_in_roughly_their_fractions() {
         let events = run(&mut Generator::new(&scenario()));
-        let count =
-            |kind| events.iter().filter(|(_, k)| *k == kind).count() as f64 / events.len() as f64;
-        assert!(
-            (0.05..0.15).contains(&count(ClickKind::Resend)),
-            "resends {}",
-            count(ClickKind::Resend)
-        );
-        assert!((0.02..0.08).contains(&count(ClickKind::Late)));
-        assert!((0.005..0.04).contains(&count(ClickKind::Bot)));
+        let share = |matches: fn(ClickKind) -> bool| {
+            events.iter().filter(|(_, kind)| matches(*kind)).count() as f64 / events.len() as f64
+        };
+        let resends = share(|kind| kind == ClickKind::Resend);
+        assert!((0.05..0.15).contains(&resends), "resends {resends}");
+        let late = share(ClickKind::is_late);
+        assert!((0.02..0.08).contains(&late), "late {late}");
+        let bots = share(ClickKind::is_bot);
+        assert!((0.005..0.04).contains(&bots), "bots {bots}");
         let list =
             adclick_core::fraud::FraudList::parse(&Generator::new(&scenario()).fraud_list_text())
                 .unwrap();
-        let bots = events.iter().filter(|(_, kind)| *kind == ClickKind::Bot);
+        let bots = events.iter().filter(|(_, kind)| kind.is_bot());
         assert!(
             bots.into_iter()
                 .all(|(event, _)| list.check(event.ip, &event.user_agent)
                     != adclick_core::fraud::FraudVerdict::Clean)
         );
+    }
+
+    /// Bots, high-rate IPs and ordinary clients are all late at `late_fraction`, each keeping its
+    /// kind, and a late click's resend is the same (late) click again.
+    #[test]
+    fn every_kind_of_click_can_be_late_and_be_resent() {
+        let mut scenario = scenario();
+        scenario.anomalies.late_fraction = 0.5;
+        scenario.anomalies.bot_fraction = 0.2;
+        scenario.anomalies.high_rate_ip_fraction = 0.2;
+        scenario.anomalies.high_rate_ips = 3;
+        scenario.anomalies.duplicate_fraction = 0.3;
+        let mut generator = Generator::new(&scenario);
+        let mut out = GeneratedBatch::default();
+        let mut late_ids = std::collections::HashSet::new();
+        let mut late_resends = 0;
+        for step in 0..50u64 {
+            out.clear();
+            let now_ms = 1_700_000_000_000 + step * 5;
+            generator.next_batch(now_ms, step * 5, 100, &mut out);
+            for (event, kind) in out.iter() {
+                if kind.is_late() {
+                    assert_eq!(
+                        event.event_time_ms.0,
+                        now_ms - scenario.anomalies.late_lag_ms
+                    );
+                    late_ids.insert(event.click_id);
+                } else if kind == ClickKind::Resend && late_ids.contains(&event.click_id) {
+                    late_resends += 1;
+                }
+                if kind.is_high_rate() {
+                    assert!(
+                        matches!(event.ip, IpAddr::V4(ip) if ip.octets()[..3] == [203, 0, 113])
+                    );
+                }
+            }
+        }
+        let events = run(&mut Generator::new(&scenario));
+        for kind in [ClickKind::Late, ClickKind::LateBot, ClickKind::LateHighRate] {
+            let count = events.iter().filter(|(_, k)| *k == kind).count();
+            assert!(count > 100, "{kind:?}: {count}");
+        }
+        assert!(late_resends > 100, "resends of late clicks: {late_resends}");
+    }
+
+    /// A skew larger than ingest allows (only a scenario built without validation has one) is
+    /// clamped to `EVENT_TIME_FUTURE_MS_MAX` past the run's clock; the full allowance is reached.
+    #[test]
+    fn skewed_clocks_stay_within_what_ingest_accepts() {
+        let bound_ms = limits::EVENT_TIME_FUTURE_MS_MAX;
+        for skew_ms in [bound_ms, 10 * bound_ms] {
+            let mut scenario = scenario();
+            scenario.anomalies.clock_skew_ms = skew_ms;
+            let mut generator = Generator::new(&scenario);
+            let mut out = GeneratedBatch::default();
+            let mut ahead_ms_max = 0;
+            for step in 0..50u64 {
+                out.clear();
+                let now_ms = 1_700_000_000_000 + step * 5;
+                generator.next_batch(now_ms, step * 5, 100, &mut out);
+                for (event, _) in out.iter() {
+                    let ahead_ms = event.event_time_ms.0.saturating_sub(now_ms);
+                    assert!(ahead_ms <= bound_ms, "skew {skew_ms}: {ahead_ms} ms ahead");
+                    ahead_ms_max = ahead_ms_max.max(ahead_ms);
+                }
+            }
+            assert!(
+                ahead_ms_max > bound_ms * 9 / 10,
+                "skew {skew_ms}: {ahead_ms_max}"
+            );
+        }
     }
 }

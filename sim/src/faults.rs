@@ -4,6 +4,13 @@
 //! (`SimLog`, `SimStore`, `SimBlobs`) consult it on every call. Errors strike before or after the
 //! wrapped effect (an outage, or a timeout whose write went through), so every retry and recovery
 //! path of the engine runs. Healing zeroes the rates.
+//!
+//! Reads can also come back empty while the log holds records past the read offset (a consume
+//! that timed out, a broker whose high watermark lags): `SimLog` does it in the simulator, and
+//! `EmptyReadLog` wraps the workers' log of `adclick run`, whichever log that is.
+//!
+//! In swarm mode a seed also draws its traffic (`draw_swarm_anomalies`): client clock skew up to
+//! the whole future allowance of ingest, and late clicks older than the dedup horizon.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,7 +22,7 @@ use adclick_core::window::Lane;
 use adclick_engine::clock::SystemClock;
 use adclick_engine::embedded::{MemoryBlobStore, MemoryLog};
 use adclick_engine::fencing::Fence;
-use adclick_engine::scenario::Scenario;
+use adclick_engine::scenario::{Anomalies, Scenario};
 use adclick_engine::seams::*;
 use async_trait::async_trait;
 use rand::{Rng, SeedableRng};
@@ -47,6 +54,7 @@ pub struct FaultRates {
     pub worker_kills_per_min: f64,
     pub node_pauses_per_min: f64,
     pub takeovers_per_min: f64,
+    pub log_empty_read_rate: f64,
 }
 
 impl FaultRates {
@@ -62,6 +70,7 @@ impl FaultRates {
             worker_kills_per_min: faults.worker_crashes_per_min,
             node_pauses_per_min: faults.node_pauses_per_min,
             takeovers_per_min: faults.takeovers_per_min,
+            log_empty_read_rate: faults.log_empty_read_rate,
         };
         if faults.swarm {
             // Swarm testing: each fault is on for about half the seeds, at a random intensity,
@@ -82,9 +91,52 @@ impl FaultRates {
             rates.node_pauses_per_min = scale(rates.node_pauses_per_min);
             rates.takeovers_per_min = scale(rates.takeovers_per_min);
             rates.store_latency_ms_max = scale(rates.store_latency_ms_max as f64) as u64;
+            rates.log_empty_read_rate = scale(rates.log_empty_read_rate);
         }
         rates
     }
+}
+
+/// Swarm testing for traffic: each seed turns on, or leaves at the scenario's values, the traffic
+/// dimensions that put the fast path's exactness at its edges, and draws how far. Draws come from
+/// the run's `rng`, so a seed replays exactly; without `swarm` nothing is drawn (other scenarios
+/// keep their seeds' streams) and the scenario's anomalies come back unchanged. What was drawn
+/// goes into the fault trace.
+///
+/// - Client clock skew up to `EVENT_TIME_FUTURE_MS_MAX`, the most ingest accepts.
+/// - A late lag past `dedup_horizon_ms` (plus the out-of-orderness and one dedup bucket, so the
+///   clicks are older than the horizon even against a watermark that follows the clock): late
+///   clicks and their resends arrive after their ids could have been forgotten. Late clicks
+///   come from every kind of client (bots and high-rate IPs too), at the scenario's
+///   `late_fraction`.
+pub fn draw_swarm_anomalies(scenario: &Scenario, rng: &mut Pcg64Mcg, faults: &Faults) -> Anomalies {
+    use adclick_core::limits::{EVENT_AGE_MS_MAX, EVENT_TIME_FUTURE_MS_MAX};
+    let mut anomalies = scenario.anomalies.clone();
+    if !scenario.faults.swarm {
+        return anomalies;
+    }
+    if rng.random_bool(0.5) {
+        let skew_ms_min = anomalies.clock_skew_ms.min(EVENT_TIME_FUTURE_MS_MAX);
+        anomalies.clock_skew_ms = rng.random_range(skew_ms_min..=EVENT_TIME_FUTURE_MS_MAX);
+    }
+    let engine = &scenario.engine;
+    let lag_ms_min =
+        engine.dedup_horizon_ms + engine.max_out_of_orderness_ms + engine.dedup_bucket_ms;
+    // Half the age ingest accepts leaves room for the resend delay and outages before a resend.
+    let lag_ms_max = (4 * engine.dedup_horizon_ms).min(EVENT_AGE_MS_MAX / 2);
+    if rng.random_bool(0.5) && lag_ms_min <= lag_ms_max {
+        anomalies.late_lag_ms = rng.random_range(lag_ms_min..=lag_ms_max);
+    }
+    faults.note(format!(
+        "swarm traffic: clock_skew_ms={} late_lag_ms={} (dedup_horizon_ms={}) late_fraction={} bot_fraction={} high_rate_ip_fraction={}",
+        anomalies.clock_skew_ms,
+        anomalies.late_lag_ms,
+        engine.dedup_horizon_ms,
+        anomalies.late_fraction,
+        anomalies.bot_fraction,
+        anomalies.high_rate_ip_fraction,
+    ));
+    anomalies
 }
 
 /// What the faults did, for the report and the trace hash.
@@ -98,6 +150,8 @@ pub struct FaultCounts {
     pub worker_kills: u64,
     pub node_pauses: u64,
     pub takeovers: u64,
+    /// Log reads that returned nothing although records were past the read offset.
+    pub empty_reads: u64,
 }
 
 /// The switchboard every faulty seam consults. Healing zeroes the rates.
@@ -154,6 +208,21 @@ impl Faults {
 
     pub fn heal(&self) {
         *self.rates.lock().expect("rates lock") = FaultRates::default();
+    }
+
+    /// A read's batches, or none at `log_empty_read_rate` when there was something to read: a
+    /// consume that timed out, or a broker whose high watermark lags, finds nothing although
+    /// the log holds records past the read offset. Nothing is rolled for a read that found
+    /// nothing anyway, so the fault counts only reads that missed records.
+    fn maybe_empty(&self, batches: Vec<ReadBatch>) -> Vec<ReadBatch> {
+        if batches.iter().all(ReadBatch::is_empty) {
+            return batches;
+        }
+        if self.roll(|rates| rates.log_empty_read_rate) {
+            self.count(|counts| counts.empty_reads += 1);
+            return Vec::new();
+        }
+        batches
     }
 }
 
@@ -235,7 +304,45 @@ impl Log for SimLog {
                 message: "injected log outage".into(),
             });
         }
-        self.inner.read(partition, from, records_max).await
+        let batches = self.inner.read(partition, from, records_max).await?;
+        Ok(self.faults.maybe_empty(batches))
+    }
+
+    async fn end_offset(&self, partition: PartitionId) -> Result<Offset, LogError> {
+        self.inner.end_offset(partition).await
+    }
+
+    async fn new_producer_id(&self) -> Result<u64, LogError> {
+        self.inner.new_producer_id().await
+    }
+}
+
+/// The log fault of real-time runs: reads that come back empty although records are there
+/// (`log_empty_read_rate`), around whatever log the run has (in memory or on files). The end
+/// offset stays true, as a Kafka consumer's timed-out poll leaves the high watermark.
+pub struct EmptyReadLog {
+    pub inner: Arc<dyn Log>,
+    pub faults: Arc<Faults>,
+}
+
+#[async_trait]
+impl Log for EmptyReadLog {
+    fn partitions(&self) -> u32 {
+        self.inner.partitions()
+    }
+
+    async fn append(&self, partition: PartitionId, batch: AppendBatch) -> Result<Offset, LogError> {
+        self.inner.append(partition, batch).await
+    }
+
+    async fn read(
+        &self,
+        partition: PartitionId,
+        from: Offset,
+        records_max: usize,
+    ) -> Result<Vec<ReadBatch>, LogError> {
+        let batches = self.inner.read(partition, from, records_max).await?;
+        Ok(self.faults.maybe_empty(batches))
     }
 
     async fn end_offset(&self, partition: PartitionId) -> Result<Offset, LogError> {

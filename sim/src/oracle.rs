@@ -18,6 +18,24 @@ use adclick_engine::seams::{
 };
 use serde::Serialize;
 
+use crate::history::StatusHistory;
+
+const DUPLICATE: Counts = Counts {
+    clicks: 1,
+    unique: 0,
+    fraud: 0,
+};
+const CLEAN: Counts = Counts {
+    clicks: 1,
+    unique: 1,
+    fraud: 0,
+};
+const FRAUD: Counts = Counts {
+    clicks: 1,
+    unique: 0,
+    fraud: 1,
+};
+
 /// An order-independent fingerprint of a multiset of clicks: count and wrapping sum of hashes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Ledger {
@@ -82,10 +100,38 @@ impl Ledger {
     }
 }
 
+/// Which lanes a count is for: the verified ones (on time and late, decided exactly) or the
+/// unverified one (clicks the fast path could not decide).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LaneClass {
+    Verified,
+    Unverified,
+}
+
+impl LaneClass {
+    pub fn of(lane: Lane) -> LaneClass {
+        if lane.is_verified() {
+            LaneClass::Verified
+        } else {
+            LaneClass::Unverified
+        }
+    }
+}
+
 /// What the log says the store must hold.
 #[derive(Debug, Default)]
 pub struct Expected {
+    /// The truth, as billing sees it: dedup over the whole log, the rate rule with no expiry.
     pub series: BTreeMap<Series, Counts>,
+    /// What the fast path must hold per series and lane class: the truth for the clicks it
+    /// could decide, and the unverified clicks (`adclick_core::window`) apart.
+    pub lanes: BTreeMap<(Series, LaneClass), Counts>,
+    /// Partitions whose unverified clicks the history cannot pin down (the dedup bound evicted
+    /// ids mid-epoch): their series are checked by totals, not per lane class.
+    pub inexact_partitions: Vec<PartitionId>,
+    /// Rule violations the store history saw (the watermark ahead of the clock, a dedup cutoff
+    /// other than the horizon's).
+    pub history_violations: Vec<String>,
     pub log: Ledger,
     /// Every click occurrence in the log, when asked for.
     pub log_clicks: Option<ClickMultiset>,
@@ -93,15 +139,32 @@ pub struct Expected {
     pub end_offsets: Vec<Offset>,
 }
 
-/// Reads every partition from offset 0 and counts with plain maps.
+/// Reads every partition from offset 0 and counts with plain maps, for a run whose history was
+/// not recorded: every click is expected in a verified lane.
 pub async fn expected_from_log(
     log: &dyn Log,
     fraud_list: &FraudList,
     config: &AggregatorConfig,
     keep_clicks: bool,
 ) -> anyhow::Result<Expected> {
+    expected_from_log_with(log, fraud_list, config, keep_clicks, None).await
+}
+
+/// `expected_from_log` with the store's history, which says which dedup cutoff each record was
+/// counted under, and so which clicks belong in the unverified lane. The oracle derives that
+/// from the cutoffs with its own rules (`adclick_core::window` documents them), so a worker that
+/// puts a click in the wrong lane for its own cutoff is caught; `history` separately checks the
+/// cutoffs against the watermarks.
+pub async fn expected_from_log_with(
+    log: &dyn Log,
+    fraud_list: &FraudList,
+    config: &AggregatorConfig,
+    keep_clicks: bool,
+    history: Option<&StatusHistory>,
+) -> anyhow::Result<Expected> {
     let mut expected = Expected {
         log_clicks: keep_clicks.then(ClickMultiset::default),
+        history_violations: history.map(StatusHistory::violations).unwrap_or_default(),
         ..Expected::default()
     };
     // Dedup is by (campaign, click id) over the whole log, not per partition: the engine's
@@ -111,8 +174,13 @@ pub async fn expected_from_log(
     for partition in (0..log.partitions()).map(PartitionId) {
         let end = log.end_offset(partition).await?;
         expected.end_offsets.push(end);
+        if history.is_some_and(|history| history.evicted_early(partition)) {
+            expected.inexact_partitions.push(partition);
+        }
         let mut per_ip_minute: HashMap<(u128, u64), u64> = HashMap::new();
-        read_partition(log, partition, end, |_, bytes| {
+        // (IP, minute) whose rate counter an unverified click made incomplete in the worker.
+        let mut tainted: HashSet<(u128, u64)> = HashSet::new();
+        read_partition(log, partition, end, |offset, bytes| {
             let Ok(click) = codec::decode(bytes) else {
                 expected.undecodable += 1;
                 return;
@@ -121,33 +189,39 @@ pub async fn expected_from_log(
             if let Some(clicks) = &mut expected.log_clicks {
                 clicks.add(&click);
             }
-            let delta = if !seen.insert((click.campaign_id.0, click.click_id.0)) {
-                Counts {
-                    clicks: 1,
-                    unique: 0,
-                    fraud: 0,
+            let time = click.event_time_ms.0;
+            let minute = time - time % RATE_RULE_WINDOW_MS;
+            let rate_key = (ip_key(click.ip), minute);
+            let listed = fraud_list.check(click.ip, click.user_agent) != FraudVerdict::Clean;
+            let cutoff_ms = history.map_or(0, |history| history.cutoff_for(partition, offset));
+            let first = seen.insert((click.campaign_id.0, click.click_id.0));
+            // The fast path's decision, by the rules in adclick_core::window.
+            let class = if time < cutoff_ms {
+                if minute + RATE_RULE_WINDOW_MS > cutoff_ms {
+                    tainted.insert(rate_key);
                 }
+                LaneClass::Unverified
+            } else if first && tainted.contains(&rate_key) {
+                LaneClass::Unverified
             } else {
-                let time = click.event_time_ms.0;
-                let minute = time - time % RATE_RULE_WINDOW_MS;
-                let rate = per_ip_minute.entry((ip_key(click.ip), minute)).or_default();
+                LaneClass::Verified
+            };
+            let delta = if !first {
+                DUPLICATE
+            } else {
+                let rate = per_ip_minute.entry(rate_key).or_default();
                 *rate += 1;
-                let listed = fraud_list.check(click.ip, click.user_agent) != FraudVerdict::Clean;
                 if listed || *rate > u64::from(config.clicks_per_ip_per_minute_max) {
-                    Counts {
-                        clicks: 1,
-                        unique: 0,
-                        fraud: 1,
-                    }
+                    FRAUD
                 } else {
-                    Counts {
-                        clicks: 1,
-                        unique: 1,
-                        fraud: 0,
-                    }
+                    CLEAN
                 }
             };
-            let time = click.event_time_ms.0;
+            let fast_delta = match class {
+                LaneClass::Verified => delta,
+                LaneClass::Unverified if listed => FRAUD,
+                LaneClass::Unverified => CLEAN,
+            };
             let window = WindowKey {
                 campaign_id: click.campaign_id,
                 ad_id: click.ad_id,
@@ -169,6 +243,13 @@ pub async fn expected_from_log(
                 .entry(Series::Hour(hour))
                 .or_default()
                 .add(delta);
+            for series in [Series::Window(window), Series::Hour(hour)] {
+                expected
+                    .lanes
+                    .entry((series, class))
+                    .or_default()
+                    .add(fast_delta);
+            }
         })
         .await?;
     }
@@ -238,7 +319,7 @@ impl Verdict {
     }
 }
 
-/// Sums a store scan over lanes: on-time plus late.
+/// Sums a store scan over lanes: on time, late and unverified.
 pub fn store_totals(scan: &[(Series, Lane, StoredCounts)]) -> BTreeMap<Series, Counts> {
     let mut totals: BTreeMap<Series, Counts> = BTreeMap::new();
     for (series, _, stored) in scan {
@@ -247,31 +328,86 @@ pub fn store_totals(scan: &[(Series, Lane, StoredCounts)]) -> BTreeMap<Series, C
     totals
 }
 
-/// Exactly-once: for every series, store (on time + late) == the log's unique non-fraud clicks,
-/// fraud clicks and raw clicks. Never above, never below.
+/// Sums a store scan per lane class: on time plus late, and unverified.
+pub fn store_lanes(scan: &[(Series, Lane, StoredCounts)]) -> BTreeMap<(Series, LaneClass), Counts> {
+    let mut lanes: BTreeMap<(Series, LaneClass), Counts> = BTreeMap::new();
+    for (series, lane, stored) in scan {
+        lanes
+            .entry((*series, LaneClass::of(*lane)))
+            .or_default()
+            .add(stored.counts);
+    }
+    lanes
+}
+
+fn owner_of(series: &Series, partitions: u32) -> PartitionId {
+    let (campaign_id, salt) = match series {
+        Series::Window(key) => (key.campaign_id, key.salt),
+        Series::Hour(key) => (key.campaign_id, key.salt),
+    };
+    adclick_core::partition::partition_for_campaign(campaign_id, salt, partitions)
+}
+
+/// Exactly-once, per lane class: for every series, the verified lanes (on time + late) hold
+/// exactly the log's unique non-fraud clicks, fraud clicks and raw clicks among the clicks the
+/// fast path could decide, and the unverified lane exactly the clicks it could not (by the
+/// recorded dedup cutoffs). Never above, never below. A partition whose cutoff moved mid-epoch
+/// (early evictions) is checked by totals: every click in some lane, and never more unique or
+/// fraud clicks in verified lanes than the log has.
 pub fn check_exactly_once(expected: &Expected, scan: &[(Series, Lane, StoredCounts)]) -> Verdict {
-    let totals = store_totals(scan);
-    let mut mismatches = Vec::new();
-    for (series, want) in &expected.series {
-        let got = totals.get(series).copied().unwrap_or_default();
+    let partitions = expected.end_offsets.len().max(1) as u32;
+    let inexact = |series: &Series| {
+        expected
+            .inexact_partitions
+            .contains(&owner_of(series, partitions))
+    };
+    let got_lanes = store_lanes(scan);
+    let got_totals = store_totals(scan);
+    let mut mismatches: Vec<String> = expected.history_violations.clone();
+    for ((series, class), want) in &expected.lanes {
+        if inexact(series) {
+            continue;
+        }
+        let got = got_lanes
+            .get(&(*series, *class))
+            .copied()
+            .unwrap_or_default();
         if got != *want {
-            // More first sightings than the log has unique clicks: a resend got past dedup, which
-            // happens by design when it arrives beyond the dedup horizon (billing catches it).
-            let hint = if got.unique + got.fraud > want.unique + want.fraud {
-                " (a duplicate past the dedup horizon, or a resend routed to another partition than its original: check salting)"
+            // More first sightings than the log has unique clicks: a resend got past dedup.
+            let hint = if *class == LaneClass::Verified
+                && got.unique + got.fraud > want.unique + want.fraud
+            {
+                " (a duplicate counted as unique: a resend past the dedup horizon outside the unverified lane, or routed to another partition than its original: check salting)"
             } else {
                 ""
             };
             mismatches.push(format!(
-                "{series:?}: store {got:?}, log says {want:?}{hint}"
+                "{series:?} {class:?}: store {got:?}, log says {want:?}{hint}"
             ));
         }
     }
-    for series in totals
+    for (series, want) in &expected.series {
+        if !inexact(series) {
+            continue;
+        }
+        let got_total = got_totals.get(series).copied().unwrap_or_default();
+        let got = got_lanes
+            .get(&(*series, LaneClass::Verified))
+            .copied()
+            .unwrap_or_default();
+        if got_total.clicks != want.clicks || got.unique > want.unique || got.fraud > want.fraud {
+            mismatches.push(format!(
+                "{series:?} (early evictions): store {got_total:?} in all lanes, {got:?} verified, log says {want:?}"
+            ));
+        }
+    }
+    for (series, class) in got_lanes
         .keys()
-        .filter(|series| !expected.series.contains_key(series))
+        .filter(|key| !expected.lanes.contains_key(key) && !inexact(&key.0))
     {
-        mismatches.push(format!("{series:?}: in the store but not in the log"));
+        mismatches.push(format!(
+            "{series:?} {class:?}: in the store but not in the log"
+        ));
     }
     let unique: u64 = expected
         .series
@@ -279,18 +415,24 @@ pub fn check_exactly_once(expected: &Expected, scan: &[(Series, Lane, StoredCoun
         .filter(|(s, _)| matches!(s, Series::Window(_)))
         .map(|(_, c)| c.unique)
         .sum();
+    let unverified: u64 = expected
+        .lanes
+        .iter()
+        .filter(|((s, class), _)| matches!(s, Series::Window(_)) && *class == LaneClass::Unverified)
+        .map(|(_, c)| c.clicks)
+        .sum();
     Verdict {
         invariant: "exactly_once",
         holds: mismatches.is_empty(),
         checked: true,
         detail: if mismatches.is_empty() {
             format!(
-                "{} series match the log exactly ({unique} unique billable clicks)",
+                "{} series match the log exactly per lane ({unique} unique billable clicks, {unverified} clicks unverified)",
                 expected.series.len()
             )
         } else {
             format!(
-                "{} of {} series differ; first: {}",
+                "{} mismatches over {} series; first: {}",
                 mismatches.len(),
                 expected.series.len(),
                 mismatches[..mismatches.len().min(3)].join(" | ")
@@ -324,9 +466,9 @@ pub fn check_no_loss(accepted: Ledger, expected: &Expected) -> Verdict {
     }
 }
 
-/// On-time series that should be final but are not: every window series (after traffic stops
-/// the idle watermark closes them all), and any hour series whose close time its partition's
-/// watermark has passed.
+/// On-time series that should be final but are not: every series whose close time its
+/// partition's watermark has passed. A window ahead of the watermark (a click stamped ahead of
+/// the worker's clock) is still open, rightly.
 pub fn unfinished_series(
     scan: &[(Series, Lane, StoredCounts)],
     statuses: &[PartitionStatus],
@@ -335,22 +477,48 @@ pub fn unfinished_series(
     let partitions = statuses.len().max(1) as u32;
     scan.iter()
         .filter(|(_, lane, stored)| *lane == Lane::OnTime && !stored.is_final)
-        .filter(|(series, _, _)| match series {
-            Series::Window(_) => true,
-            Series::Hour(key) => {
-                let owner = adclick_core::partition::partition_for_campaign(
-                    key.campaign_id,
-                    key.salt,
-                    partitions,
-                );
-                let watermark_ms = statuses
-                    .iter()
-                    .find(|status| status.partition == owner)
-                    .map_or(0, |status| status.watermark.watermark_ms);
-                config.window.close_at(key.hour_start_ms, HOUR_MS) <= watermark_ms
-            }
+        .filter(|(series, _, _)| {
+            let owner = owner_of(series, partitions);
+            let watermark_ms = statuses
+                .iter()
+                .find(|status| status.partition == owner)
+                .map_or(0, |status| status.watermark.watermark_ms);
+            let close_ms = match series {
+                Series::Window(key) => config
+                    .window
+                    .close_at(key.window_start_ms, config.window.window_ms),
+                Series::Hour(key) => config.window.close_at(key.hour_start_ms, HOUR_MS),
+            };
+            close_ms <= watermark_ms
         })
         .map(|(series, _, _)| *series)
+        .collect()
+}
+
+/// How far an idle, caught-up partition's reported watermark may trail the clock: the
+/// out-of-orderness bound, the idle timeout, an epoch for the status to be written and one for
+/// the poll, and a second of scheduling.
+fn idle_watermark_lag_ms_max(config: &AggregatorConfig, epoch_ms: u64) -> u64 {
+    config.window.max_out_of_orderness_ms + config.window.idle_timeout_ms + 2 * epoch_ms + 1_000
+}
+
+/// Partitions whose watermark trails the clock by more than an idle partition's may.
+fn stalled_watermarks(
+    statuses: &[PartitionStatus],
+    config: &AggregatorConfig,
+    epoch_ms: u64,
+    now_ms: u64,
+) -> Vec<String> {
+    let lag_max = idle_watermark_lag_ms_max(config, epoch_ms);
+    statuses
+        .iter()
+        .filter(|status| status.watermark.watermark_ms + lag_max < now_ms)
+        .map(|status| {
+            format!(
+                "partition {} watermark {} trails the clock {now_ms} by more than {lag_max} ms",
+                status.partition, status.watermark.watermark_ms
+            )
+        })
         .collect()
 }
 
@@ -397,12 +565,32 @@ pub fn check_no_loss_exact(
     }
 }
 
-/// Liveness: every partition consumed to the end of the log and every due window final.
+/// The clock the workers ran on, for liveness to check that idle watermarks followed it.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerClock {
+    pub now_ms: u64,
+    pub epoch_ms: u64,
+}
+
+impl WorkerClock {
+    /// The system clock (real time, or virtual time in the simulator).
+    pub fn system(epoch_ms: u64) -> WorkerClock {
+        WorkerClock {
+            now_ms: SystemClock.now_ms(),
+            epoch_ms,
+        }
+    }
+}
+
+/// Liveness: every partition consumed to the end of the log, its watermark following the
+/// workers' clock (when given), and every due window final: without the clock check, a stalled
+/// watermark would make every window "not yet due".
 pub fn check_liveness(
     expected: &Expected,
     statuses: &[PartitionStatus],
     scan: &[(Series, Lane, StoredCounts)],
     config: &AggregatorConfig,
+    clock: Option<WorkerClock>,
     waited_ms: u64,
 ) -> Verdict {
     let mut problems = Vec::new();
@@ -420,6 +608,14 @@ pub fn check_liveness(
             None => problems.push(format!("partition {index} never reported")),
         }
     }
+    if let Some(clock) = clock {
+        problems.extend(stalled_watermarks(
+            statuses,
+            config,
+            clock.epoch_ms,
+            clock.now_ms,
+        ));
+    }
     let open = unfinished_series(scan, statuses, config);
     if !open.is_empty() {
         problems.push(format!(
@@ -433,20 +629,23 @@ pub fn check_liveness(
         holds: problems.is_empty(),
         checked: true,
         detail: if problems.is_empty() {
-            format!("lag 0 and every due window final {waited_ms} ms after traffic stopped")
+            format!(
+                "lag 0, watermarks follow the clock and every due window final {waited_ms} ms after traffic stopped"
+            )
         } else {
             format!("after {waited_ms} ms: {}", problems.join("; "))
         },
     }
 }
 
-/// Waits until every partition has consumed the log and every due window is final, or the
-/// timeout passes (real or virtual time, whichever the clock runs on). Returns the last
-/// partition statuses seen.
+/// Waits until every partition has consumed the log, its watermark follows the clock and every
+/// due window is final, or the timeout passes (real or virtual time, whichever the clock runs
+/// on). Returns the last partition statuses seen.
 pub async fn wait_until_drained(
     log: &dyn Log,
     store: &dyn RealtimeStore,
     config: &AggregatorConfig,
+    epoch_ms: u64,
     timeout: std::time::Duration,
 ) -> anyhow::Result<Vec<PartitionStatus>> {
     let deadline_ms = SystemClock.now_ms() + timeout.as_millis() as u64;
@@ -462,7 +661,9 @@ pub async fn wait_until_drained(
             caught_up &= at == end;
         }
         let open = unfinished_series(&store.scan().await?, &statuses, config);
-        if (caught_up && open.is_empty()) || SystemClock.now_ms() >= deadline_ms {
+        let now_ms = SystemClock.now_ms();
+        let stalled = stalled_watermarks(&statuses, config, epoch_ms, now_ms);
+        if (caught_up && open.is_empty() && stalled.is_empty()) || now_ms >= deadline_ms {
             return Ok(statuses);
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

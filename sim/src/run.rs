@@ -1,7 +1,8 @@
 //! `adclick run`: a real-time run of the whole engine on embedded defaults. An in-process
 //! generator drives the ingest core, the in-process log, one supervised worker per partition and
-//! the in-memory store; faults are real task kills and store errors. At the end the oracle
-//! recomputes every count from the log and the invariants are checked.
+//! the in-memory store; faults are real task kills, store errors and empty log reads (the
+//! workers' reads only). At the end the oracle recomputes every count from the log and the
+//! invariants are checked.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -22,7 +23,8 @@ use adclick_loadgen::Generator;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::faults::{FaultRates, Faults, SimStore};
+use crate::faults::{EmptyReadLog, FaultRates, Faults, SimStore};
+use crate::history::{RecordingStore, StatusHistory};
 use crate::measure::{Measurements, Recorder};
 use crate::oracle::{self, Ledger, Verdict};
 
@@ -182,20 +184,36 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
         None => Arc::new(MemoryLog::new(partitions)),
     };
     let memory_store: Arc<dyn RealtimeStore> = Arc::new(MemoryRealtimeStore::new());
-    // Real-time runs inject store errors only; the other faults are the simulator's.
-    let store_faults = (scenario.faults.store_error_rate > 0.0).then(|| {
-        let rates = FaultRates {
-            store_error_rate: scenario.faults.store_error_rate,
-            ..FaultRates::default()
-        };
-        Arc::new(Faults::new(rates, scenario.seed))
+    // Every status the store takes goes into the history, which the exactly-once check reads.
+    let history = Arc::new(StatusHistory::default());
+    let recording_store: Arc<dyn RealtimeStore> = Arc::new(RecordingStore {
+        inner: memory_store.clone(),
+        history: history.clone(),
+        config: scenario.aggregator_config(),
     });
-    let store: Arc<dyn RealtimeStore> = match &store_faults {
-        Some(faults) => Arc::new(SimStore {
-            inner: memory_store.clone(),
+    // Real-time runs inject store errors and empty log reads only; the other faults are the
+    // simulator's.
+    let rates = FaultRates {
+        store_error_rate: scenario.faults.store_error_rate,
+        log_empty_read_rate: scenario.faults.log_empty_read_rate,
+        ..FaultRates::default()
+    };
+    let faults = (rates.store_error_rate > 0.0 || rates.log_empty_read_rate > 0.0)
+        .then(|| Arc::new(Faults::new(rates, scenario.seed)));
+    let store: Arc<dyn RealtimeStore> = match &faults {
+        Some(faults) if rates.store_error_rate > 0.0 => Arc::new(SimStore {
+            inner: recording_store.clone(),
             faults: faults.clone(),
         }),
-        None => memory_store.clone(),
+        _ => recording_store.clone(),
+    };
+    // Only the workers' reads come back empty: ingest, the sampler and the checks see the log.
+    let worker_log: Arc<dyn Log> = match &faults {
+        Some(faults) if rates.log_empty_read_rate > 0.0 => Arc::new(EmptyReadLog {
+            inner: log.clone(),
+            faults: faults.clone(),
+        }),
+        _ => log.clone(),
     };
     let mut generator = Generator::new(scenario);
     let fraud_list = FraudList::parse(&generator.fraud_list_text())?;
@@ -203,7 +221,7 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
     let fraud_list = registry.register(fraud_list)?;
     #[allow(unused_mut)]
     let mut env = WorkerEnv::new(
-        log.clone(),
+        worker_log,
         store.clone(),
         CheckpointStore::new(Arc::new(MemoryBlobStore::new())),
         clock.clone(),
@@ -341,6 +359,7 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
         log.as_ref(),
         memory_store.as_ref(),
         &scenario.aggregator_config(),
+        scenario.engine.epoch_ms,
         liveness_timeout,
     )
     .await?;
@@ -358,12 +377,17 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
     for status in &statuses {
         partition_records[status.partition.0 as usize] = status.stats.records;
     }
+    if let Some(faults) = faults.as_ref().filter(|_| rates.log_empty_read_rate > 0.0) {
+        let empty_reads = faults.counts.lock().expect("counts lock").empty_reads;
+        recorder.fault(format!("{empty_reads} empty log reads injected"));
+    }
     let measurements = recorder.finish(partition_records);
-    let expected = oracle::expected_from_log(
+    let expected = oracle::expected_from_log_with(
         log.as_ref(),
         &fraud_list,
         &scenario.aggregator_config(),
         false,
+        Some(&history),
     )
     .await?;
     let mut verdicts = Vec::new();
@@ -377,6 +401,7 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
                     &drained,
                     &scan,
                     &scenario.aggregator_config(),
+                    Some(oracle::WorkerClock::system(scenario.engine.epoch_ms)),
                     drain_ms,
                 );
                 verdict.holds &= !drained.is_empty() || expected.log.count == 0;
@@ -443,7 +468,7 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
         unique_billable_clicks,
         worker_crashes_injected: crashes_injected,
         worker_restarts: restarts.load(Ordering::Relaxed),
-        store_errors_injected: store_faults.map_or(0, |faults| {
+        store_errors_injected: faults.map_or(0, |faults| {
             faults.counts.lock().expect("counts lock").store_errors
         }),
         drain_ms,

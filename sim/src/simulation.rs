@@ -39,6 +39,7 @@ use rand_pcg::Pcg64Mcg;
 use serde::Serialize;
 
 use crate::faults::{FaultCounts, FaultRates, Faults, SimBlobs, SimLog, SimStore};
+use crate::history::{RecordingStore, StatusHistory};
 use crate::oracle::{self, Ledger, Verdict};
 
 #[derive(Clone, Debug, Default)]
@@ -84,6 +85,7 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
     traffic_scenario.seed = options.seed;
     traffic_scenario.traffic.rate_per_s = scenario.sim.rate_per_s;
     traffic_scenario.traffic.duration_s = scenario.sim.duration_s;
+    traffic_scenario.anomalies = crate::faults::draw_swarm_anomalies(scenario, &mut rng, &faults);
     let mut generator = Generator::new(&traffic_scenario);
     let mut registry = FraudRegistry::new();
     let fraud_list: Arc<FraudList> =
@@ -97,8 +99,14 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
         duplicates: Mutex::default(),
     });
     let memory_store = Arc::new(MemoryRealtimeStore::new());
+    // The history records what the store took, under the faults (which strike around it).
+    let history = Arc::new(StatusHistory::default());
     let store = Arc::new(SimStore {
-        inner: memory_store.clone(),
+        inner: Arc::new(RecordingStore {
+            inner: memory_store.clone(),
+            history: history.clone(),
+            config: scenario.aggregator_config(),
+        }),
         faults: faults.clone(),
     });
     let blobs = Arc::new(SimBlobs {
@@ -179,16 +187,28 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
     let config = scenario.aggregator_config();
     let timeout = Duration::from_secs_f64(scenario.expect.liveness_timeout_s);
     let drain_started_ms = SystemClock.now_ms();
-    let statuses =
-        oracle::wait_until_drained(memory_log.as_ref(), memory_store.as_ref(), &config, timeout)
-            .await?;
+    let epoch_ms = scenario.engine.epoch_ms;
+    let statuses = oracle::wait_until_drained(
+        memory_log.as_ref(),
+        memory_store.as_ref(),
+        &config,
+        epoch_ms,
+        timeout,
+    )
+    .await?;
     let drain_ms = SystemClock.now_ms() - drain_started_ms;
     let _ = stop_sender.send(true);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let scan = memory_store.scan().await?;
-    let expected =
-        oracle::expected_from_log(memory_log.as_ref(), &fraud_list, &config, true).await?;
+    let expected = oracle::expected_from_log_with(
+        memory_log.as_ref(),
+        &fraud_list,
+        &config,
+        true,
+        Some(&history),
+    )
+    .await?;
     let counts = *faults.counts.lock().expect("counts lock");
     let appended_again = log
         .duplicates
@@ -207,9 +227,14 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
                 counts.ingest_crashes,
                 ingest_config.producer_buffer_events_max,
             ),
-            Invariant::Liveness => {
-                oracle::check_liveness(&expected, &statuses, &scan, &config, drain_ms)
-            }
+            Invariant::Liveness => oracle::check_liveness(
+                &expected,
+                &statuses,
+                &scan,
+                &config,
+                Some(oracle::WorkerClock::system(epoch_ms)),
+                drain_ms,
+            ),
             Invariant::Determinism => Verdict::skipped(
                 "determinism",
                 "checked by running the seed twice (--check-determinism)",

@@ -1,7 +1,10 @@
 //! `adclick aggregate --input FILE`: batch mode over a file of JSON clicks through the same
 //! operator chain as the streaming workers. Prints one CSV row per (window, campaign, ad):
-//! `window_start_ms,campaign_id,ad_id,clicks,unique,fraud,late`, where `unique` counts on-time
-//! billable clicks and `late` the billable clicks that arrived after their window closed.
+//! `window_start_ms,campaign_id,ad_id,clicks,unique,fraud,late,unverified`, where `unique` counts
+//! on-time billable clicks, `late` the billable clicks that arrived after their window closed,
+//! and `unverified` the clicks dedup could no longer decide (README.md, "Lanes and bounds").
+//! Quarantined records (event times ingest could not have accepted at `--now-ms`) are counted on
+//! stderr with their line numbers, never silently skipped.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -26,7 +29,12 @@ pub fn main(
     input: &Path,
     _format: InputFormat,
     fraud_list: Option<&Path>,
+    now_ms: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
+    let now_ms = now_ms.unwrap_or_else(|| {
+        use adclick_engine::seams::Clock;
+        adclick_engine::clock::SystemClock.now_ms()
+    });
     let list = match fraud_list {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -48,12 +56,14 @@ pub fn main(
         let event = parse_json_click(line.as_bytes(), TimeBound::None).map_err(|rejection| {
             anyhow::anyhow!("{}: line {}: {rejection}", input.display(), index + 1)
         })?;
-        aggregator.on_click(Offset(offset), &event.view(Salt(0)));
+        if let Err(problem) = aggregator.on_click(Offset(offset), &event.view(Salt(0)), now_ms) {
+            eprintln!("{}: line {}: {problem}", input.display(), index + 1);
+        }
         offset += 1;
     }
     aggregator.on_watermark(u64::MAX);
     let output = aggregator.on_barrier(Epoch(1));
-    let mut rows: BTreeMap<(u64, u64, u64), (Counts, u64)> = BTreeMap::new();
+    let mut rows: BTreeMap<(u64, u64, u64), (Counts, u64, u64)> = BTreeMap::new();
     for update in &output.updates {
         let Series::Window(WindowKey {
             campaign_id,
@@ -68,22 +78,25 @@ pub fn main(
             .entry((window_start_ms, campaign_id.0, ad_id.0))
             .or_default();
         row.0.clicks += update.counts.clicks;
-        row.0.fraud += update.counts.fraud;
         match update.lane {
             Lane::OnTime => row.0.unique += update.counts.unique,
             Lane::Late => row.1 += update.counts.unique,
+            Lane::Unverified => row.2 += update.counts.clicks,
+        }
+        if update.lane.is_verified() {
+            row.0.fraud += update.counts.fraud;
         }
     }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     writeln!(
         out,
-        "window_start_ms,campaign_id,ad_id,clicks,unique,fraud,late"
+        "window_start_ms,campaign_id,ad_id,clicks,unique,fraud,late,unverified"
     )?;
-    for ((window_start_ms, campaign_id, ad_id), (counts, late)) in rows {
+    for ((window_start_ms, campaign_id, ad_id), (counts, late, unverified)) in rows {
         writeln!(
             out,
-            "{window_start_ms},{campaign_id},{ad_id},{},{},{},{late}",
+            "{window_start_ms},{campaign_id},{ad_id},{},{},{},{late},{unverified}",
             counts.clicks, counts.unique, counts.fraud
         )?;
     }

@@ -107,12 +107,14 @@ async fn check(scenario: &Scenario, artifacts: &RunArtifacts) -> anyhow::Result<
     let detail = if holds {
         format!(
             "{} (campaign, hour) rows billed from {files} Parquet files = the oracle ({} billable); \
-             reconciled: {} on time + {} late - {} resends past the horizon, 0 unexplained",
+             reconciled: {} on time + {} late + {} unverified - {} duplicates and fraud among \
+             the unverified, 0 unexplained",
             billed.len(),
             outcome.record.billable,
             totals.on_time,
             totals.late,
-            totals.duplicates_beyond_horizon
+            totals.unverified,
+            totals.unverified_rejected
         )
     } else if !mismatches.is_empty() {
         format!(

@@ -200,7 +200,13 @@ async fn run_variant(
     .unwrap();
     assert!(expected.log.count >= 1_600, "the test generated traffic");
     let exactly_once = oracle::check_exactly_once(&expected, &scan);
-    let liveness = oracle::check_liveness(&expected, &statuses, &scan, &harness.config, 0);
+    // The harness clock; a barrier per round, 3 s apart at the end.
+    let clock = oracle::WorkerClock {
+        now_ms: harness.clock.now_ms(),
+        epoch_ms: 3_000,
+    };
+    let liveness =
+        oracle::check_liveness(&expected, &statuses, &scan, &harness.config, Some(clock), 0);
     (exactly_once, liveness, crashes)
 }
 

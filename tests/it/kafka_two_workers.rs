@@ -202,7 +202,14 @@ list = "{fraud_list}"
         let scan = store.scan().await.unwrap();
         let statuses = store.partition_status().await.unwrap();
         let exactly_once = oracle::check_exactly_once(&expected, &scan);
-        let liveness = oracle::check_liveness(&expected, &statuses, &scan, &config, 0);
+        let liveness = oracle::check_liveness(
+            &expected,
+            &statuses,
+            &scan,
+            &config,
+            Some(oracle::WorkerClock::system(scenario.engine.epoch_ms)),
+            0,
+        );
         if (exactly_once.holds && liveness.holds) || Instant::now() > deadline {
             break (exactly_once, liveness);
         }

@@ -9,10 +9,14 @@
 //! horizon. Ids expire a bucket at a time, at barriers, in constant time: the table only moves
 //! its liveness threshold, and inserts take the dead slots over (`table` says how).
 //!
-//! Memory is bounded by `ids_max`. At the bound the oldest buckets are evicted early (the
-//! effective horizon shrinks and `early_evictions` counts it); if even that frees nothing, a new
-//! id is counted but not remembered (`unremembered`). Either way nothing is dropped, and billing,
-//! which dedupes over its whole period, explains the difference as a duplicate beyond the horizon.
+//! Memory is bounded by `ids_max`. At the bound the oldest bucket is evicted early (the cutoff
+//! rises, the effective horizon shrinks and `early_evictions` counts it); when one bucket holds
+//! every id, that bucket goes too (`unremembered`).
+//!
+//! The set never answers `New` for an id it could not have seen: an id whose bucket is below the
+//! cutoff, expired or evicted, is `Unverifiable`, and the aggregator counts it in the unverified
+//! lane for billing (which dedupes over its whole period) to decide. So a resend that comes back
+//! after the horizon, or after an early eviction, is never counted as a unique click.
 //!
 //! **Invariant:** the set's behaviour depends only on the sequence of inserts and watermarks, so a
 //! replay makes identical decisions. The hasher has a fixed seed and no iteration order leaks.
@@ -103,8 +107,12 @@ impl DedupConfig {
 /// What dedup decided about one click.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DedupOutcome {
+    /// Never seen within the horizon, and now remembered.
     New,
     Duplicate,
+    /// Its bucket is below the cutoff (expired, or evicted at the bound): a copy of it could
+    /// have come and gone, so the set cannot say. Not remembered.
+    Unverifiable,
 }
 
 /// Counters that explain what the bound did.
@@ -201,16 +209,17 @@ impl DedupSet {
             // Both its buckets hold live ids: the store displaces one.
             Lookup::Full => None,
         };
-        // An id whose bucket is already below the cutoff would be expired at once: it is counted
-        // as new, and not kept.
+        // An id whose bucket is below the cutoff may have been seen and forgotten.
         let bucket = self.bucket_of(event_time_ms);
         if bucket < self.cutoff_bucket {
-            return DedupOutcome::New;
+            return DedupOutcome::Unverifiable;
         }
         // Evicting only kills ids (nothing moves), so the vacancy stays good.
-        if self.len() >= self.config.ids_max && !self.evict_oldest_bucket() {
-            self.stats.unremembered += 1;
-            return DedupOutcome::New;
+        if self.len() >= self.config.ids_max {
+            self.evict_for_room();
+            if bucket < self.cutoff_bucket {
+                return DedupOutcome::Unverifiable;
+            }
         }
         self.store(hash, click_id, bucket, vacant);
         self.journal.push((click_id, bucket));
@@ -307,17 +316,18 @@ impl DedupSet {
             .reduce(|(low, high), (min, max)| (low.min(min), high.max(max)))
     }
 
-    /// At the bound: drops the oldest bucket, unless it is the newest one too.
-    fn evict_oldest_bucket(&mut self) -> bool {
+    /// At the bound: drops the oldest bucket; when it is the newest one too, every id goes and
+    /// the cutoff passes the newest bucket, so that what can no longer be remembered is
+    /// unverifiable rather than new.
+    fn evict_for_room(&mut self) {
         let Some((oldest, newest)) = self.bucket_range() else {
-            return false;
+            return;
         };
-        if oldest >= newest {
-            return false;
-        }
         self.stats.early_evictions += 1;
+        if oldest >= newest {
+            self.stats.unremembered += 1;
+        }
         self.remove_below(oldest + 1);
-        true
     }
 
     /// Raises the cutoff. Constant time: the table only moves its liveness threshold.
@@ -369,6 +379,11 @@ impl DedupSet {
 
     pub fn cutoff_bucket(&self) -> u32 {
         self.cutoff_bucket
+    }
+
+    /// The event time below which the set cannot decide a click: the cutoff bucket's start.
+    pub fn cutoff_ms(&self) -> u64 {
+        u64::from(self.cutoff_bucket) * self.config.bucket_ms
     }
 
     pub fn take_journal(&mut self) -> Vec<(ClickId, u32)> {
@@ -460,7 +475,7 @@ mod tests {
         assert_eq!(set.insert(ClickId(2), 10), DedupOutcome::Duplicate);
         assert_eq!(
             set.insert(ClickId(1), 0),
-            DedupOutcome::New,
+            DedupOutcome::Unverifiable,
             "evicted, below the cutoff"
         );
         assert_eq!(set.len(), 3);
@@ -489,7 +504,7 @@ mod tests {
         set.expire(10 * 650 + 100);
         assert_eq!(set.entries_sorted(), vec![(ClickId(4), 700)]);
         assert_eq!(set.insert(ClickId(4), 10 * 700), DedupOutcome::Duplicate);
-        assert_eq!(set.insert(ClickId(1), 10 * 300), DedupOutcome::New);
+        assert_eq!(set.insert(ClickId(1), 10 * 300), DedupOutcome::Unverifiable);
         assert_eq!(set.insert(ClickId(5), 10 * 1000), DedupOutcome::New);
         set.expire(10 * 1000 + 100);
         assert_eq!(
@@ -514,8 +529,41 @@ mod tests {
         assert!(restored.is_empty());
         assert_eq!(
             restored.insert(ClickId(0), 5),
-            DedupOutcome::New,
+            DedupOutcome::Unverifiable,
             "below the cutoff"
+        );
+    }
+
+    /// Regression (late clicks older than the dedup horizon were counted as unique): an id
+    /// whose bucket was below the cutoff was answered `New` without being remembered, so every
+    /// copy of it counted again.
+    #[test]
+    fn a_late_click_below_the_cutoff_and_its_resends_are_never_new() {
+        let mut set = DedupSet::new(config(1000));
+        set.insert(ClickId(9), 500);
+        set.expire(500);
+        assert_eq!(set.cutoff_ms(), 400);
+        for _ in 0..3 {
+            assert_eq!(set.insert(ClickId(1), 390), DedupOutcome::Unverifiable);
+        }
+        assert_eq!(set.insert(ClickId(2), 400), DedupOutcome::New);
+    }
+
+    /// At the bound with every id in one bucket, the bucket goes and its clicks are
+    /// unverifiable: never counted new while forgotten.
+    #[test]
+    fn at_the_bound_with_one_bucket_new_ids_are_unverifiable() {
+        let mut set = DedupSet::new(config(2));
+        assert_eq!(set.insert(ClickId(1), 5), DedupOutcome::New);
+        assert_eq!(set.insert(ClickId(2), 5), DedupOutcome::New);
+        assert_eq!(set.insert(ClickId(3), 5), DedupOutcome::Unverifiable);
+        assert_eq!(set.insert(ClickId(3), 5), DedupOutcome::Unverifiable);
+        assert_eq!(set.insert(ClickId(1), 5), DedupOutcome::Unverifiable);
+        assert_eq!(set.stats().unremembered, 1);
+        assert_eq!(
+            set.insert(ClickId(4), 15),
+            DedupOutcome::New,
+            "a newer bucket"
         );
     }
 
@@ -571,7 +619,13 @@ mod tests {
                         if !known && bucket >= model_cutoff {
                             model.insert(u128::from(id), bucket);
                         }
-                        let expected = if known { DedupOutcome::Duplicate } else { DedupOutcome::New };
+                        let expected = if known {
+                            DedupOutcome::Duplicate
+                        } else if bucket < model_cutoff {
+                            DedupOutcome::Unverifiable
+                        } else {
+                            DedupOutcome::New
+                        };
                         prop_assert_eq!(set.insert(ClickId(u128::from(id)), u64::from(time)), expected);
                     }
                     Op::Expire { watermark } => {

@@ -3,7 +3,7 @@
 //! records in the middle included. The batched run also hands every barrier's buffers back
 //! (`recycle`), which must not change a byte of any later checkpoint.
 
-use adclick_core::codec::CodecError;
+use adclick_core::operator::RecordProblem;
 use adclick_core::operator::{BarrierOutput, PartitionAggregator, SeriesUpdate};
 use adclick_core::snapshot::PartitionStats;
 use adclick_core::*;
@@ -16,7 +16,7 @@ use crate::inputs::{self, Call};
 type Output = (
     Vec<(u64, SeriesUpdate)>,
     Vec<Vec<u8>>,
-    Vec<(Offset, CodecError)>,
+    Vec<(Offset, RecordProblem)>,
     PartitionStats,
 );
 
@@ -51,7 +51,7 @@ fn run(calls: &[Call], together: bool, garbage_every: usize) -> Output {
     let flush = |aggregator: &mut PartitionAggregator,
                  pending: &mut Vec<(u64, ClickEvent)>,
                  processing_ms: u64,
-                 undecodable: &mut Vec<(Offset, CodecError)>| {
+                 undecodable: &mut Vec<(Offset, RecordProblem)>| {
         let records = records(pending, garbage_every);
         pending.clear();
         if together {

@@ -38,7 +38,9 @@ pub enum Step {
         ad: u8,
         ip: u8,
         time_back_ms: u16,
-        late_ms: u16,
+        late_ms: u32,
+        /// A client clock ahead of the worker's.
+        ahead_ms: u32,
     },
     Advance {
         ms: u16,
@@ -55,8 +57,13 @@ pub enum Step {
 
 pub fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        30 => (any::<u8>(), 0u8..3, 0u8..2, 0u8..6, 0u16..800, prop_oneof![9 => Just(0u16), 1 => 0u16..9000])
-            .prop_map(|(id, campaign, ad, ip, time_back_ms, late_ms)| Step::Click { id, campaign, ad, ip, time_back_ms, late_ms }),
+        30 => (
+            any::<u8>(), 0u8..3, 0u8..2, 0u8..6, 0u16..800,
+            // Late by up to the lateness, and past the dedup horizon and the rate minute.
+            prop_oneof![18 => Just(0u32), 1 => 0u32..9000, 1 => 0u32..150_000],
+            prop_oneof![19 => Just(0u32), 1 => 0u32..300_000],
+        )
+            .prop_map(|(id, campaign, ad, ip, time_back_ms, late_ms, ahead_ms)| Step::Click { id, campaign, ad, ip, time_back_ms, late_ms, ahead_ms }),
         8 => (0u16..400).prop_map(|ms| Step::Advance { ms }),
         1 => Just(Step::JumpHour),
         2 => (0u16..3000).prop_map(|after_ms| Step::Idle { after_ms }),
@@ -96,8 +103,10 @@ pub fn resolve(steps: &[Step]) -> Vec<Call> {
                 ip,
                 time_back_ms,
                 late_ms,
+                ahead_ms,
             } => {
-                let event_time_ms = now_ms - u64::from(time_back_ms) - u64::from(late_ms);
+                let event_time_ms =
+                    now_ms - u64::from(time_back_ms) - u64::from(late_ms) + u64::from(ahead_ms);
                 calls.push(Call::Click {
                     offset,
                     event: click(id, campaign, ad, ip, event_time_ms),

@@ -1,7 +1,8 @@
-//! The aggregator against a naive model written straight from the rules in DESIGN.md, with
-//! BTreeMaps and no cleverness: lanes, watermark, idle advance, dedup horizon, rate rule.
+//! The aggregator against a naive model written straight from the rules in DESIGN.md and the
+//! core's module docs, with BTreeMaps and no cleverness: lanes (on time, late, unverified), the
+//! watermark bounded by the clock, idle advance, dedup horizon, the rate rule and its taint.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use adclick_core::limits::HOUR_MS;
 use adclick_core::operator::{PartitionAggregator, Series, SeriesUpdate};
@@ -19,64 +20,86 @@ struct Model {
     seen: BTreeMap<u128, u64>,
     dedup_cutoff_bucket: u64,
     rate: BTreeMap<(u128, u64), u64>,
+    tainted: BTreeSet<(u128, u64)>,
     totals: BTreeMap<(Series, Lane), Counts>,
     late: u64,
+    unverified: u64,
     expired: u64,
     duplicates: u64,
 }
 
+const DUPLICATE: Counts = Counts {
+    clicks: 1,
+    unique: 0,
+    fraud: 0,
+};
+const CLEAN: Counts = Counts {
+    clicks: 1,
+    unique: 1,
+    fraud: 0,
+};
+const FRAUD: Counts = Counts {
+    clicks: 1,
+    unique: 0,
+    fraud: 1,
+};
+
 impl Model {
-    fn click(&mut self, event: &ClickEvent) {
+    fn click(&mut self, event: &ClickEvent, processing_ms: u64) {
         let config = inputs::config();
         let window = config.window;
         let time = event.event_time_ms.0;
         let start = time - time % window.window_ms;
-        let lane = if start + window.window_ms + window.allowed_lateness_ms > self.watermark_ms {
-            Lane::OnTime
-        } else if start + window.window_ms + window.late_retention_ms > self.watermark_ms {
-            self.late += 1;
-            Lane::Late
-        } else {
-            self.expired += 1;
-            return;
-        };
-        if time > self.max_event_time_ms {
-            self.max_event_time_ms = time;
+        let window_lane =
+            if start + window.window_ms + window.allowed_lateness_ms > self.watermark_ms {
+                Lane::OnTime
+            } else if start + window.window_ms + window.late_retention_ms > self.watermark_ms {
+                Lane::Late
+            } else {
+                self.expired += 1;
+                return;
+            };
+        // A client clock ahead of the worker's counts only up to the clock plus the allowance.
+        let bounded = time.min(processing_ms + limits::WATERMARK_AHEAD_OF_PROCESSING_MS_MAX);
+        if bounded > self.max_event_time_ms {
+            self.max_event_time_ms = bounded;
             self.watermark_ms = self
                 .watermark_ms
-                .max(time.saturating_sub(window.max_out_of_orderness_ms));
+                .max(bounded.saturating_sub(window.max_out_of_orderness_ms));
         }
         let bucket = time / config.dedup.bucket_ms;
-        let delta = if self.seen.contains_key(&event.click_id.0) {
+        let cutoff_ms = self.dedup_cutoff_bucket * config.dedup.bucket_ms;
+        let minute = time - time % 60_000;
+        let rate_key = (adclick_core::fraud::ip_key(event.ip), minute);
+        let (lane, delta) = if self.seen.contains_key(&event.click_id.0) {
             self.duplicates += 1;
-            Counts {
-                clicks: 1,
-                unique: 0,
-                fraud: 0,
+            (window_lane, DUPLICATE)
+        } else if bucket < self.dedup_cutoff_bucket {
+            // Below the cutoff: a copy may have come and gone. Its minute's counter, if the
+            // minute is still kept, no longer holds every unique click.
+            if minute + 60_000 > cutoff_ms {
+                self.tainted.insert(rate_key);
             }
+            (Lane::Unverified, CLEAN)
         } else {
-            if bucket >= self.dedup_cutoff_bucket {
-                self.seen.insert(event.click_id.0, bucket);
-            }
-            let rate = self
-                .rate
-                .entry((adclick_core::fraud::ip_key(event.ip), time - time % 60_000))
-                .or_default();
-            *rate += 1;
-            if *rate > u64::from(config.clicks_per_ip_per_minute_max) {
-                Counts {
-                    clicks: 1,
-                    unique: 0,
-                    fraud: 1,
-                }
+            self.seen.insert(event.click_id.0, bucket);
+            if self.tainted.contains(&rate_key) {
+                (Lane::Unverified, CLEAN)
             } else {
-                Counts {
-                    clicks: 1,
-                    unique: 1,
-                    fraud: 0,
+                let rate = self.rate.entry(rate_key).or_default();
+                *rate += 1;
+                if *rate > u64::from(config.clicks_per_ip_per_minute_max) {
+                    (window_lane, FRAUD)
+                } else {
+                    (window_lane, CLEAN)
                 }
             }
         };
+        match lane {
+            Lane::Late => self.late += 1,
+            Lane::Unverified => self.unverified += 1,
+            Lane::OnTime => {}
+        }
         let window_key = WindowKey {
             campaign_id: event.campaign_id,
             ad_id: event.ad_id,
@@ -117,10 +140,12 @@ impl Model {
         self.dedup_cutoff_bucket = self.dedup_cutoff_bucket.max(cutoff);
         let keep_from = self.dedup_cutoff_bucket;
         self.seen.retain(|_, bucket| *bucket >= keep_from);
-        let watermark_ms = self.watermark_ms;
-        let lateness = config.window.allowed_lateness_ms;
+        // A minute's counters go once the whole minute is below the dedup cutoff.
+        let cutoff_ms = self.dedup_cutoff_bucket * config.dedup.bucket_ms;
         self.rate
-            .retain(|(_, minute), _| *minute + 60_000 + lateness > watermark_ms);
+            .retain(|(_, minute), _| *minute + 60_000 > cutoff_ms);
+        self.tainted
+            .retain(|(_, minute)| *minute + 60_000 > cutoff_ms);
     }
 }
 
@@ -163,7 +188,7 @@ proptest! {
                     let bytes = adclick_core::codec::encode(event, Salt(0));
                     let undecodable = aggregator.on_batch([(Offset(*offset), bytes.as_slice())], *processing_ms);
                     prop_assert!(undecodable.is_empty());
-                    model.click(event);
+                    model.click(event, *processing_ms);
                     model.last_activity_ms = Some(*processing_ms);
                 }
                 Call::Idle { processing_ms } => {
@@ -186,6 +211,7 @@ proptest! {
         prop_assert!(on_time.iter().all(|key| finals.contains_key(key)), "every on-time series closes at end of input");
         let stats = aggregator.stats();
         prop_assert_eq!(stats.late, model.late);
+        prop_assert_eq!(stats.unverified, model.unverified);
         prop_assert_eq!(stats.expired, model.expired);
         prop_assert_eq!(stats.duplicates, model.duplicates);
         prop_assert_eq!(aggregator.open_windows(), 0);

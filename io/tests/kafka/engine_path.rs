@@ -132,6 +132,7 @@ async fn counts_through_kafka_are_exact_and_equal_the_memory_log() {
         kafka_log.as_ref(),
         store.as_ref(),
         &config,
+        scenario.engine.epoch_ms,
         Duration::from_secs(120),
     )
     .await

@@ -77,6 +77,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             counter!("adclick_worker_duplicates_total", &label).absolute(stats.duplicates);
             counter!("adclick_worker_late_clicks_total", &label).absolute(stats.late);
             counter!("adclick_worker_expired_clicks_total", &label).absolute(stats.expired);
+            counter!("adclick_worker_unverified_clicks_total", &label).absolute(stats.unverified);
+            counter!("adclick_worker_quarantined_records_total", &label)
+                .absolute(stats.quarantined);
+            counter!("adclick_worker_undecodable_records_total", &label)
+                .absolute(stats.undecodable);
             for (rule, count) in [
                 ("known_ip", stats.fraud_known_ip),
                 ("known_user_agent", stats.fraud_known_user_agent),

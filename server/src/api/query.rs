@@ -39,6 +39,11 @@ pub struct WindowCounts {
     /// Unique non-fraud clicks that arrived after the window closed (the late side output).
     pub late_unique: u64,
     pub late_clicks: u64,
+    /// Clicks the fast path could not deduplicate or rate-check (older than the dedup
+    /// horizon when they arrived): `unverified_clicks` of them, `unverified_unique` not on the
+    /// fraud list. Not billable as they stand: billing, over the whole period, decides them.
+    pub unverified_unique: u64,
+    pub unverified_clicks: u64,
     /// The window closed: its on-time counts will not change.
     #[serde(rename = "final")]
     pub is_final: bool,
@@ -119,6 +124,8 @@ pub async fn campaign_clicks(
         total.fraud += window.fraud;
         total.late_clicks += window.late_clicks;
         total.late_unique += window.late_unique;
+        total.unverified_clicks += window.unverified_clicks;
+        total.unverified_unique += window.unverified_unique;
     }
     Json(CampaignClicks {
         campaign_id,
@@ -163,6 +170,10 @@ fn merge_windows(series: &[(Series, Lane, StoredCounts)], step_ms: u64) -> Vec<W
                 window.late_clicks += stored.counts.clicks;
                 window.late_unique += stored.counts.unique;
             }
+            Lane::Unverified => {
+                window.unverified_clicks += stored.counts.clicks;
+                window.unverified_unique += stored.counts.unique;
+            }
         }
     }
     windows.into_values().collect()
@@ -191,7 +202,7 @@ pub struct TopAds {
 }
 
 /// `GET /v1/top?window=last|current|START_MS&n=10`: the ads with the most unique clicks in a
-/// window (both lanes, all salts). `last` is the newest window every partition's watermark has
+/// window (on-time and late lanes, all salts). `last` is the newest window every partition's watermark has
 /// passed; `current` the window holding the newest watermark.
 pub async fn top(
     State(state): State<AppState>,
@@ -239,8 +250,10 @@ pub async fn top(
         Err(error) => return unavailable(error.to_string()),
     };
     let mut ads: BTreeMap<(u64, u64), Counts> = BTreeMap::new();
-    for (series, _, stored) in &series {
+    for (series, lane, stored) in &series {
+        // Unverified clicks are not known unique: billing decides them, the ranking does not.
         if let Series::Window(key) = series
+            && lane.is_verified()
             && principal.may_see(key.campaign_id.0)
         {
             ads.entry((key.campaign_id.0, key.ad_id.0))
