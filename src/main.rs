@@ -92,9 +92,9 @@ enum Command {
         /// A fraud list file (`version N`, then `ip ...` / `ua ...` lines).
         #[arg(long)]
         fraud_list: Option<PathBuf>,
-        /// The processing time the input is judged at (ms since the epoch; default: the
-        /// clock). It bounds the watermark, and records whose event time ingest could not have
-        /// accepted then are quarantined: set it to replay an old export as it was.
+        /// The processing time the input is judged at, in ms since the epoch: it bounds the
+        /// watermark, and records whose event time ingest could not have accepted then are
+        /// quarantined. Default: the largest event time read so far (a replay of history).
         #[arg(long)]
         now_ms: Option<u64>,
     },

@@ -3,8 +3,9 @@
 //! `window_start_ms,campaign_id,ad_id,clicks,unique,fraud,late,unverified`, where `unique` counts
 //! on-time billable clicks, `late` the billable clicks that arrived after their window closed,
 //! and `unverified` the clicks dedup could no longer decide (README.md, "Lanes and bounds").
-//! Quarantined records (event times ingest could not have accepted at `--now-ms`) are counted on
-//! stderr with their line numbers, never silently skipped.
+//! Quarantined records (event times ingest could not have accepted at `--now-ms`, or without it
+//! far older than the newest click so far) are named on stderr with their line numbers, never
+//! silently skipped.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -31,10 +32,9 @@ pub fn main(
     fraud_list: Option<&Path>,
     now_ms: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
-    let now_ms = now_ms.unwrap_or_else(|| {
-        use adclick_engine::seams::Clock;
-        adclick_engine::clock::SystemClock.now_ms()
-    });
+    // Without `--now-ms`, the clock follows the data (the largest event time so far), as for a
+    // replay of history: nothing is ahead of it, and only what is absurdly older is quarantined.
+    let mut data_clock_ms = 0u64;
     let list = match fraud_list {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -56,7 +56,10 @@ pub fn main(
         let event = parse_json_click(line.as_bytes(), TimeBound::None).map_err(|rejection| {
             anyhow::anyhow!("{}: line {}: {rejection}", input.display(), index + 1)
         })?;
-        if let Err(problem) = aggregator.on_click(Offset(offset), &event.view(Salt(0)), now_ms) {
+        data_clock_ms = data_clock_ms.max(event.event_time_ms.0);
+        let processing_ms = now_ms.unwrap_or(data_clock_ms);
+        if let Err(problem) = aggregator.on_click(Offset(offset), &event.view(Salt(0)), processing_ms)
+        {
             eprintln!("{}: line {}: {problem}", input.display(), index + 1);
         }
         offset += 1;

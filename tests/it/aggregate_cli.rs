@@ -40,10 +40,49 @@ fn aggregates_a_historical_file_into_csv() {
     let csv = String::from_utf8(output.stdout).unwrap();
     assert_eq!(
         csv,
-        "window_start_ms,campaign_id,ad_id,clicks,unique,fraud,late\n\
-         0,7,1,4,2,0,1\n\
-         60000,7,1,1,1,0,0\n\
-         480000,7,1,1,1,0,0\n"
+        "window_start_ms,campaign_id,ad_id,clicks,unique,fraud,late,unverified\n\
+         0,7,1,4,2,0,1,0\n\
+         60000,7,1,1,1,0,0,0\n\
+         480000,7,1,1,1,0,0,0\n"
+    );
+}
+
+/// Judged at a fixed clock (`--now-ms`), a click stamped more than ingest's future bound plus
+/// slack ahead (an outside producer's microseconds) is quarantined and named, not counted, and
+/// a click ahead within the bound is counted in its own window but never closes the others.
+#[test]
+fn aggregate_quarantines_absurd_event_times_and_bounds_the_watermark_by_the_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("clicks.ndjson");
+    let now_ms: u64 = 1_800_000_000_000;
+    let lines = [
+        click(1, now_ms),
+        click(2, now_ms * 1000), // microseconds
+        click(3, now_ms + 295_000),
+        click(1, now_ms), // a resend: still a duplicate, its window still open
+    ];
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let output = adclick()
+        .args(["aggregate", "--now-ms", &now_ms.to_string(), "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("line 2: quarantined: event_time_ms 1800000000000000"),
+        "{stderr}"
+    );
+    let csv = String::from_utf8(output.stdout).unwrap();
+    let window = now_ms - now_ms % 60_000;
+    let ahead = (now_ms + 295_000) - (now_ms + 295_000) % 60_000;
+    assert_eq!(
+        csv,
+        format!(
+            "window_start_ms,campaign_id,ad_id,clicks,unique,fraud,late,unverified\n\
+             {window},7,1,2,1,0,0,0\n\
+             {ahead},7,1,1,1,0,0,0\n"
+        )
     );
 }
 
