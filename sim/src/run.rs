@@ -363,6 +363,8 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
         liveness_timeout,
     )
     .await?;
+    // The statuses are as of now: liveness judges their watermarks against this clock reading.
+    let drained_clock = oracle::WorkerClock::system(scenario.engine.epoch_ms);
     let drain_ms = drain_started.elapsed().as_millis() as u64;
     let _ = stop_sender.send(true);
     for worker in workers {
@@ -401,7 +403,7 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
                     &drained,
                     &scan,
                     &scenario.aggregator_config(),
-                    Some(oracle::WorkerClock::system(scenario.engine.epoch_ms)),
+                    Some(drained_clock),
                     drain_ms,
                 );
                 verdict.holds &= !drained.is_empty() || expected.log.count == 0;

@@ -196,6 +196,8 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
         timeout,
     )
     .await?;
+    // The statuses are as of now: liveness judges their watermarks against this clock reading.
+    let drained_clock = oracle::WorkerClock::system(epoch_ms);
     let drain_ms = SystemClock.now_ms() - drain_started_ms;
     let _ = stop_sender.send(true);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -232,7 +234,7 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
                 &statuses,
                 &scan,
                 &config,
-                Some(oracle::WorkerClock::system(epoch_ms)),
+                Some(drained_clock),
                 drain_ms,
             ),
             Invariant::Determinism => Verdict::skipped(

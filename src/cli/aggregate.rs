@@ -58,7 +58,8 @@ pub fn main(
         })?;
         data_clock_ms = data_clock_ms.max(event.event_time_ms.0);
         let processing_ms = now_ms.unwrap_or(data_clock_ms);
-        if let Err(problem) = aggregator.on_click(Offset(offset), &event.view(Salt(0)), processing_ms)
+        if let Err(problem) =
+            aggregator.on_click(Offset(offset), &event.view(Salt(0)), processing_ms)
         {
             eprintln!("{}: line {}: {problem}", input.display(), index + 1);
         }

@@ -133,6 +133,11 @@ pub fn resolve(steps: &[Step]) -> Vec<Call> {
 }
 
 pub fn click(id: u8, campaign: u8, ad: u8, ip: u8, event_time_ms: u64) -> ClickEvent {
+    click_with_id(u32::from(id), campaign, ad, ip, event_time_ms)
+}
+
+/// `click` with a wider id space, for tests that need more than 256 distinct clicks.
+pub fn click_with_id(id: u32, campaign: u8, ad: u8, ip: u8, event_time_ms: u64) -> ClickEvent {
     ClickEvent {
         click_id: ClickId(u128::from(id) + 1),
         campaign_id: CampaignId(u64::from(campaign)),

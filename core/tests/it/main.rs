@@ -2,6 +2,7 @@
 //! equivalence through real checkpoints.
 
 mod batching;
+mod envelope;
 mod inputs;
 mod model;
 mod restart;

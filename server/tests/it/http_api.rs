@@ -6,7 +6,7 @@ use adclick_server::serve::{RunningServer, Seams, start};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -14,7 +14,7 @@ fn now_ms() -> u64 {
 }
 
 /// Small windows and short epochs, so counts become final within seconds.
-fn test_config() -> ServeConfig {
+pub(crate) fn test_config() -> ServeConfig {
     let text = r#"
 [security]
 allow_unsigned = true
@@ -35,7 +35,7 @@ dedup_bucket_ms = 1000
     ServeConfig::parse(text, "test").unwrap()
 }
 
-async fn serve(config: ServeConfig) -> (RunningServer, String) {
+pub(crate) async fn serve(config: ServeConfig) -> (RunningServer, String) {
     let seams = Seams::from_config(&config).await.unwrap();
     let server = start(config, seams).await.unwrap();
     let base = format!("http://{}", server.local_addr);
@@ -67,7 +67,7 @@ pub(crate) async fn post(base: &str, content_type: &str, body: String) -> (Statu
     (status, json)
 }
 
-async fn get<T: serde::de::DeserializeOwned>(url: &str) -> T {
+pub(crate) async fn get<T: serde::de::DeserializeOwned>(url: &str) -> T {
     let response = reqwest::get(url).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK, "GET {url}");
     response.json().await.unwrap()

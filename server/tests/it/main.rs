@@ -3,6 +3,7 @@
 //! headless Chromium against the same API.
 
 mod dashboard;
+mod envelope;
 mod http_api;
 mod restart;
 mod security;
