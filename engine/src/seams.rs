@@ -269,9 +269,22 @@ pub struct PartitionStatus {
     /// mid-epoch.
     #[serde(default)]
     pub dedup_early_evictions: u64,
+    /// When this owner last let the watermark follow its clock, and how far it had read the
+    /// log then (it had read to the log's end offset): checkers verify that nothing appended
+    /// before that time was still unread.
+    #[serde(default)]
+    pub last_idle_advance: Option<IdleAdvance>,
     /// Resource figures for operators (metrics); not part of any invariant.
     #[serde(default)]
     pub health: PartitionHealth,
+}
+
+/// An idle partition's watermark followed the clock at `processing_ms`, with the log read up to
+/// `next_offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdleAdvance {
+    pub processing_ms: u64,
+    pub next_offset: Offset,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,7 +19,7 @@ use crate::checkpoint::{CheckpointError, CheckpointStore};
 use crate::fencing::Fence;
 use crate::limits;
 use crate::seams::{
-    Clock, Log, LogError, PartitionHealth, PartitionStatus, RealtimeStore, StoreError,
+    Clock, IdleAdvance, Log, LogError, PartitionHealth, PartitionStatus, RealtimeStore, StoreError,
 };
 
 /// A batch with many bad records logs this many of them, and a count of the rest.
@@ -137,6 +137,7 @@ pub struct PartitionWorker {
     last_barrier_ms: u64,
     /// When an idle poll last asked the log for its end offset.
     end_offset_checked_ms: u64,
+    last_idle_advance: Option<IdleAdvance>,
     #[cfg(feature = "test-canaries")]
     canary_last_emitted: std::collections::HashMap<
         (adclick_core::operator::Series, adclick_core::window::Lane),
@@ -160,6 +161,7 @@ impl PartitionWorker {
             aggregator: None,
             last_barrier_ms: 0,
             end_offset_checked_ms: 0,
+            last_idle_advance: None,
             #[cfg(feature = "test-canaries")]
             canary_last_emitted: Default::default(),
         }
@@ -242,6 +244,7 @@ impl PartitionWorker {
     fn status(&mut self) -> PartitionStatus {
         let generation = self.generation;
         let last_barrier_ms = self.last_barrier_ms;
+        let last_idle_advance = self.last_idle_advance;
         let aggregator = self.aggregator();
         PartitionStatus {
             partition: aggregator.partition(),
@@ -252,6 +255,7 @@ impl PartitionWorker {
             stats: aggregator.stats(),
             dedup_cutoff_ms: aggregator.dedup().cutoff_ms(),
             dedup_early_evictions: aggregator.dedup().stats().early_evictions,
+            last_idle_advance,
             health: PartitionHealth {
                 dedup_ids: aggregator.dedup().len() as u64,
                 dedup_bytes: aggregator.dedup().allocated_bytes() as u64,
@@ -425,8 +429,11 @@ impl PartitionWorker {
             .end_offset(partition)
             .await
             .map_err(|source| WorkerError::Log { partition, source })?;
-        if end <= next_offset {
-            self.aggregator().on_idle(now_ms);
+        if end <= next_offset && self.aggregator().on_idle(now_ms) {
+            self.last_idle_advance = Some(IdleAdvance {
+                processing_ms: now_ms,
+                next_offset,
+            });
         }
         Ok(())
     }

@@ -71,6 +71,7 @@ fn status(partition: PartitionId, generation: Generation, epoch: u64) -> Partiti
         stats: Default::default(),
         dedup_cutoff_ms: 0,
         dedup_early_evictions: 0,
+        last_idle_advance: None,
         health: Default::default(),
     }
 }

@@ -9,10 +9,15 @@
 //! counted under the first one's dedup cutoff (cutoffs move at barriers; only an early eviction
 //! moves one mid-epoch, and the history says which partitions had one).
 //!
-//! It also checks, at every apply, two rules the final state cannot show: the watermark never
-//! runs ahead of the worker's clock by more than `WATERMARK_AHEAD_OF_PROCESSING_MS_MAX`, and the
-//! dedup cutoff is exactly the watermark minus the horizon (in whole buckets) unless the dedup
-//! bound evicted ids early.
+//! It also checks, at every apply, rules the final state cannot show:
+//! - the watermark never runs ahead of the worker's clock by more than
+//!   `WATERMARK_AHEAD_OF_PROCESSING_MS_MAX`;
+//! - the dedup cutoff is exactly the watermark minus the horizon (in whole buckets) unless the
+//!   dedup bound evicted ids early;
+//! - a watermark that followed the clock (the status's `last_idle_advance`) did so while the
+//!   partition was caught up: every record that `RecordingLog` saw appended before then had
+//!   been read. Otherwise a backlog would have gone to the late lane on the strength of an
+//!   empty read.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -34,11 +39,23 @@ pub struct EpochMark {
     pub dedup_cutoff_ms: u64,
 }
 
+/// A status whose watermark followed the clock: the partition must have read everything
+/// appended before that time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct IdleAdvanceSeen {
+    partition: PartitionId,
+    epoch: Epoch,
+    advance: IdleAdvance,
+}
+
 #[derive(Debug, Default)]
 struct Recorded {
     epochs: BTreeMap<PartitionId, Vec<EpochMark>>,
     early_evictions: BTreeMap<PartitionId, u64>,
     violations: Vec<String>,
+    idle_advances: Vec<IdleAdvanceSeen>,
+    /// Per partition, ascending: the log's end offset after an append, and when it was seen.
+    appends: BTreeMap<PartitionId, Vec<(Offset, u64)>>,
 }
 
 /// What `RecordingStore` saw.
@@ -66,6 +83,20 @@ impl StatusHistory {
             .insert(status.partition, status.dedup_early_evictions);
         let mut violation = None;
         let watermark_ms = status.watermark.watermark_ms;
+        if let Some(advance) = status.last_idle_advance {
+            let seen = IdleAdvanceSeen {
+                partition: status.partition,
+                epoch: status.epoch,
+                advance,
+            };
+            let known = recorded
+                .idle_advances
+                .iter()
+                .any(|old| old.partition == seen.partition && old.advance == seen.advance);
+            if !known {
+                recorded.idle_advances.push(seen);
+            }
+        }
         if watermark_ms > now_ms + WATERMARK_AHEAD_OF_PROCESSING_MS_MAX {
             violation = Some(format!(
                 "partition {} epoch {}: watermark {watermark_ms} is {} ms ahead of the clock {now_ms}, past the allowance of {WATERMARK_AHEAD_OF_PROCESSING_MS_MAX} ms",
@@ -119,20 +150,51 @@ impl StatusHistory {
             .is_some_and(|evictions| *evictions > 0)
     }
 
-    /// The rule violations seen at applies, first ones first.
+    /// An append that `RecordingLog` saw succeed: the partition's log reaches `end` by `now_ms`.
+    fn appended(&self, partition: PartitionId, end: Offset, now_ms: u64) {
+        let mut recorded = self.recorded.lock().expect("history lock");
+        let appends = recorded.appends.entry(partition).or_default();
+        // A retried batch answers with offsets the log already had: nothing new by then.
+        if appends.last().is_none_or(|(last_end, _)| end > *last_end) {
+            appends.push((end, now_ms));
+        }
+    }
+
+    /// Idle advances made while records appended before them were still unread.
+    fn early_idle_advances(recorded: &Recorded) -> Vec<String> {
+        recorded
+            .idle_advances
+            .iter()
+            .filter_map(|seen| {
+                let IdleAdvance {
+                    processing_ms,
+                    next_offset,
+                } = seen.advance;
+                let appends = recorded.appends.get(&seen.partition)?;
+                let before = appends.partition_point(|(_, at_ms)| *at_ms < processing_ms);
+                let (appended_end, _) = *appends.get(before.checked_sub(1)?)?;
+                (appended_end > next_offset).then(|| {
+                    format!(
+                        "partition {} (status of epoch {}): the watermark followed the clock at {processing_ms} ms while records up to offset {} appended before then were unread (read up to {})",
+                        seen.partition, seen.epoch.0, appended_end.0, next_offset.0
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// The rule violations seen, first ones first.
     pub fn violations(&self) -> Vec<String> {
         let recorded = self.recorded.lock().expect("history lock");
-        let mut kept: Vec<String> = recorded
+        let all: Vec<String> = recorded
             .violations
             .iter()
-            .take(VIOLATIONS_KEPT_MAX)
             .cloned()
+            .chain(StatusHistory::early_idle_advances(&recorded))
             .collect();
-        if recorded.violations.len() > VIOLATIONS_KEPT_MAX {
-            kept.push(format!(
-                "and {} more",
-                recorded.violations.len() - VIOLATIONS_KEPT_MAX
-            ));
+        let mut kept: Vec<String> = all.iter().take(VIOLATIONS_KEPT_MAX).cloned().collect();
+        if all.len() > VIOLATIONS_KEPT_MAX {
+            kept.push(format!("and {} more", all.len() - VIOLATIONS_KEPT_MAX));
         }
         kept
     }
@@ -175,5 +237,46 @@ impl RealtimeStore for RecordingStore {
 
     async fn partition_status(&self) -> Result<Vec<PartitionStatus>, StoreError> {
         self.inner.partition_status().await
+    }
+}
+
+/// A log that tells a `StatusHistory` when each append became visible, for the idle-advance
+/// check. Wrap the log the appenders use; an append whose ack was lost is not seen, which only
+/// leaves the check less to check.
+pub struct RecordingLog {
+    pub inner: Arc<dyn Log>,
+    pub history: Arc<StatusHistory>,
+}
+
+#[async_trait]
+impl Log for RecordingLog {
+    fn partitions(&self) -> u32 {
+        self.inner.partitions()
+    }
+
+    async fn append(&self, partition: PartitionId, batch: AppendBatch) -> Result<Offset, LogError> {
+        let records = batch.records.len() as u64;
+        let first = self.inner.append(partition, batch).await?;
+        use adclick_engine::seams::Clock;
+        self.history
+            .appended(partition, Offset(first.0 + records), SystemClock.now_ms());
+        Ok(first)
+    }
+
+    async fn read(
+        &self,
+        partition: PartitionId,
+        from: Offset,
+        records_max: usize,
+    ) -> Result<Vec<ReadBatch>, LogError> {
+        self.inner.read(partition, from, records_max).await
+    }
+
+    async fn end_offset(&self, partition: PartitionId) -> Result<Offset, LogError> {
+        self.inner.end_offset(partition).await
+    }
+
+    async fn new_producer_id(&self) -> Result<u64, LogError> {
+        self.inner.new_producer_id().await
     }
 }

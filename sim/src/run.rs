@@ -24,7 +24,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::faults::{EmptyReadLog, FaultRates, Faults, SimStore};
-use crate::history::{RecordingStore, StatusHistory};
+use crate::history::{RecordingLog, RecordingStore, StatusHistory};
 use crate::measure::{Measurements, Recorder};
 use crate::oracle::{self, Ledger, Verdict};
 
@@ -247,7 +247,13 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
     let mut workers: Vec<_> = (0..partitions)
         .map(|p| spawn_worker(PartitionId(p)))
         .collect();
-    let (ingest, flusher) = IngestCore::start(log.clone(), clock.clone(), scenario.ingest_config());
+    // Ingest appends through the history, which times each append for the idle-advance check.
+    let ingest_log: Arc<dyn Log> = Arc::new(RecordingLog {
+        inner: log.clone(),
+        history: history.clone(),
+    });
+    let (ingest, flusher) =
+        IngestCore::start(ingest_log.clone(), clock.clone(), scenario.ingest_config());
 
     let progress = progress_bar(scenario, options.progress);
     let started = Instant::now();

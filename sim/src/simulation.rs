@@ -39,7 +39,7 @@ use rand_pcg::Pcg64Mcg;
 use serde::Serialize;
 
 use crate::faults::{FaultCounts, FaultRates, Faults, SimBlobs, SimLog, SimStore};
-use crate::history::{RecordingStore, StatusHistory};
+use crate::history::{RecordingLog, RecordingStore, StatusHistory};
 use crate::oracle::{self, Ledger, Verdict};
 
 #[derive(Clone, Debug, Default)]
@@ -130,6 +130,11 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
     let cluster = start_workers(scenario, &env, &stop, &restarts);
 
     let ingest_config = traffic_scenario.ingest_config();
+    // Ingest appends through the history, which times each append for the idle-advance check.
+    let ingest_log: Arc<dyn Log> = Arc::new(RecordingLog {
+        inner: log.clone(),
+        history: history.clone(),
+    });
     // Salt plans live in the checkpoint blob store, with its faults, as in `adclick serve`.
     let salt_plans = SaltPlanStore::new(blobs.clone(), scenario.engine.ingest_nodes);
     let ingest_slots: Vec<IngestSlot> = (0..scenario.sim.ingest_nodes.max(1))
@@ -141,7 +146,7 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
         .map(|(index, slot)| {
             start_ingest(
                 index,
-                log.clone(),
+                ingest_log.clone(),
                 ingest_config,
                 slot.clone(),
                 salt_plans.clone(),
@@ -291,7 +296,7 @@ type IngestSlot = Arc<Mutex<Option<(IngestCore, tokio::task::JoinHandle<()>)>>>;
 /// empty buffer. Killing it loses whatever its buffer held that the log had not yet taken.
 fn start_ingest(
     index: usize,
-    log: Arc<SimLog>,
+    log: Arc<dyn Log>,
     config: IngestConfig,
     slot: IngestSlot,
     salt_plans: SaltPlanStore,
