@@ -20,7 +20,10 @@ use adclick_engine::seams::{BlobError, BlobStore, Clock, Log, LogError, ReadBatc
 use tokio::sync::watch;
 
 use crate::layout;
-use crate::manifest::{self, FileEntry, Manifest, ManifestError, OffsetRange, SegmentEntry};
+use crate::manifest::{
+    self, ArchiveException, EXCEPTIONS_LISTED_PER_SEGMENT_MAX, ExceptionKind, FileEntry, Manifest,
+    ManifestError, OffsetRange, SegmentEntry,
+};
 use crate::parquet_io::{self, WriteError};
 use crate::schema::ArchiveRow;
 
@@ -91,6 +94,8 @@ struct Segment {
     hours: BTreeMap<u64, Vec<ArchiveRow>>,
     rows: u64,
     undecodable: u64,
+    quarantined: u64,
+    exceptions: Vec<ArchiveException>,
     buffered_bytes: u64,
     opened_ms: u64,
 }
@@ -286,7 +291,7 @@ impl Archiver {
             }
             self.segment.last_offset = offset;
             self.read_offset = Offset(offset.0 + 1);
-            match admit(self.partition, offset, bytes) {
+            match admit(self.partition, offset, bytes, self.clock.now_ms()) {
                 Ok(row) => {
                     let hour = layout::hour_start_ms(row.click.event_time_ms.0);
                     self.segment.buffered_bytes +=
@@ -294,14 +299,25 @@ impl Archiver {
                     self.segment.rows += 1;
                     self.segment.hours.entry(hour).or_default().push(row);
                 }
-                Err(reason) => {
+                Err((kind, reason)) => {
                     tracing::warn!(
                         partition = self.partition.0,
                         offset = offset.0,
                         %reason,
-                        "archiver: record not archivable, counted in the manifest"
+                        "archiver: record not archivable, listed in the manifest"
                     );
-                    self.segment.undecodable += 1;
+                    match kind {
+                        ExceptionKind::Undecodable => self.segment.undecodable += 1,
+                        ExceptionKind::Quarantined => self.segment.quarantined += 1,
+                    }
+                    if self.segment.exceptions.len() < EXCEPTIONS_LISTED_PER_SEGMENT_MAX {
+                        self.segment.exceptions.push(ArchiveException {
+                            offset,
+                            kind,
+                            read_at_ms: self.clock.now_ms(),
+                            reason,
+                        });
+                    }
                 }
             }
         }
@@ -359,6 +375,8 @@ impl Archiver {
             range,
             rows: self.segment.rows,
             undecodable: self.segment.undecodable,
+            quarantined: self.segment.quarantined,
+            exceptions: self.segment.exceptions.clone(),
             files,
         });
         manifest::store(self.blobs.as_ref(), &committed).await?;
@@ -369,12 +387,27 @@ impl Archiver {
 }
 
 /// Decodes one record into a row, or says why it cannot be archived.
-fn admit(partition: PartitionId, offset: Offset, bytes: &[u8]) -> Result<ArchiveRow, String> {
-    let view = codec::decode(bytes).map_err(|error| error.to_string())?;
-    if i64::try_from(view.event_time_ms.0).is_err() {
-        return Err(format!(
-            "event_time_ms {} does not fit a parquet timestamp",
-            view.event_time_ms.0
+fn admit(
+    partition: PartitionId,
+    offset: Offset,
+    bytes: &[u8],
+    now_ms: u64,
+) -> Result<ArchiveRow, (ExceptionKind, String)> {
+    let view = codec::decode(bytes)
+        .map_err(|error| (ExceptionKind::Undecodable, format!("undecodable: {error}")))?;
+    let event_time_ms = view.event_time_ms.0;
+    if !adclick_core::window::event_time_in_bounds(event_time_ms, now_ms) {
+        return Err((
+            ExceptionKind::Quarantined,
+            format!(
+                "quarantined: event_time_ms {event_time_ms} is outside what ingest accepts against the archiver's clock {now_ms}, with slack"
+            ),
+        ));
+    }
+    if i64::try_from(event_time_ms).is_err() {
+        return Err((
+            ExceptionKind::Quarantined,
+            format!("event_time_ms {event_time_ms} does not fit a parquet timestamp"),
         ));
     }
     Ok(ArchiveRow {

@@ -17,6 +17,9 @@ pub mod parquet_io;
 pub mod schema;
 
 pub use archiver::{ArchiveError, Archiver, ArchiverConfig};
-pub use manifest::{CleanReport, CommittedFile, Manifest, clean, list_committed};
+pub use manifest::{
+    ArchiveException, CleanReport, CommittedFile, ExceptionKind, ExceptionReport, Manifest, clean,
+    list_committed, list_exceptions,
+};
 pub use parquet_io::{ReadError, read_billing_rows, read_columns, read_rows, write_parquet};
 pub use schema::{ArchiveRow, BillingRow, Column};

@@ -47,7 +47,37 @@ pub struct SegmentEntry {
     /// Records in the range that could not be archived (undecodable, or an event time past
     /// what a Parquet timestamp holds); each was logged with its offset.
     pub undecodable: u64,
+    /// Records in the range whose event time ingest could never have accepted, judged against
+    /// the archiver's clock (`adclick_core::window::event_time_in_bounds`): kept out of the
+    /// hour files, whose hours they would falsify, and listed here for billing to report.
+    #[serde(default)]
+    pub quarantined: u64,
+    /// The first `EXCEPTIONS_LISTED_PER_SEGMENT_MAX` records of the range in no file
+    /// (undecodable or quarantined), by offset: the log holds their bytes.
+    #[serde(default)]
+    pub exceptions: Vec<ArchiveException>,
     pub files: Vec<FileEntry>,
+}
+
+/// A segment lists at most this many of its unarchived records; the counts hold them all.
+pub const EXCEPTIONS_LISTED_PER_SEGMENT_MAX: usize = 1_000;
+
+/// Why a record is in no archive file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExceptionKind {
+    Undecodable,
+    Quarantined,
+}
+
+/// A record in no archive file, and when the archiver read it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveException {
+    pub offset: Offset,
+    pub kind: ExceptionKind,
+    /// The archiver's clock when it read the record: the billing period that reports it.
+    pub read_at_ms: u64,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +215,50 @@ pub async fn list_committed(
     }
     files.sort_by_key(|file| (file.hour_start_ms, file.partition, file.range.first_offset));
     Ok(files)
+}
+
+/// The unarchived records a billing period reports: those of every segment whose first listed
+/// exception was read in `[from_ms, to_ms)` (so each segment is reported by one period), with
+/// the segments' full counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ExceptionReport {
+    pub undecodable: u64,
+    pub quarantined: u64,
+    /// (partition, exception), the listed ones.
+    pub listed: Vec<(PartitionId, ArchiveException)>,
+}
+
+impl ExceptionReport {
+    pub fn is_empty(&self) -> bool {
+        self.undecodable == 0 && self.quarantined == 0
+    }
+}
+
+pub async fn list_exceptions(
+    blobs: &dyn BlobStore,
+    from_ms: u64,
+    to_ms: u64,
+) -> Result<ExceptionReport, ManifestError> {
+    let mut report = ExceptionReport::default();
+    for manifest in load_all(blobs).await? {
+        for segment in &manifest.segments {
+            let Some(first) = segment.exceptions.first() else {
+                continue;
+            };
+            if !(from_ms..to_ms).contains(&first.read_at_ms) {
+                continue;
+            }
+            report.undecodable += segment.undecodable;
+            report.quarantined += segment.quarantined;
+            report.listed.extend(
+                segment
+                    .exceptions
+                    .iter()
+                    .map(|exception| (manifest.partition, exception.clone())),
+            );
+        }
+    }
+    Ok(report)
 }
 
 /// What `clean` did.

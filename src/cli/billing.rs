@@ -143,6 +143,7 @@ pub fn bill(args: BillArgs) -> anyhow::Result<ExitCode> {
         let started = std::time::Instant::now();
         let mut biller = job.biller();
         let inputs = feed_from_archive(&blobs, &mut biller, job.from_ms, job.to_ms).await?;
+        let exceptions = adclick_archive::list_exceptions(&blobs, job.from_ms, job.to_ms).await?;
         let hours = biller.finish();
         let clicks: u64 = hours.values().map(|bill| bill.clicks).sum();
         let outcome = write_bill(store.as_ref(), &job, &hours, inputs, now_ms).await?;
@@ -159,12 +160,40 @@ pub fn bill(args: BillArgs) -> anyhow::Result<ExitCode> {
             outcome.record.spend_micros,
             clicks as f64 / elapsed.max(1e-9)
         );
+        print_exceptions(&exceptions);
         if let Some(path) = &args.json {
-            std::fs::write(path, serde_json::to_string_pretty(&outcome)?)
+            // The outcome's fields stay at the top level, as before; exceptions join them.
+            let mut report = serde_json::to_value(&outcome)?;
+            report["exceptions"] = serde_json::to_value(&exceptions)?;
+            std::fs::write(path, serde_json::to_string_pretty(&report)?)
                 .with_context(|| format!("--json {}", path.display()))?;
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Records the archiver kept out of every file, read in this period: never billed, never
+/// dropped in silence by the period's hour filter.
+fn print_exceptions(exceptions: &adclick_archive::ExceptionReport) {
+    if exceptions.is_empty() {
+        return;
+    }
+    println!(
+        "exceptions (not billed; the log holds them at these offsets): {} quarantined, {} undecodable",
+        exceptions.quarantined, exceptions.undecodable
+    );
+    for (partition, exception) in exceptions.listed.iter().take(20) {
+        println!(
+            "  partition {partition} offset {}: {}",
+            exception.offset.0, exception.reason
+        );
+    }
+    if exceptions.listed.len() > 20 {
+        println!(
+            "  ... and {} more listed in the manifests",
+            exceptions.listed.len() - 20
+        );
+    }
 }
 
 pub fn reconcile_command(args: ReconcileArgs) -> anyhow::Result<ExitCode> {

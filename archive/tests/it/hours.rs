@@ -70,3 +70,57 @@ async fn a_segment_spanning_two_hours_lands_in_two_hour_directories() {
     assert_eq!(eight[0].hour_start_ms, START_MS);
     assert_eq!(read_archive(blobs.as_ref()).await, filled.expected);
 }
+
+#[tokio::test]
+async fn a_click_ingest_could_never_accept_is_quarantined_and_listed_not_filed() {
+    let mut filled = Filled::new();
+    let partition = PartitionId(0);
+    // An outside producer wrote microseconds: the event time is ~50,000 years ahead.
+    let records = vec![
+        codec::encode(&click(1, START_MS + 100), Salt(0)),
+        codec::encode(&click(2, START_MS * 1000), Salt(0)),
+        b"not a click".to_vec(),
+        codec::encode(&click(3, START_MS + 200), Salt(0)),
+    ];
+    filled.append(partition, records);
+    let blobs: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::new());
+    archive_all(filled.log.clone(), blobs.clone(), ArchiverConfig::default()).await;
+
+    let stored = manifest::load(blobs.as_ref(), partition).await.unwrap();
+    assert_eq!(stored.segments.len(), 1);
+    let segment = &stored.segments[0];
+    assert_eq!(
+        (segment.rows, segment.quarantined, segment.undecodable),
+        (2, 1, 1)
+    );
+    let kinds: Vec<(u64, manifest::ExceptionKind)> = segment
+        .exceptions
+        .iter()
+        .map(|exception| (exception.offset.0, exception.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (1, manifest::ExceptionKind::Quarantined),
+            (2, manifest::ExceptionKind::Undecodable)
+        ]
+    );
+    let ids: Vec<u128> = read_archive(blobs.as_ref())
+        .await
+        .iter()
+        .map(|row| row.click.click_id.0)
+        .collect();
+    assert_eq!(ids, vec![1, 3], "the quarantined click is in no hour file");
+
+    // The period in which the archiver read them reports them, once; the next one does not.
+    let report = manifest::list_exceptions(blobs.as_ref(), START_MS, START_MS + 3_600_000)
+        .await
+        .unwrap();
+    assert_eq!((report.quarantined, report.undecodable), (1, 1));
+    assert_eq!(report.listed.len(), 2);
+    let next =
+        manifest::list_exceptions(blobs.as_ref(), START_MS + 3_600_000, START_MS + 7_200_000)
+            .await
+            .unwrap();
+    assert!(next.is_empty());
+}
