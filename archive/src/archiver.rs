@@ -21,8 +21,8 @@ use tokio::sync::watch;
 
 use crate::layout;
 use crate::manifest::{
-    self, ArchiveException, EXCEPTIONS_LISTED_PER_SEGMENT_MAX, ExceptionKind, FileEntry, Manifest,
-    ManifestError, OffsetRange, SegmentEntry,
+    self, ArchiveException, EXCEPTIONS_LISTED_PER_SEGMENT_MAX, ExceptionKind, ExceptionLine,
+    FileEntry, Manifest, ManifestError, OffsetRange, SegmentEntry,
 };
 use crate::parquet_io::{self, WriteError};
 use crate::schema::ArchiveRow;
@@ -95,7 +95,8 @@ struct Segment {
     rows: u64,
     undecodable: u64,
     quarantined: u64,
-    exceptions: Vec<ArchiveException>,
+    /// Every unarchivable record with its bytes, for the segment's exceptions file.
+    exceptions: Vec<ExceptionLine>,
     buffered_bytes: u64,
     opened_ms: u64,
 }
@@ -310,14 +311,18 @@ impl Archiver {
                         ExceptionKind::Undecodable => self.segment.undecodable += 1,
                         ExceptionKind::Quarantined => self.segment.quarantined += 1,
                     }
-                    if self.segment.exceptions.len() < EXCEPTIONS_LISTED_PER_SEGMENT_MAX {
-                        self.segment.exceptions.push(ArchiveException {
-                            offset,
-                            kind,
-                            read_at_ms: self.clock.now_ms(),
-                            reason,
-                        });
-                    }
+                    let exception = ArchiveException {
+                        offset,
+                        kind,
+                        read_at_ms: self.clock.now_ms(),
+                        reason,
+                    };
+                    self.segment.buffered_bytes +=
+                        (size_of::<ExceptionLine>() + exception.reason.len() + 2 * bytes.len())
+                            as u64;
+                    self.segment
+                        .exceptions
+                        .push(ExceptionLine::new(exception, bytes));
                 }
             }
         }
@@ -368,6 +373,7 @@ impl Archiver {
                 rows: rows.len() as u64,
             });
         }
+        let exceptions_key = self.put_exceptions(range).await?;
         let mut committed = self.manifest.clone();
         committed.pending = None;
         committed.next_offset = Offset(range.last_offset.0 + 1);
@@ -376,13 +382,36 @@ impl Archiver {
             rows: self.segment.rows,
             undecodable: self.segment.undecodable,
             quarantined: self.segment.quarantined,
-            exceptions: self.segment.exceptions.clone(),
+            exceptions: self
+                .segment
+                .exceptions
+                .iter()
+                .take(EXCEPTIONS_LISTED_PER_SEGMENT_MAX)
+                .map(|line| line.exception.clone())
+                .collect(),
+            exceptions_key,
             files,
         });
         manifest::store(self.blobs.as_ref(), &committed).await?;
         self.manifest = committed;
         self.segment = Segment::default();
         Ok(())
+    }
+
+    /// Writes the segment's exceptions file, if it has exceptions; before the manifest names
+    /// it, under a name fixed by the range, so a retried roll writes the same file.
+    async fn put_exceptions(&self, range: OffsetRange) -> Result<Option<String>, ArchiveError> {
+        if self.segment.exceptions.is_empty() {
+            return Ok(None);
+        }
+        let key = layout::exceptions_key(self.partition, range.first_offset, range.last_offset);
+        let mut body = String::new();
+        for line in &self.segment.exceptions {
+            body.push_str(&serde_json::to_string(line).expect("an exception line serializes"));
+            body.push('\n');
+        }
+        self.blobs.put(&key, body.into_bytes()).await?;
+        Ok(Some(key))
     }
 }
 

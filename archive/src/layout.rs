@@ -3,7 +3,12 @@
 //! ```text
 //! archive/clicks/dt=YYYY-MM-DD/hour=HH/p{partition:05}-{first_offset:020}-{last_offset:020}.parquet
 //! archive/manifest/p{partition:05}.json
+//! archive/exceptions/p{partition:05}-{first_offset:020}-{last_offset:020}.jsonl
 //! ```
+//!
+//! An exceptions file holds, as JSON lines, every record of a segment that is in no hour file
+//! (undecodable or quarantined), with its raw bytes in hex, so the archive keeps them after the
+//! log's retention.
 //!
 //! `last_offset` is inclusive. Every file of one roll segment carries the segment's offset
 //! range, whichever hour it holds, so a rewrite of a segment gives the same names.
@@ -14,6 +19,7 @@ use adclick_core::ids::{Offset, PartitionId};
 
 pub const CLICKS_PREFIX: &str = "archive/clicks/";
 pub const MANIFEST_PREFIX: &str = "archive/manifest/";
+pub const EXCEPTIONS_PREFIX: &str = "archive/exceptions/";
 pub const HOUR_MS: u64 = 3_600_000;
 const DAY_MS: u64 = 24 * HOUR_MS;
 
@@ -56,6 +62,14 @@ pub fn file_key(partition: PartitionId, first: Offset, last: Offset, hour_start_
         partition.0,
         first.0,
         last.0
+    )
+}
+
+/// The key of the file of one segment's unarchivable records.
+pub fn exceptions_key(partition: PartitionId, first: Offset, last: Offset) -> String {
+    format!(
+        "{EXCEPTIONS_PREFIX}p{:05}-{:020}-{:020}.jsonl",
+        partition.0, first.0, last.0
     )
 }
 

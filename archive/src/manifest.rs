@@ -44,18 +44,21 @@ pub struct SegmentEntry {
     pub range: OffsetRange,
     /// Decodable records archived (the sum of the files' rows).
     pub rows: u64,
-    /// Records in the range that could not be archived (undecodable, or an event time past
-    /// what a Parquet timestamp holds); each was logged with its offset.
+    /// Records in the range that are not click records; each was logged with its offset.
     pub undecodable: u64,
     /// Records in the range whose event time ingest could never have accepted, judged against
     /// the archiver's clock (`adclick_core::window::event_time_in_bounds`): kept out of the
     /// hour files, whose hours they would falsify, and listed here for billing to report.
     #[serde(default)]
     pub quarantined: u64,
-    /// The first `EXCEPTIONS_LISTED_PER_SEGMENT_MAX` records of the range in no file
-    /// (undecodable or quarantined), by offset: the log holds their bytes.
+    /// The first `EXCEPTIONS_LISTED_PER_SEGMENT_MAX` records of the range in no hour file
+    /// (undecodable or quarantined), by offset.
     #[serde(default)]
     pub exceptions: Vec<ArchiveException>,
+    /// The file holding every one of them with its bytes (`layout::exceptions_key`), when the
+    /// segment has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exceptions_key: Option<String>,
     pub files: Vec<FileEntry>,
 }
 
@@ -70,7 +73,29 @@ pub enum ExceptionKind {
     Quarantined,
 }
 
-/// A record in no archive file, and when the archiver read it.
+/// One line of an exceptions file: the exception and the record's bytes, in hex.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExceptionLine {
+    #[serde(flatten)]
+    pub exception: ArchiveException,
+    pub record_hex: String,
+}
+
+impl ExceptionLine {
+    pub fn new(exception: ArchiveException, record: &[u8]) -> ExceptionLine {
+        use std::fmt::Write;
+        let mut record_hex = String::with_capacity(record.len() * 2);
+        for byte in record {
+            let _ = write!(record_hex, "{byte:02x}");
+        }
+        ExceptionLine {
+            exception,
+            record_hex,
+        }
+    }
+}
+
+/// A record in no hour file, and when the archiver read it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArchiveException {
     pub offset: Offset,

@@ -111,6 +111,23 @@ async fn a_click_ingest_could_never_accept_is_quarantined_and_listed_not_filed()
         .map(|row| row.click.click_id.0)
         .collect();
     assert_eq!(ids, vec![1, 3], "the quarantined click is in no hour file");
+    // The archive keeps both records' bytes, so they outlive the log's retention.
+    let key = segment.exceptions_key.clone().expect("an exceptions file");
+    let body = blobs.get(&key).await.unwrap().unwrap();
+    let lines: Vec<manifest::ExceptionLine> = std::str::from_utf8(&body)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1].record_hex, "6e6f74206120636c69636b");
+    let quarantined = &lines[0].record_hex;
+    let bytes: Vec<u8> = (0..quarantined.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(&quarantined[at..at + 2], 16).unwrap())
+        .collect();
+    let view = codec::decode(&bytes).unwrap();
+    assert_eq!(view.event_time_ms.0, START_MS * 1000);
 
     // The period in which the archiver read them reports them, once; the next one does not.
     let report = manifest::list_exceptions(blobs.as_ref(), START_MS, START_MS + 3_600_000)
