@@ -140,7 +140,7 @@ function readSeries(page) {
   return page.evaluate(() => {
     const section = document.querySelector('[data-testid="series"]');
     const field = (root, name) => root.querySelector(`[data-field="${name}"]`).textContent.trim();
-    const names = ["clicks", "unique", "fraud", "late_unique", "late_clicks"];
+    const names = ["clicks", "unique", "fraud", "late_unique", "late_clicks", "unverified_unique", "unverified_clicks"];
     const total = document.querySelector('[data-testid="series-total"]');
     return {
       campaign: section.dataset.campaign,
@@ -162,7 +162,7 @@ async function checkSeries(page, base, campaign = null) {
   if (campaign !== null && shown.campaign !== text(campaign)) return `the series shows campaign ${shown.campaign}, not ${campaign}`;
   const answer = await api(base,
     `/v1/campaigns/${shown.campaign}/clicks?from=${shown.from_ms}&to=${shown.to_ms}&granularity=minute`);
-  const names = ["clicks", "unique", "fraud", "late_unique", "late_clicks"];
+  const names = ["clicks", "unique", "fraud", "late_unique", "late_clicks", "unverified_unique", "unverified_clicks"];
   const totalDiff = differs(`series total of campaign ${shown.campaign}`, shown.total,
     Object.fromEntries(names.map((name) => [name, text(answer.total[name])])));
   if (totalDiff) return totalDiff;

@@ -169,13 +169,18 @@ function chooseCampaign(current, last) {
   return top ? top.campaign_id : null;
 }
 
+/** The counts of a window, in the order the totals and the table show them. */
+const SERIES_FIELDS = [
+  "clicks", "unique", "fraud", "late_unique", "late_clicks", "unverified_unique", "unverified_clicks",
+];
+
 function renderSeries(series) {
   const section = $('[data-testid="series"]');
   section.dataset.campaign = series.campaign_id;
   section.dataset.fromMs = series.from_ms;
   section.dataset.toMs = series.to_ms;
   $('[data-testid="series-campaign"]').textContent = series.campaign_id;
-  for (const field of ["clicks", "unique", "fraud", "late_unique", "late_clicks"]) {
+  for (const field of SERIES_FIELDS) {
     $(`[data-testid="series-total"] [data-field="${field}"]`).textContent = series.total[field];
   }
   $('[data-testid="series-range"]').textContent =
@@ -187,18 +192,14 @@ function renderSeries(series) {
     const row = el("tr", { "data-testid": "series-row", "data-start-ms": window.start_ms });
     row.append(
       el("td", {}, clockTime(window.start_ms)),
-      numberCell("clicks", window.clicks),
-      numberCell("unique", window.unique),
-      numberCell("fraud", window.fraud),
-      numberCell("late_unique", window.late_unique),
-      numberCell("late_clicks", window.late_clicks),
+      ...SERIES_FIELDS.map((field) => numberCell(field, window[field])),
       el("td", { "data-field": "final", class: window.final ? "final" : "open" },
         window.final ? "final" : "open"),
     );
     return row;
   });
   $('[data-testid="series-table"] tbody').replaceChildren(
-    ...(rows.length ? rows : [emptyRow(7, "no clicks for this campaign in the range")]),
+    ...(rows.length ? rows : [emptyRow(SERIES_FIELDS.length + 2, "no clicks for this campaign in the range")]),
   );
   drawChart(series.windows, series.from_ms);
 }
@@ -209,13 +210,14 @@ function clearSeries() {
   for (const node of document.querySelectorAll('[data-testid="series-total"] dd')) {
     node.textContent = "–";
   }
-  $('[data-testid="series-table"] tbody').replaceChildren(emptyRow(7, "no campaign yet"));
+  $('[data-testid="series-table"] tbody').replaceChildren(emptyRow(SERIES_FIELDS.length + 2, "no campaign yet"));
   drawChart([], 0);
 }
 
 /**
  * Bars per window on a continuous time axis of at most 60 windows ending with the newest one:
- * unique, late unique and fraud side by side. The SVG is drawn at its on-screen pixel size, so
+ * unique, late unique, unverified unique (not known unique: billing decides) and fraud side by
+ * side. The SVG is drawn at its on-screen pixel size, so
  * its text is never stretched on a narrow screen.
  */
 function drawChart(windows, fromMs) {
@@ -238,10 +240,10 @@ function drawChart(windows, fromMs) {
   // From the first window drawn, but at least 12 windows wide so one window is not one wall.
   const axisStart = Math.min(shown[0].start_ms, Math.max(rangeStart, axisEnd - 12 * step));
   const slots = Math.max(1, Math.round((axisEnd - axisStart) / step));
-  const peak = Math.max(1, ...shown.map((w) => Math.max(w.unique, w.late_unique, w.fraud)));
+  const peak = Math.max(1, ...shown.map((w) => Math.max(w.unique, w.late_unique, w.unverified_unique, w.fraud)));
   const plotWidth = width - left - right, plotHeight = height - top - bottom;
   const slotWidth = plotWidth / slots;
-  const barWidth = Math.max(1, (slotWidth * 0.8) / 3);
+  const barWidth = Math.max(1, (slotWidth * 0.8) / 4);
   const y = (value) => top + plotHeight - (value / peak) * plotHeight;
   nodes.push(svg("line", { x1: left, y1: top + plotHeight, x2: width - right, y2: top + plotHeight, class: "axis" }));
   for (const value of [0, peak]) {
@@ -260,9 +262,11 @@ function drawChart(windows, fromMs) {
     const group = svg("g", { "data-start-ms": window.start_ms });
     const title = svg("title");
     title.textContent = `${clockTime(window.start_ms)}: ${window.unique} unique, ` +
-      `${window.late_unique} late unique, ${window.fraud} fraud, ${window.clicks} clicks`;
+      `${window.late_unique} late unique, ${window.unverified_unique} unverified unique, ` +
+      `${window.fraud} fraud, ${window.clicks} clicks`;
     group.append(title);
-    [["unique", window.unique], ["late", window.late_unique], ["fraud", window.fraud]]
+    [["unique", window.unique], ["late", window.late_unique],
+      ["unverified", window.unverified_unique], ["fraud", window.fraud]]
       .forEach(([kind, value], index) => {
         group.append(svg("rect", {
           x: x0 + index * barWidth, y: y(value), width: barWidth,
