@@ -310,23 +310,42 @@ pub fn ip_key(ip: IpAddr) -> u128 {
     }
 }
 
-/// Every fraud list by version. Restores look up the version their checkpoint names.
-#[derive(Debug, Default, Clone)]
+/// Every fraud list by version, and the current one. Restores look up the version their
+/// checkpoint names; barriers stage the current one.
+#[derive(Debug, Clone)]
 pub struct FraudRegistry {
     lists: BTreeMap<FraudListVersion, Arc<FraudList>>,
+    current: FraudListVersion,
+}
+
+impl Default for FraudRegistry {
+    fn default() -> FraudRegistry {
+        FraudRegistry::new()
+    }
 }
 
 impl FraudRegistry {
+    /// The empty list, version 0, current.
     pub fn new() -> FraudRegistry {
-        let mut registry = FraudRegistry::default();
-        registry
-            .lists
-            .insert(FraudListVersion(0), Arc::new(FraudList::empty()));
-        registry
+        let mut lists = BTreeMap::new();
+        lists.insert(FraudListVersion(0), Arc::new(FraudList::empty()));
+        FraudRegistry {
+            lists,
+            current: FraudListVersion(0),
+        }
     }
 
-    /// Registers a list. The same version with different content is refused.
+    /// Registers a list and makes it current. The same version with different content is
+    /// refused. Whichever version the operator publishes is current, lower ones too: a version
+    /// names content, not an order.
     pub fn register(&mut self, list: FraudList) -> Result<Arc<FraudList>, FraudListError> {
+        let list = self.insert_known(list)?;
+        self.current = list.version;
+        Ok(list)
+    }
+
+    /// Registers a list without making it current: one an old checkpoint names.
+    pub fn insert_known(&mut self, list: FraudList) -> Result<Arc<FraudList>, FraudListError> {
         if let Some(existing) = self.lists.get(&list.version) {
             if existing.checksum != list.checksum {
                 return Err(FraudListError::VersionReused {
@@ -346,12 +365,9 @@ impl FraudRegistry {
         self.lists.get(&version).cloned()
     }
 
-    pub fn latest(&self) -> Arc<FraudList> {
-        self.lists
-            .values()
-            .next_back()
-            .cloned()
-            .expect("version 0 is always registered")
+    /// The list new epochs use.
+    pub fn current(&self) -> Arc<FraudList> {
+        self.lists[&self.current].clone()
     }
 }
 
@@ -429,7 +445,20 @@ mod tests {
             .register(FraudList::parse(&changed).unwrap())
             .unwrap_err();
         assert!(matches!(error, FraudListError::VersionReused { .. }));
-        assert_eq!(registry.latest().version(), FraudListVersion(4));
+        assert_eq!(registry.current().version(), FraudListVersion(4));
+    }
+
+    #[test]
+    fn a_known_list_is_found_by_version_without_becoming_current() {
+        let mut registry = FraudRegistry::new();
+        registry.register(FraudList::parse(LIST).unwrap()).unwrap();
+        let older = FraudList::parse("version 2\nip 192.0.2.1\n").unwrap();
+        registry.insert_known(older).unwrap();
+        assert_eq!(registry.current().version(), FraudListVersion(4));
+        assert!(registry.get(FraudListVersion(2)).is_some());
+        let rolled_back = FraudList::parse("version 2\nip 192.0.2.1\n").unwrap();
+        registry.register(rolled_back).unwrap();
+        assert_eq!(registry.current().version(), FraudListVersion(2));
     }
 
     /// The prefetch names the filter's own block: a key inserted into an empty filter sets

@@ -15,6 +15,10 @@ pub const WORKER_IDLE_POLL_MS: u64 = 5;
 /// An idle worker asks the log for its end offset (a broker round trip on Kafka) at most this
 /// often, before it lets the watermark follow the clock.
 pub const WORKER_END_OFFSET_CHECK_MS: u64 = 100;
+/// A failed worker restarts after this long, doubling per failure up to the max, each with a
+/// random jitter of up to the delay itself (`supervisor`).
+pub const WORKER_RESTART_BACKOFF_MIN_MS: u64 = 50;
+pub const WORKER_RESTART_BACKOFF_MAX_MS: u64 = 5_000;
 /// The checkpoint epoch.
 pub const EPOCH_MS_DEFAULT: u64 = 1_000;
 /// Records per clicks request at most (ingest API).

@@ -17,10 +17,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{CheckpointError, CheckpointStore};
 use crate::fencing::Fence;
+use crate::fraud_lists::{FraudListStore, FraudListStoreError};
 use crate::limits;
 use crate::seams::{
     Clock, IdleAdvance, Log, LogError, PartitionHealth, PartitionStatus, RealtimeStore, StoreError,
 };
+pub use crate::supervisor::{Assignment, SupervisorExit, assigned_forever, supervise};
 
 /// A batch with many bad records logs this many of them, and a count of the rest.
 const RECORD_PROBLEMS_LOGGED_PER_BATCH_MAX: usize = 8;
@@ -71,12 +73,20 @@ pub struct WorkerEnv {
     pub checkpoints: CheckpointStore,
     pub clock: Arc<dyn Clock>,
     pub fraud: Arc<RwLock<FraudRegistry>>,
+    /// Where a restore finds a fraud-list version its registry lacks; `None` where every list
+    /// is registered up front (the simulator, `adclick run`).
+    pub fraud_lists: Option<FraudListStore>,
     pub crash_hook: Option<CrashHook>,
     #[cfg(feature = "test-canaries")]
     pub canary: Option<Canary>,
 }
 
 impl WorkerEnv {
+    pub fn with_fraud_lists(mut self, fraud_lists: FraudListStore) -> WorkerEnv {
+        self.fraud_lists = Some(fraud_lists);
+        self
+    }
+
     pub fn new(
         log: Arc<dyn Log>,
         store: Arc<dyn RealtimeStore>,
@@ -90,6 +100,7 @@ impl WorkerEnv {
             checkpoints,
             clock,
             fraud,
+            fraud_lists: None,
             crash_hook: None,
             #[cfg(feature = "test-canaries")]
             canary: None,
@@ -118,6 +129,11 @@ pub enum WorkerError {
     Restore {
         partition: PartitionId,
         source: adclick_core::operator::RestoreError,
+    },
+    #[error("partition {partition}: cannot restore: {source}")]
+    FraudList {
+        partition: PartitionId,
+        source: FraudListStoreError,
     },
     #[error("partition {partition}: injected crash at {step:?} of epoch {epoch}")]
     InjectedCrash {
@@ -215,9 +231,15 @@ impl PartitionWorker {
         if let Some(pending) = &recovery.pending {
             chain.push(pending.checkpoint.clone());
         }
+        if let (Some(last), Some(fraud_lists)) = (chain.last(), &self.env.fraud_lists) {
+            fraud_lists
+                .ensure_known(last.fraud_list_version, &self.env.fraud)
+                .await
+                .map_err(|source| WorkerError::FraudList { partition, source })?;
+        }
         let registry = self.env.fraud.read().expect("fraud registry lock").clone();
         let aggregator = if chain.is_empty() {
-            PartitionAggregator::new(self.aggregator_config, partition, registry.latest())
+            PartitionAggregator::new(self.aggregator_config, partition, registry.current())
         } else {
             PartitionAggregator::restore(self.aggregator_config, partition, &chain, &registry)
                 .map_err(|source| WorkerError::Restore { partition, source })?
@@ -232,6 +254,18 @@ impl PartitionWorker {
                 .mark_complete(partition, epoch, pending.generation)
                 .await
                 .map_err(|e| self.checkpoint_error(e))?;
+        }
+        // A list rotated while the partition was down applies from the restored offset on: an
+        // empty epoch swaps it in and checkpoints it, so every checkpoint still names the list
+        // that judged the records after it.
+        let current = self
+            .env
+            .fraud
+            .read()
+            .expect("fraud registry lock")
+            .current();
+        if self.aggregator().fraud_list_version() != current.version() {
+            self.barrier().await?;
         }
         tracing::debug!(
             partition = partition.0,
@@ -323,9 +357,14 @@ impl PartitionWorker {
     /// One epoch of the protocol: pre-commit, sink write, complete.
     pub async fn barrier(&mut self) -> Result<Epoch, WorkerError> {
         let started_ms = self.env.clock.now_ms();
-        let registry_latest = self.env.fraud.read().expect("fraud registry lock").latest();
+        let current = self
+            .env
+            .fraud
+            .read()
+            .expect("fraud registry lock")
+            .current();
         let aggregator = self.aggregator();
-        aggregator.stage_fraud_list(registry_latest);
+        aggregator.stage_fraud_list(current);
         let epoch = Epoch(aggregator.epoch().0 + 1);
         let BarrierOutput {
             updates,
@@ -438,12 +477,20 @@ impl PartitionWorker {
         Ok(())
     }
 
-    /// Runs until `stop` turns true, then takes a final checkpoint.
+    /// Recovers, then runs until `stop` turns true, then takes a final checkpoint.
     pub async fn run(
+        mut self,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), WorkerError> {
+        self.recover().await?;
+        self.run_recovered(stop).await
+    }
+
+    /// Runs a recovered worker until `stop` turns true, then takes a final checkpoint.
+    pub async fn run_recovered(
         mut self,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), WorkerError> {
-        self.recover().await?;
         let mut next_barrier_ms = self.env.clock.now_ms() + self.config.epoch_ms;
         loop {
             if *stop.borrow() {
@@ -466,6 +513,10 @@ impl PartitionWorker {
         }
     }
 
+    pub fn partition(&self) -> PartitionId {
+        self.partition
+    }
+
     pub fn generation(&self) -> Generation {
         self.generation
     }
@@ -473,66 +524,4 @@ impl PartitionWorker {
     pub fn aggregator_ref(&self) -> Option<&PartitionAggregator> {
         self.aggregator.as_ref()
     }
-}
-
-/// Whether a partition is (still) assigned to this worker process: the consumer group's
-/// assignment in production, always true on a single node, the owners table in the simulator.
-pub type Assignment = Arc<dyn Fn(PartitionId) -> bool + Send + Sync>;
-
-/// An assignment that never changes: every partition stays with this process.
-pub fn assigned_forever() -> Assignment {
-    Arc::new(|_| true)
-}
-
-/// Runs a partition's worker until stopped, restarting it after every failure (a crash, a store
-/// outage) with a short back-off. Each restart is a recovery: new generation, restore, replay.
-///
-/// Claims follow the assignment: a worker (re)claims a partition only while it is assigned to
-/// it. A worker fenced off by a newer generation stops if the partition went to someone else,
-/// and reclaims it if it is still the assignee (the fencer was a zombie that woke up mid-claim).
-pub async fn supervise(
-    partition: PartitionId,
-    config: WorkerConfig,
-    aggregator_config: AggregatorConfig,
-    env: WorkerEnv,
-    stop: tokio::sync::watch::Receiver<bool>,
-    restarts: Arc<std::sync::atomic::AtomicU64>,
-    assigned: Assignment,
-) -> SupervisorExit {
-    const BACKOFF_MS: u64 = 50;
-    loop {
-        if !assigned(partition) {
-            tracing::info!(
-                partition = partition.0,
-                "partition no longer assigned here, stopping"
-            );
-            return SupervisorExit::LostOwnership;
-        }
-        let worker = PartitionWorker::new(partition, config, aggregator_config, env.clone());
-        match worker.run(stop.clone()).await {
-            Ok(()) => return SupervisorExit::Stopped,
-            Err(WorkerError::Store {
-                source: StoreError::Fenced { current, .. },
-                ..
-            }) => {
-                tracing::info!(
-                    partition = partition.0,
-                    owner = current.0,
-                    "fenced off by a newer generation"
-                );
-            }
-            Err(error) => {
-                restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(partition = partition.0, %error, "worker failed, restarting");
-                tokio::time::sleep(std::time::Duration::from_millis(BACKOFF_MS)).await;
-            }
-        }
-    }
-}
-
-/// Why a supervisor returned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SupervisorExit {
-    Stopped,
-    LostOwnership,
 }

@@ -174,11 +174,23 @@ impl CheckpointsConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct FraudConfig {
     /// A fraud list file (`version N`, then `ip ...` / `ua ...` lines). Absent: the empty list.
+    /// Re-read on SIGHUP and every `reload_interval_ms`; a new version is stored in the
+    /// checkpoint blob store, then swapped in at the workers' next epoch.
     pub list: Option<PathBuf>,
+    pub reload_interval_ms: u64,
+}
+
+impl Default for FraudConfig {
+    fn default() -> FraudConfig {
+        FraudConfig {
+            list: None,
+            reload_interval_ms: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -246,6 +258,7 @@ impl ServeConfig {
             ("http.connections_max", http.connections_max as u64),
             ("engine.partitions", u64::from(self.engine.partitions)),
             ("engine.epoch_ms", self.engine.epoch_ms),
+            ("fraud.reload_interval_ms", self.fraud.reload_interval_ms),
             (
                 "engine.producer_buffer_events_max",
                 self.engine.producer_buffer_events_max as u64,

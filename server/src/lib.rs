@@ -4,6 +4,7 @@
 pub mod api;
 pub use adclick_engine::body;
 pub mod config;
+pub mod fraud_watch;
 pub mod listener;
 pub mod security;
 pub mod serve;

@@ -3,18 +3,20 @@
 //! worker take a final checkpoint.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use adclick_archive::{Archiver, ArchiverConfig};
-use adclick_core::fraud::{FraudList, FraudRegistry};
+use adclick_core::fraud::FraudRegistry;
 use adclick_core::ids::PartitionId;
 use adclick_engine::checkpoint::CheckpointStore;
 use adclick_engine::clock::SystemClock;
 use adclick_engine::embedded::{FileLog, MemoryBlobStore, MemoryLog, MemoryRealtimeStore};
+use adclick_engine::fraud_lists::FraudListStore;
 use adclick_engine::ingest::{DurablePlans, IngestConfig, IngestCore, SaltingStart};
 use adclick_engine::salt_plans::SaltPlanStore;
 use adclick_engine::seams::{BlobStore, Clock, Log, RealtimeStore};
+use adclick_engine::supervisor::Supervision;
 use adclick_engine::worker::{WorkerEnv, assigned_forever, supervise};
 use adclick_io::blobs::{BlobConfig, ObjectBlobStore};
 use adclick_io::kafka::{GroupWorkerConfig, KafkaLog, run_group_worker};
@@ -71,14 +73,8 @@ impl Seams {
             None => Arc::new(MemoryBlobStore::new()),
             Some(blob_config) => Arc::new(ObjectBlobStore::open(&blob_config)?),
         };
-        let mut registry = FraudRegistry::new();
-        if let Some(path) = &config.fraud.list {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("fraud.list {}", path.display()))?;
-            let list = FraudList::parse(&text)
-                .map_err(|error| anyhow::anyhow!("fraud.list {}: {error}", path.display()))?;
-            registry.register(list)?;
-        }
+        // The configured list is published (stored, then made current) by `start`.
+        let registry = FraudRegistry::new();
         Ok(Seams {
             log,
             store,
@@ -171,15 +167,28 @@ pub async fn start(config: ServeConfig, seams: Seams) -> anyhow::Result<RunningS
         (None, None)
     };
     let mut workers = Vec::new();
-    if config.runs(Role::Worker) {
+    let supervision = config.runs(Role::Worker).then(Supervision::new);
+    if let Some(supervision) = &supervision {
+        let fraud_lists = FraudListStore::new(seams.blobs.clone());
+        if let Some(path) = &config.fraud.list {
+            crate::fraud_watch::publish_file(path, &fraud_lists, &seams.fraud).await?;
+            workers.push(tokio::spawn(crate::fraud_watch::follow(
+                path.clone(),
+                fraud_lists.clone(),
+                seams.fraud.clone(),
+                std::time::Duration::from_millis(config.fraud.reload_interval_ms),
+                worker_stop_receiver.clone(),
+            )));
+        }
         let env = WorkerEnv::new(
             seams.log.clone(),
             seams.store.clone(),
             CheckpointStore::new(seams.blobs.clone()),
             seams.clock.clone(),
             seams.fraud.clone(),
-        );
-        let restarts = Arc::new(AtomicU64::new(0));
+        )
+        .with_fraud_lists(fraud_lists);
+        let supervision = supervision.clone();
         if let LogConfig::Kafka(kafka) = &config.log {
             // Partitions come and go with the consumer group's assignment.
             let group_config = GroupWorkerConfig {
@@ -189,7 +198,7 @@ pub async fn start(config: ServeConfig, seams: Seams) -> anyhow::Result<RunningS
             let (kafka, stop) = (kafka.clone(), worker_stop_receiver.clone());
             workers.push(tokio::spawn(async move {
                 if let Err(error) =
-                    run_group_worker(&kafka, group_config, env, stop, restarts).await
+                    run_group_worker(&kafka, group_config, env, stop, supervision).await
                 {
                     tracing::error!(%error, "the consumer group worker stopped");
                 }
@@ -202,7 +211,7 @@ pub async fn start(config: ServeConfig, seams: Seams) -> anyhow::Result<RunningS
                     config.aggregator_config(),
                     env.clone(),
                     worker_stop_receiver.clone(),
-                    restarts.clone(),
+                    supervision.clone(),
                     assigned_forever(),
                 );
                 workers.push(tokio::spawn(async move {
@@ -281,6 +290,7 @@ pub async fn start(config: ServeConfig, seams: Seams) -> anyhow::Result<RunningS
             config.http.requests_per_s_per_client,
             config.http.request_burst_per_client,
         ),
+        supervision: supervision.clone(),
     };
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -315,20 +325,53 @@ pub async fn start(config: ServeConfig, seams: Seams) -> anyhow::Result<RunningS
     })
 }
 
+/// `shutdown` returns within this bound, whatever state the workers are in: a worker stuck on an
+/// unreachable store, or one that keeps failing, is abandoned, and the next owner recovers from
+/// the last complete checkpoint (losing and doubling nothing, as after a crash).
+pub const SHUTDOWN_MS_MAX: u64 = 15_000;
+
 impl RunningServer {
     /// Stops taking requests, drains the producer buffer into the log, and lets every worker
-    /// take a final checkpoint.
+    /// take a final checkpoint, all within `SHUTDOWN_MS_MAX`.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        let deadline =
+            tokio::time::Instant::now() + std::time::Duration::from_millis(SHUTDOWN_MS_MAX);
         self.state.ready.store(false, Ordering::Release);
         // HTTP first: in-flight requests finish, new ones are refused.
         let _ = self.http_stop.send(true);
-        self.http.await.context("http task")??;
-        if let (Some(ingest), Some(flusher)) = (&self.state.ingest, self.flusher) {
-            ingest.close(flusher).await;
+        match tokio::time::timeout_at(deadline, self.http).await {
+            Ok(joined) => joined.context("http task")??,
+            Err(_) => tracing::warn!("shutdown: the HTTP listener did not drain in time"),
+        }
+        if let (Some(ingest), Some(flusher)) = (&self.state.ingest, self.flusher)
+            && tokio::time::timeout_at(deadline, ingest.close(flusher))
+                .await
+                .is_err()
+        {
+            tracing::error!(
+                buffered = ingest.buffered(),
+                "shutdown: the producer buffer did not drain into the log in time; \
+                 those clicks were answered 202 without ?ack=durable and are lost"
+            );
         }
         let _ = self.worker_stop.send(true);
-        for worker in self.workers {
-            let _ = worker.await;
+        let mut abandoned = 0;
+        for mut worker in self.workers {
+            if tokio::time::timeout_at(deadline, &mut worker)
+                .await
+                .is_err()
+            {
+                worker.abort();
+                abandoned += 1;
+            }
+        }
+        if abandoned > 0 {
+            tracing::warn!(
+                abandoned,
+                bound_ms = SHUTDOWN_MS_MAX,
+                "shutdown: workers that did not stop in time were abandoned; their partitions \
+                 recover from their last checkpoint"
+            );
         }
         tracing::info!("adclick stopped");
         Ok(())

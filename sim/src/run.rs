@@ -232,7 +232,7 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
         env.canary = options.canary;
     }
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
-    let restarts = Arc::new(AtomicU64::new(0));
+    let restarts = adclick_engine::supervisor::Supervision::new();
     let spawn_worker = |partition: PartitionId| {
         tokio::spawn(supervise(
             partition,
@@ -475,7 +475,7 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
         fraud_clicks: stats.fraud_known_ip,
         unique_billable_clicks,
         worker_crashes_injected: crashes_injected,
-        worker_restarts: restarts.load(Ordering::Relaxed),
+        worker_restarts: restarts.restarts(),
         store_errors_injected: faults.map_or(0, |faults| {
             faults.counts.lock().expect("counts lock").store_errors
         }),

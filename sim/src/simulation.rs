@@ -32,6 +32,7 @@ use adclick_engine::ingest::{Ack, IngestConfig, IngestCore, IngestError};
 use adclick_engine::salt_plans::SaltPlanStore;
 use adclick_engine::scenario::{Invariant, Scenario};
 use adclick_engine::seams::*;
+use adclick_engine::supervisor::Supervision;
 use adclick_engine::worker::{WorkerEnv, supervise};
 use adclick_loadgen::{GeneratedBatch, Generator};
 use rand::{Rng, SeedableRng};
@@ -126,7 +127,7 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
         env.canary = options.canary;
     }
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
-    let restarts = Arc::new(AtomicU64::new(0));
+    let restarts = Supervision::new();
     let cluster = start_workers(scenario, &env, &stop, &restarts);
 
     let ingest_config = traffic_scenario.ingest_config();
@@ -282,7 +283,7 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
         unique_billable_clicks,
         rates,
         faults: counts,
-        worker_restarts: restarts.load(std::sync::atomic::Ordering::Relaxed),
+        worker_restarts: restarts.restarts(),
         verdicts,
         passed,
         trace,
@@ -375,7 +376,7 @@ fn start_workers(
     scenario: &Scenario,
     env: &WorkerEnv,
     stop: &tokio::sync::watch::Receiver<bool>,
-    restarts: &Arc<AtomicU64>,
+    restarts: &Arc<Supervision>,
 ) -> Cluster {
     let partitions = scenario.engine.partitions;
     let node_count = partitions.min(WORKER_NODES_MAX) as usize;
@@ -440,7 +441,7 @@ struct Chaos {
     env: WorkerEnv,
     scenario: Scenario,
     stop: tokio::sync::watch::Receiver<bool>,
-    restarts: Arc<AtomicU64>,
+    restarts: Arc<Supervision>,
     seed: u64,
 }
 

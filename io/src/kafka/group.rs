@@ -15,11 +15,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use adclick_core::ids::PartitionId;
 use adclick_core::operator::AggregatorConfig;
+use adclick_engine::supervisor::Supervision;
 use adclick_engine::worker::{Assignment, SupervisorExit, WorkerConfig, WorkerEnv, supervise};
 use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -223,7 +224,7 @@ pub async fn run_group_worker(
     config: GroupWorkerConfig,
     env: WorkerEnv,
     mut stop: watch::Receiver<bool>,
-    restarts: Arc<AtomicU64>,
+    supervision: Arc<Supervision>,
 ) -> Result<(), KafkaSetupError> {
     let group = KafkaGroup::join(kafka)?;
     let assignment = group.assignment();
@@ -251,7 +252,7 @@ pub async fn run_group_worker(
                     config.aggregator,
                     env.clone(),
                     stopped,
-                    restarts.clone(),
+                    supervision.clone(),
                     assignment.clone(),
                 ));
                 Running {

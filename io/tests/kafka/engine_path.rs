@@ -2,7 +2,6 @@
 //! `PartitionWorker`s → in-memory store with in-memory checkpoints. The counts must be exact, and
 //! equal to what the same clicks give through the embedded `MemoryLog`.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -89,7 +88,7 @@ async fn counts_through_kafka_are_exact_and_equal_the_memory_log() {
         Arc::new(RwLock::new(registry)),
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let restarts = Arc::new(AtomicU64::new(0));
+    let restarts = adclick_engine::supervisor::Supervision::new();
     let workers: Vec<_> = (0..PARTITIONS)
         .map(|partition| {
             tokio::spawn(supervise(

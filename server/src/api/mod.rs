@@ -41,6 +41,8 @@ pub struct AppState {
     /// Bearer tokens of the query API; `None` leaves it open.
     pub tokens: Option<Arc<crate::security::Tokens>>,
     pub client_rate: Option<crate::security::ClientRateLimit>,
+    /// The worker supervisors of this node, when it runs the worker role.
+    pub supervision: Option<Arc<adclick_engine::supervisor::Supervision>>,
 }
 
 /// Request outcomes the metrics endpoint reports.

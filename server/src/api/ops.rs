@@ -19,16 +19,90 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// A readiness probe waits this long for the log before it calls an ingest node unready.
+const READYZ_LOG_TIMEOUT_MS: u64 = 1_000;
+
+/// Readiness, per node and by what the node runs, so a load balancer routes only to nodes that
+/// can do their job:
+/// - an ingest node is ready while it can reach the log: one bad partition never takes ingest
+///   out of the load balancer;
+/// - a worker node (without ingest) is ready once every partition it supervises has recovered;
+/// - any node is unready while starting and stopping.
+///
+/// The body names what is wrong: the partitions not recovered, with their last error.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: workers are recovering or stopping\n",
-        )
-            .into_response()
+    if !state.ready.load(Ordering::Acquire) {
+        return unready("starting or stopping".to_string());
     }
+    let not_recovered = state
+        .supervision
+        .as_ref()
+        .map(|supervision| not_recovered_lines(supervision))
+        .unwrap_or_default();
+    if state.ingest.is_some() {
+        let probe = tokio::time::timeout(
+            std::time::Duration::from_millis(READYZ_LOG_TIMEOUT_MS),
+            state.log.end_offset(adclick_core::ids::PartitionId(0)),
+        )
+        .await;
+        return match probe {
+            Ok(Ok(_)) if not_recovered.is_empty() => (StatusCode::OK, "ready\n").into_response(),
+            Ok(Ok(_)) => (
+                StatusCode::OK,
+                format!("ready for ingest; workers not recovered:\n{not_recovered}"),
+            )
+                .into_response(),
+            Ok(Err(error)) => unready(format!("ingest cannot reach the log: {error}")),
+            Err(_) => unready(format!(
+                "ingest cannot reach the log: no answer in {READYZ_LOG_TIMEOUT_MS} ms"
+            )),
+        };
+    }
+    if !not_recovered.is_empty() {
+        return unready(format!("workers not recovered:\n{not_recovered}"));
+    }
+    (StatusCode::OK, "ready\n").into_response()
+}
+
+/// This node's supervisors only: a partition is reported by the node that runs it, so a sum over
+/// instances counts each restart once.
+fn supervision_metrics(supervision: &adclick_engine::supervisor::Supervision) {
+    metrics::describe_counter!(
+        "adclick_worker_restarts_total",
+        "Failed worker attempts (recoveries or runs) of the partition on this node; each is followed by a back-off"
+    );
+    metrics::describe_gauge!(
+        "adclick_worker_recovered",
+        "1 while the partition's worker on this node has recovered and runs, 0 while it recovers or backs off"
+    );
+    for (partition, state) in supervision.snapshot() {
+        let label = [("partition", partition.to_string())];
+        counter!("adclick_worker_restarts_total", &label).absolute(state.restarts);
+        gauge!("adclick_worker_recovered", &label).set(if state.recovered { 1.0 } else { 0.0 });
+    }
+}
+
+fn unready(reason: String) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not ready: {reason}\n"),
+    )
+        .into_response()
+}
+
+/// One line per partition whose worker has not recovered, with its last error.
+fn not_recovered_lines(supervision: &adclick_engine::supervisor::Supervision) -> String {
+    let snapshot = supervision.snapshot();
+    let mut lines = String::new();
+    for partition in supervision.not_recovered() {
+        let state = &snapshot[&partition];
+        let error = state.last_error.as_deref().unwrap_or("recovering");
+        lines.push_str(&format!(
+            "  partition {partition}: {} restarts; {error}\n",
+            state.restarts
+        ));
+    }
+    lines
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
@@ -95,6 +169,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             }
             gauge!("adclick_dedup_ids", &label).set(status.health.dedup_ids as f64);
             gauge!("adclick_dedup_bytes", &label).set(status.health.dedup_bytes as f64);
+        }
+        if let Some(supervision) = &state.supervision {
+            supervision_metrics(supervision);
         }
     });
     (

@@ -297,6 +297,10 @@ pub struct PartitionFreshness {
     pub lag_records: Option<u64>,
     /// How far the partition's watermark trails this node's clock.
     pub watermark_delay_ms: Option<u64>,
+    /// How this node's supervisor of the partition's worker is doing (recovered, restarts, the
+    /// last error); absent where no worker of this node runs the partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervision: Option<adclick_engine::supervisor::PartitionSupervision>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -344,6 +348,10 @@ pub(crate) async fn freshness_of(state: &AppState) -> Result<Freshness, String> 
             watermark_delay_ms: status
                 .filter(|status| status.watermark.watermark_ms > 0)
                 .map(|status| now_ms.saturating_sub(status.watermark.watermark_ms)),
+            supervision: state
+                .supervision
+                .as_ref()
+                .and_then(|supervision| supervision.get(PartitionId(partition))),
         });
     }
     Ok(Freshness { now_ms, partitions })

@@ -5,5 +5,6 @@
 mod dashboard;
 mod envelope;
 mod http_api;
+mod operations;
 mod restart;
 mod security;

@@ -1,0 +1,195 @@
+//! Routine operations through `adclick serve` on a file log, file checkpoints and the real
+//! Redis: rotating the fraud list, with and without a restart.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use adclick_server::api::{CampaignClicks, Freshness};
+use adclick_server::config::{ServeConfig, StoreConfig};
+use reqwest::StatusCode;
+
+use crate::http_api::{click, get, now_ms, post, serve};
+
+fn config(dir: &Path, redis: &adclick_io::redis_store::RedisConfig) -> ServeConfig {
+    let text = format!(
+        r#"
+[security]
+allow_unsigned = true
+[http]
+listen = "127.0.0.1:0"
+[engine]
+partitions = 4
+epoch_ms = 100
+window_ms = 1000
+allowed_lateness_ms = 500
+max_out_of_orderness_ms = 200
+idle_timeout_ms = 300
+dedup_horizon_ms = 20000
+dedup_bucket_ms = 1000
+[log]
+kind = "file"
+dir = "{}"
+[checkpoints]
+url = "file://{}"
+[fraud]
+list = "{}"
+reload_interval_ms = 100
+"#,
+        dir.join("log").display(),
+        dir.join("checkpoints").display(),
+        list_path(dir).display(),
+    );
+    let mut config = ServeConfig::parse(&text, "operations test").unwrap();
+    config.store = StoreConfig::Redis(redis.clone());
+    config
+}
+
+fn list_path(dir: &Path) -> PathBuf {
+    dir.join("fraud.list")
+}
+
+fn stored_list(dir: &Path, version: u64) -> PathBuf {
+    dir.join(format!("checkpoints/fraud-lists/v{version:020}.list"))
+}
+
+/// A click of `campaign` from `ip`; `id` makes it unique.
+fn click_from(id: u64, campaign: u64, ip: &str, event_time_ms: u64) -> String {
+    format!(
+        r#"{{"click_id":"00000000-0000-4000-9000-{id:012x}","campaign_id":{campaign},"ad_id":1,"user_id":{id},"ip":"{ip}","user_agent":"test-agent","country":"DE","event_time_ms":{event_time_ms}}}"#
+    )
+}
+
+async fn post_ok(base: &str, lines: &[String]) {
+    let (status, answer) = post(base, "application/x-ndjson", lines.join("\n")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+}
+
+async fn totals(base: &str, campaign: u64, from_ms: u64) -> CampaignClicks {
+    get(&format!(
+        "{base}/v1/campaigns/{campaign}/clicks?from={from_ms}&to={}",
+        from_ms + 60_000
+    ))
+    .await
+}
+
+/// Polls until the campaign's range is final with `unique` and `fraud`, or fails.
+async fn wait_for(base: &str, campaign: u64, from_ms: u64, unique: u64, fraud: u64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let answer = totals(base, campaign, from_ms).await;
+        let total = &answer.total;
+        if total.is_final && total.unique == unique && total.fraud == fraud {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "campaign {campaign} never showed {unique} unique and {fraud} fraud; last answer: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_until_exists(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} was never written",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Regression (a new fraud-list version bricked recovery): the checkpoints of the first run name
+/// version 1; the second run starts with version 2 in the file. Every worker looped on "cannot
+/// restore: checkpoint names fraud list version 1, which is not registered" and no click was
+/// counted again. Now version 1 is stored when first used, the restore loads it, and new clicks
+/// are judged by version 2. Then version 3 is picked up without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fraud_list_rotation_with_and_without_a_restart_never_bricks_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let url =
+        std::env::var("ADCLICK_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let mut redis = adclick_io::redis_store::RedisConfig::new(url);
+    redis.prefix = format!("adclick-test-operations-{}", std::process::id());
+    let start_ms = now_ms();
+    // click(n, ..) comes from 10.1.0.(n + 1).
+    std::fs::write(list_path(dir.path()), "version 1\nip 10.1.0.2\n").unwrap();
+
+    let (server, base) = serve(config(dir.path(), &redis)).await;
+    post_ok(
+        &base,
+        &[click(0, 50, 1, now_ms()), click(1, 50, 1, now_ms())],
+    )
+    .await;
+    wait_for(&base, 50, start_ms - 5_000, 1, 1).await;
+    assert!(
+        stored_list(dir.path(), 1).exists(),
+        "stored when first used"
+    );
+    server.shutdown().await.unwrap();
+
+    std::fs::write(
+        list_path(dir.path()),
+        "version 2\nip 10.1.0.2\nip 10.1.0.4\n",
+    )
+    .unwrap();
+    let (server, base) = serve(config(dir.path(), &redis)).await;
+    post_ok(
+        &base,
+        &[click(2, 51, 1, now_ms()), click(3, 51, 1, now_ms())],
+    )
+    .await;
+    wait_for(&base, 51, start_ms - 5_000, 1, 1).await;
+    let freshness: Freshness = get(&format!("{base}/v1/freshness")).await;
+    for partition in &freshness.partitions {
+        let supervision = partition.supervision.as_ref().expect("this node's worker");
+        assert!(supervision.recovered, "{partition:?}");
+        assert_eq!(supervision.restarts, 0, "{partition:?}");
+    }
+    assert!(stored_list(dir.path(), 2).exists());
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("# HELP adclick_worker_recovered"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("adclick_worker_recovered{partition=\"0\"} 1"),
+        "{metrics}"
+    );
+
+    // Without a restart: 10.9.9.9 is clean under version 2, fraud once version 3 is in.
+    post_ok(&base, &[click_from(1, 52, "10.9.9.9", now_ms())]).await;
+    wait_for(&base, 52, start_ms - 5_000, 1, 0).await;
+    std::fs::write(
+        list_path(dir.path()),
+        "version 3\nip 10.1.0.2\nip 10.1.0.4\nip 10.9.9.9\n",
+    )
+    .unwrap();
+    wait_until_exists(&stored_list(dir.path(), 3)).await;
+    // The swap happens at each partition's next epoch; clicks read before it are judged by
+    // version 2. Far fewer probes than the rate rule's 100 per IP and minute.
+    let probes_from_ms = now_ms();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for id in 100u64.. {
+        post_ok(&base, &[click_from(id, 53, "10.9.9.9", now_ms())]).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let answer = totals(&base, 53, probes_from_ms - 5_000).await;
+        if answer.total.fraud > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && id < 130,
+            "version 3 was never applied; last answer: {answer:?}"
+        );
+    }
+    server.shutdown().await.unwrap();
+}
