@@ -86,7 +86,8 @@ impl BlobStore for MemoryBlobStore {
 }
 
 /// Keys are `/`-separated relative paths under the root. Temp files end in `.tmp` and are never
-/// listed, so a crash mid-put leaves nothing a reader can see.
+/// listed, so a crash mid-put leaves nothing a reader can see; a put that fails (a full disk)
+/// removes its temp file.
 pub struct LocalDirBlobStore {
     root: PathBuf,
 }
@@ -116,9 +117,11 @@ impl LocalDirBlobStore {
             .create_new(true)
             .open(&temp)
             .map_err(|error| io_error(key, error))?;
-        file.write_all(bytes)
-            .map_err(|error| io_error(key, error))?;
-        file.sync_all().map_err(|error| io_error(key, error))?;
+        let written = file.write_all(bytes).and_then(|()| file.sync_all());
+        if let Err(error) = written {
+            remove_temp(&temp);
+            return Err(io_error(key, error));
+        }
         Ok((temp, path))
     }
 
@@ -134,6 +137,15 @@ impl LocalDirBlobStore {
             });
         }
         Ok(self.root.join(key))
+    }
+}
+
+/// Removes the temp file of a put that failed. Nothing reads temp files, so this is only
+/// about space: a full disk must not fill up further with them. A failure here leaves the
+/// put's own error as the one to report.
+fn remove_temp(temp: &Path) {
+    if let Err(error) = std::fs::remove_file(temp) {
+        tracing::warn!(file = %temp.display(), %error, "could not remove a failed put's temp file");
     }
 }
 
@@ -178,7 +190,10 @@ fn list_into(dir: &Path, root: &Path, out: &mut Vec<String>) -> std::io::Result<
 impl BlobStore for LocalDirBlobStore {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), BlobError> {
         let (temp, path) = self.write_temp(key, &bytes)?;
-        std::fs::rename(&temp, &path).map_err(|error| io_error(key, error))?;
+        if let Err(error) = std::fs::rename(&temp, &path) {
+            remove_temp(&temp);
+            return Err(io_error(key, error));
+        }
         sync_parent(key, &path)
     }
 
@@ -186,11 +201,14 @@ impl BlobStore for LocalDirBlobStore {
         let (temp, path) = self.write_temp(key, &bytes)?;
         // The blob's timestamp is when it becomes visible (shared salt plans count from it),
         // not when the temp file was written before a slow sync.
-        std::fs::File::options()
+        let stamped = std::fs::File::options()
             .write(true)
             .open(&temp)
-            .and_then(|file| file.set_modified(std::time::SystemTime::now()))
-            .map_err(|error| io_error(key, error))?;
+            .and_then(|file| file.set_modified(std::time::SystemTime::now()));
+        if let Err(error) = stamped {
+            remove_temp(&temp);
+            return Err(io_error(key, error));
+        }
         // A hard link fails if the name exists, where a rename would replace it.
         let linked = std::fs::hard_link(&temp, &path);
         std::fs::remove_file(&temp).map_err(|error| io_error(key, error))?;
@@ -269,5 +287,21 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    /// A put whose rename fails (here: a directory holds the key's name) leaves no temp file
+    /// behind to fill the disk.
+    #[tokio::test]
+    async fn a_failed_put_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirBlobStore::new(dir.path());
+        store.put("a/b", b"1".to_vec()).await.unwrap();
+        assert!(store.put("a", b"2".to_vec()).await.is_err());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["a"]);
+        assert_eq!(store.list("").await.unwrap(), vec!["a/b"]);
     }
 }

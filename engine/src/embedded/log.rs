@@ -113,6 +113,13 @@ impl MemoryLog {
         Ok(first)
     }
 
+    /// `Log::end_offset` without the async wrapper.
+    pub fn end_offset_now(&self, partition: PartitionId) -> Result<Offset, LogError> {
+        Ok(Offset(
+            self.partition(partition)?.lock().expect("log lock").end,
+        ))
+    }
+
     /// Reloads a batch read back from disk at `first_offset`, which must continue the partition.
     pub fn restore_batch(
         &self,
@@ -196,9 +203,7 @@ impl Log for MemoryLog {
     }
 
     async fn end_offset(&self, partition: PartitionId) -> Result<Offset, LogError> {
-        Ok(Offset(
-            self.partition(partition)?.lock().expect("log lock").end,
-        ))
+        self.end_offset_now(partition)
     }
 }
 
