@@ -12,7 +12,11 @@
 //!   lost the partition and has not noticed) adding an old marker late cannot move it back, where
 //!   one marker rewritten in place needed a compare-and-swap the blob store does not offer;
 //! - `complete`: the single marker of older versions, still read (as one more marker), never
-//!   written.
+//!   written;
+//! - `g{generation:010}.claim`: a claim of the partition by that generation, create-only. The
+//!   greatest generation in the directory (records, markers, claims) is the floor every new
+//!   claim must rise above, so generations keep rising when the real-time store forgets its
+//!   counter, and no two owners ever write records under one generation.
 //!
 //! Recovery loads the chain up to the last complete epoch (the latest full record and the deltas
 //! after it), plus a pending record for the next epoch if one was pre-committed: the new owner
@@ -100,11 +104,21 @@ fn parse_marker_name(key: &str) -> Option<MarkerName> {
     })
 }
 
+fn claim_key(partition: PartitionId, generation: Generation) -> String {
+    format!("{}g{:010}.claim", dir(partition), generation.0)
+}
+
+fn parse_claim_name(key: &str) -> Option<Generation> {
+    let stem = key.rsplit('/').next()?.strip_suffix(".claim")?;
+    Some(Generation(stem.strip_prefix('g')?.parse().ok()?))
+}
+
 /// One listing of a partition's checkpoint directory.
 struct Listing {
     /// Sorted by (epoch, generation).
     records: Vec<RecordName>,
     markers: Vec<MarkerName>,
+    claims: Vec<Generation>,
     /// The last complete epoch and the generation that completed it.
     complete: Option<(Epoch, Generation)>,
 }
@@ -247,8 +261,47 @@ impl CheckpointStore {
                 self.blobs.delete(&marker_key(partition, *old)).await?;
             }
             self.blobs.delete(&legacy_marker_key(partition)).await?;
+            // The newest claim stays: it is the floor of the next one.
+            for old in listing.claims.iter().filter(|old| **old < generation) {
+                self.blobs.delete(&claim_key(partition, *old)).await?;
+            }
         }
         Ok(())
+    }
+
+    /// The greatest generation that ever claimed or wrote the partition, as far as this store
+    /// knows: a new claim must be above it.
+    pub async fn generation_floor(
+        &self,
+        partition: PartitionId,
+    ) -> Result<Generation, CheckpointError> {
+        let listing = self.list(partition).await?;
+        let records = listing.records.iter().map(|name| name.generation);
+        let markers = listing.markers.iter().map(|marker| marker.generation);
+        let legacy = listing.complete.map(|(_, generation)| generation);
+        Ok(records
+            .chain(markers)
+            .chain(listing.claims.iter().copied())
+            .chain(legacy)
+            .max()
+            .unwrap_or(Generation(0)))
+    }
+
+    /// Records the claim of `generation`, create-only. `false`: another owner holds a claim of
+    /// the same generation (the real-time store handed it out twice, having forgotten the
+    /// first), so this one must claim again.
+    pub async fn record_claim(
+        &self,
+        partition: PartitionId,
+        generation: Generation,
+    ) -> Result<bool, CheckpointError> {
+        Ok(self
+            .blobs
+            .put_if_absent(
+                &claim_key(partition, generation),
+                format!("{}\n", generation.0).into_bytes(),
+            )
+            .await?)
     }
 
     async fn read_legacy_marker(
@@ -289,10 +342,15 @@ impl CheckpointStore {
             .iter()
             .max()
             .map(|marker| (marker.epoch, marker.generation));
+        let claims: Vec<Generation> = keys
+            .iter()
+            .filter_map(|key| parse_claim_name(key))
+            .collect();
         let legacy = self.read_legacy_marker(partition).await?;
         Ok(Listing {
             records,
             markers,
+            claims,
             complete: newest.max(legacy),
         })
     }

@@ -243,6 +243,16 @@ impl StoreError {
     }
 }
 
+/// A partition claim's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub generation: Generation,
+    /// The store remembered no generation above `above`: it lost the partition's generation
+    /// key, and with it, likely, the partition's data (a restart without persistence, an
+    /// eviction, an asynchronous failover).
+    pub store_forgot: bool,
+}
+
 /// A series value as stored: absolute counts, whether the window closed, and who wrote it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredCounts {
@@ -293,6 +303,10 @@ pub struct PartitionHealth {
     pub dedup_bytes: u64,
     /// How long the previous epoch's barrier (pre-commit, sink write, complete) took.
     pub last_barrier_ms: u64,
+    /// When this owner found, on claiming, that the real-time store had forgotten the
+    /// partition (its generation key was gone), and wrote every series it holds again.
+    #[serde(default)]
+    pub store_loss_detected_ms: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -306,7 +320,13 @@ pub struct ApplyOutcome {
 #[async_trait]
 pub trait RealtimeStore: Send + Sync {
     /// Makes the caller the partition's owner with a new generation, fencing off the old one.
-    async fn claim_partition(&self, partition: PartitionId) -> Result<Generation, StoreError>;
+    /// The generation is above `above` (the greatest one the durable checkpoint store has seen)
+    /// and above every claim the store remembers, so it keeps rising whatever the store forgets.
+    async fn claim_partition(
+        &self,
+        partition: PartitionId,
+        above: Generation,
+    ) -> Result<Claim, StoreError>;
     /// Applies absolute values under `fence`, together with the partition's status.
     async fn apply(
         &self,

@@ -135,6 +135,13 @@ pub enum WorkerError {
         partition: PartitionId,
         source: FraudListStoreError,
     },
+    #[error(
+        "partition {partition}: generation {generation} was claimed before: the real-time store handed it out twice, so it forgot a claim; claiming again above it"
+    )]
+    ClaimTaken {
+        partition: PartitionId,
+        generation: Generation,
+    },
     #[error("partition {partition}: injected crash at {step:?} of epoch {epoch}")]
     InjectedCrash {
         partition: PartitionId,
@@ -154,6 +161,7 @@ pub struct PartitionWorker {
     /// When an idle poll last asked the log for its end offset.
     end_offset_checked_ms: u64,
     last_idle_advance: Option<IdleAdvance>,
+    store_loss_detected_ms: Option<u64>,
     #[cfg(feature = "test-canaries")]
     canary_last_emitted: std::collections::HashMap<
         (adclick_core::operator::Series, adclick_core::window::Lane),
@@ -178,6 +186,7 @@ impl PartitionWorker {
             last_barrier_ms: 0,
             end_offset_checked_ms: 0,
             last_idle_advance: None,
+            store_loss_detected_ms: None,
             #[cfg(feature = "test-canaries")]
             canary_last_emitted: Default::default(),
         }
@@ -215,12 +224,32 @@ impl PartitionWorker {
     /// Claims the partition, restores its state and re-commits a pending epoch.
     pub async fn recover(&mut self) -> Result<(), WorkerError> {
         let partition = self.partition;
-        self.generation = self
+        let floor = self
+            .env
+            .checkpoints
+            .generation_floor(partition)
+            .await
+            .map_err(|e| self.checkpoint_error(e))?;
+        let claim = self
             .env
             .store
-            .claim_partition(partition)
+            .claim_partition(partition, floor)
             .await
             .map_err(|e| self.store_error(e))?;
+        let claimed = self
+            .env
+            .checkpoints
+            .record_claim(partition, claim.generation)
+            .await
+            .map_err(|e| self.checkpoint_error(e))?;
+        if !claimed {
+            return Err(WorkerError::ClaimTaken {
+                partition,
+                generation: claim.generation,
+            });
+        }
+        self.generation = claim.generation;
+        let store_forgot = claim.store_forgot && floor > Generation(0);
         let recovery = self
             .env
             .checkpoints
@@ -255,16 +284,29 @@ impl PartitionWorker {
                 .await
                 .map_err(|e| self.checkpoint_error(e))?;
         }
+        if store_forgot {
+            self.store_loss_detected_ms = Some(self.env.clock.now_ms());
+            tracing::error!(
+                partition = partition.0,
+                generation = self.generation.0,
+                floor = floor.0,
+                "the real-time store forgot this partition (its generation key was gone: a \
+                 restart without persistence, an eviction or an asynchronous failover); writing \
+                 every series the partition holds again. Windows already closed and retired \
+                 from state stay missing until a replay of the log rebuilds them"
+            );
+            self.aggregator().rewrite_all_series();
+        }
         // A list rotated while the partition was down applies from the restored offset on: an
         // empty epoch swaps it in and checkpoints it, so every checkpoint still names the list
-        // that judged the records after it.
+        // that judged the records after it. The same empty epoch rewrites a forgotten store.
         let current = self
             .env
             .fraud
             .read()
             .expect("fraud registry lock")
             .current();
-        if self.aggregator().fraud_list_version() != current.version() {
+        if store_forgot || self.aggregator().fraud_list_version() != current.version() {
             self.barrier().await?;
         }
         tracing::debug!(
@@ -294,6 +336,7 @@ impl PartitionWorker {
                 dedup_ids: aggregator.dedup().len() as u64,
                 dedup_bytes: aggregator.dedup().allocated_bytes() as u64,
                 last_barrier_ms,
+                store_loss_detected_ms: self.store_loss_detected_ms,
             },
         }
     }

@@ -33,7 +33,7 @@ use adclick_core::partition::partition_for_campaign;
 use adclick_core::window::{Counts, HourKey, Lane, WindowKey};
 use adclick_engine::fencing::Fence;
 use adclick_engine::seams::{
-    ApplyOutcome, Granularity, PartitionStatus, RealtimeStore, StoreError, StoredCounts,
+    ApplyOutcome, Claim, Granularity, PartitionStatus, RealtimeStore, StoreError, StoredCounts,
 };
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
@@ -86,6 +86,52 @@ end
 return {applied, stale}
 "#;
 
+/// The fencing cannot see a series that Redis evicts on its own, so only `noeviction` is
+/// accepted, unless `allow_eviction`. A server that hides `CONFIG` (some managed services) is
+/// let through with a warning: the policy is then the operator's to check.
+async fn check_eviction_policy(
+    connection: &mut ConnectionManager,
+    config: &RedisConfig,
+) -> anyhow::Result<()> {
+    let answer: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(connection)
+        .await;
+    let policy = match answer {
+        Ok(pair) => pair.get(1).cloned().unwrap_or_default(),
+        Err(error) => {
+            tracing::warn!(
+                %error,
+                "cannot read redis maxmemory-policy; make sure it is noeviction, or counts can vanish without a trace"
+            );
+            return Ok(());
+        }
+    };
+    if policy == "noeviction" || config.allow_eviction {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "redis at {} has maxmemory-policy {policy:?}: it may evict counts, which the store cannot \
+         detect (only a lost partition generation is detected and rewritten). Set \
+         `maxmemory-policy noeviction`, or `allow_eviction = true` in [store] to accept the risk",
+        config.url
+    )
+}
+
+/// Claims a partition: INCR of its generation key, raised above ARGV[1] (the greatest generation
+/// the checkpoint store has seen) when Redis forgot it. Returns {generation, 1 if it forgot}.
+const CLAIM_SCRIPT: &str = r#"
+local generation = redis.call('INCR', KEYS[1])
+local above = tonumber(ARGV[1])
+if generation <= above then
+  generation = above + 1
+  redis.call('SET', KEYS[1], generation)
+  return {generation, 1}
+end
+return {generation, 0}
+"#;
+
 /// Series writes per script call. A call blocks Redis while it runs, so chunks stay small; all
 /// chunks of one `apply` go in one pipeline (one round trip).
 const ENTRIES_PER_CALL: usize = 512;
@@ -103,6 +149,11 @@ pub struct RedisConfig {
     pub hour_ttl_ms: u64,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Run on a Redis whose `maxmemory-policy` evicts keys. Off by default: an evicted series
+    /// is a count lost without a trace (only a lost generation key is detected), so the store
+    /// refuses to start on such a Redis unless told that someone accepts it.
+    #[serde(default)]
+    pub allow_eviction: bool,
 }
 
 fn default_prefix() -> String {
@@ -126,6 +177,7 @@ impl RedisConfig {
             window_ttl_ms: default_window_ttl_ms(),
             hour_ttl_ms: default_hour_ttl_ms(),
             timeout_ms: default_timeout_ms(),
+            allow_eviction: false,
         }
     }
 
@@ -231,6 +283,7 @@ impl RedisStore {
         let connection = ConnectionManager::new_with_config(client, manager_config)
             .await
             .map_err(|error| anyhow::anyhow!("cannot reach redis at {}: {error}", config.url))?;
+        check_eviction_policy(&mut connection.clone(), &config).await?;
         let script = redis::Script::new(APPLY_SCRIPT);
         script
             .load_async(&mut connection.clone())
@@ -415,13 +468,21 @@ impl Call {
 
 #[async_trait]
 impl RealtimeStore for RedisStore {
-    async fn claim_partition(&self, partition: PartitionId) -> Result<Generation, StoreError> {
-        let generation: u64 = redis::cmd("INCR")
-            .arg(format!("{}:gen", self.tag(partition)))
-            .query_async(&mut self.connection())
+    async fn claim_partition(
+        &self,
+        partition: PartitionId,
+        above: Generation,
+    ) -> Result<Claim, StoreError> {
+        let (generation, forgot): (u64, u64) = redis::Script::new(CLAIM_SCRIPT)
+            .key(format!("{}:gen", self.tag(partition)))
+            .arg(above.0)
+            .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
-        Ok(Generation(generation))
+        Ok(Claim {
+            generation: Generation(generation),
+            store_forgot: forgot == 1,
+        })
     }
 
     async fn apply(

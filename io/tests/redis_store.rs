@@ -84,7 +84,11 @@ fn owner(campaign: u64, salt: u16) -> PartitionId {
 async fn fencing_contract(store: &dyn RealtimeStore) {
     let partition = owner(7, 0);
     let series = window(7, 1, 0, 10);
-    let first = store.claim_partition(partition).await.unwrap();
+    let first = store
+        .claim_partition(partition, Generation(0))
+        .await
+        .unwrap()
+        .generation;
     let fence = |generation, epoch| Fence {
         generation,
         epoch: Epoch(epoch),
@@ -127,7 +131,11 @@ async fn fencing_contract(store: &dyn RealtimeStore) {
     assert_eq!(stored.fence, fence(first, 5));
 
     // A new owner fences the old one off, even for keys the new owner never wrote.
-    let second = store.claim_partition(partition).await.unwrap();
+    let second = store
+        .claim_partition(partition, Generation(0))
+        .await
+        .unwrap()
+        .generation;
     assert!(second > first);
     let zombie = store
         .apply(
@@ -165,6 +173,18 @@ async fn fencing_contract(store: &dyn RealtimeStore) {
     assert!(stored.is_final);
     let statuses = store.partition_status().await.unwrap();
     assert_eq!(statuses, vec![status(partition, second, 5)]);
+
+    // A claim rises above the durable floor it is given, and says the store was behind it.
+    let floor = Generation(second.0 + 40);
+    let raised = store.claim_partition(partition, floor).await.unwrap();
+    assert_eq!(raised.generation, Generation(floor.0 + 1));
+    assert!(raised.store_forgot);
+    let next = store
+        .claim_partition(partition, Generation(0))
+        .await
+        .unwrap();
+    assert!(next.generation > raised.generation);
+    assert!(!next.store_forgot);
 }
 
 /// Queries: a campaign's windows and hours over a range, merged over salts; one window's series.
@@ -198,7 +218,11 @@ async fn query_contract(store: &dyn RealtimeStore) {
         .or_default()
         .push(update(hour, Lane::OnTime, 33, false));
     for (partition, updates) in &writes {
-        let generation = store.claim_partition(*partition).await.unwrap();
+        let generation = store
+            .claim_partition(*partition, Generation(0))
+            .await
+            .unwrap()
+            .generation;
         generations.insert(*partition, generation);
         let fence = Fence {
             generation,
@@ -280,7 +304,11 @@ async fn redis_answers_queries() {
 async fn redis_applies_an_epoch_larger_than_one_script_call() {
     let store = Arc::new(redis_store("chunks").await);
     let partition = PartitionId(0);
-    let generation = store.claim_partition(partition).await.unwrap();
+    let generation = store
+        .claim_partition(partition, Generation(0))
+        .await
+        .unwrap()
+        .generation;
     // 2,000 ads of campaigns owned by partition 0 spread over 3 windows: several script calls.
     let campaign = (1..)
         .find(|campaign| owner(*campaign, 0) == partition)
@@ -321,4 +349,72 @@ async fn redis_connection_errors_name_the_url() {
         format!("{error:#}").contains("127.0.0.1:1"),
         "the error names the address: {error:#}"
     );
+}
+
+/// A redis-server of the test's own on a spare port, stopped on drop (also when the test fails).
+struct PrivateRedis {
+    child: std::process::Child,
+    url: String,
+}
+
+impl PrivateRedis {
+    fn start(args: &[&str]) -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (installed with the machine's Redis) starts");
+        let url = format!("redis://127.0.0.1:{port}/");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server on {port} never listened"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        PrivateRedis { child, url }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn redis_that_may_evict_counts_is_refused_unless_allowed() {
+    let redis = PrivateRedis::start(&["--maxmemory-policy", "allkeys-lru"]);
+    let keys = KeySpace {
+        partitions: PARTITIONS,
+        window_ms: WINDOW_MS,
+        salts_max: 2,
+    };
+    let error = RedisStore::connect(RedisConfig::new(redis.url.clone()), keys)
+        .await
+        .err()
+        .expect("an evicting Redis is refused");
+    let message = error.to_string();
+    assert!(
+        message.contains("allkeys-lru") && message.contains("noeviction"),
+        "{message}"
+    );
+    let mut allowed = RedisConfig::new(redis.url.clone());
+    allowed.allow_eviction = true;
+    RedisStore::connect(allowed, keys).await.unwrap();
 }

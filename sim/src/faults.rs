@@ -371,9 +371,13 @@ impl SimStore {
 
 #[async_trait]
 impl RealtimeStore for SimStore {
-    async fn claim_partition(&self, partition: PartitionId) -> Result<Generation, StoreError> {
+    async fn claim_partition(
+        &self,
+        partition: PartitionId,
+        above: Generation,
+    ) -> Result<Claim, StoreError> {
         tokio::time::sleep(self.faults.latency()).await;
-        self.inner.claim_partition(partition).await
+        self.inner.claim_partition(partition, above).await
     }
 
     async fn apply(

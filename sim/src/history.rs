@@ -209,8 +209,12 @@ pub struct RecordingStore {
 
 #[async_trait]
 impl RealtimeStore for RecordingStore {
-    async fn claim_partition(&self, partition: PartitionId) -> Result<Generation, StoreError> {
-        self.inner.claim_partition(partition).await
+    async fn claim_partition(
+        &self,
+        partition: PartitionId,
+        above: Generation,
+    ) -> Result<Claim, StoreError> {
+        self.inner.claim_partition(partition, above).await
     }
 
     async fn apply(

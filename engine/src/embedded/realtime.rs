@@ -9,7 +9,7 @@ use adclick_core::window::Lane;
 use async_trait::async_trait;
 
 use crate::fencing::{self, Fence};
-use crate::seams::{ApplyOutcome, PartitionStatus, RealtimeStore, StoreError, StoredCounts};
+use crate::seams::{ApplyOutcome, Claim, PartitionStatus, RealtimeStore, StoreError, StoredCounts};
 
 #[derive(Default)]
 struct State {
@@ -31,11 +31,22 @@ impl MemoryRealtimeStore {
 
 #[async_trait]
 impl RealtimeStore for MemoryRealtimeStore {
-    async fn claim_partition(&self, partition: PartitionId) -> Result<Generation, StoreError> {
+    async fn claim_partition(
+        &self,
+        partition: PartitionId,
+        above: Generation,
+    ) -> Result<Claim, StoreError> {
         let mut state = self.state.lock().expect("store lock");
         let generation = state.generations.entry(partition).or_insert(Generation(0));
         generation.0 += 1;
-        Ok(*generation)
+        let store_forgot = *generation <= above;
+        if store_forgot {
+            *generation = Generation(above.0 + 1);
+        }
+        Ok(Claim {
+            generation: *generation,
+            store_forgot,
+        })
     }
 
     async fn apply(

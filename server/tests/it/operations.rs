@@ -1,5 +1,5 @@
 //! Routine operations through `adclick serve` on a file log, file checkpoints and the real
-//! Redis: rotating the fraud list, with and without a restart.
+//! Redis: rotating the fraud list, with and without a restart; Redis forgetting a partition.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -192,4 +192,108 @@ async fn a_fraud_list_rotation_with_and_without_a_restart_never_bricks_recovery(
         );
     }
     server.shutdown().await.unwrap();
+    forget_everything(&redis).await;
+}
+
+/// Deletes every key under the store's prefix: what a Redis restart without persistence, an
+/// eviction policy or an asynchronous failover does to a partition.
+async fn forget_everything(redis: &adclick_io::redis_store::RedisConfig) -> usize {
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", redis.prefix))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+    }
+    keys.len()
+}
+
+/// Regression (the fencing generation lived only in Redis): after every key of the partitions
+/// was deleted, the worker claimed generation 1 again, the same as before, so a zombie holding
+/// it could write again and two owners' checkpoint names could collide; and the open windows
+/// Redis lost were never written again. Now the claim rises above every generation the
+/// checkpoint store has seen, the loss is detected and reported, and every series the
+/// partition holds is written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_forgetting_a_partition_raises_the_generation_and_rewrites_its_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let url =
+        std::env::var("ADCLICK_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let mut redis = adclick_io::redis_store::RedisConfig::new(url);
+    redis.prefix = format!("adclick-test-forget-{}", std::process::id());
+    std::fs::write(list_path(dir.path()), "version 1\n").unwrap();
+    let mut config = config(dir.path(), &redis);
+    // Minute windows: every window of the test is still open when Redis forgets it.
+    config.engine.window_ms = 60_000;
+    config.engine.allowed_lateness_ms = 60_000;
+    config.engine.dedup_horizon_ms = 180_000;
+    config.engine.dedup_bucket_ms = 5_000;
+    config.validate("forget test").unwrap();
+    let (server, base) = serve(config).await;
+    let start_ms = now_ms();
+    let clicks: Vec<String> = (0..40).map(|n| click(n, 70 + n % 4, 1, now_ms())).collect();
+    post_ok(&base, &clicks).await;
+    let counted = |answer: &CampaignClicks| answer.total.unique == 10;
+    for campaign in 70..74 {
+        wait_until(&base, campaign, start_ms - 60_000, counted).await;
+    }
+    let before: Freshness = get(&format!("{base}/v1/freshness")).await;
+    let generations: Vec<u64> = before
+        .partitions
+        .iter()
+        .map(|partition| partition.status.expect("committed").generation.0)
+        .collect();
+
+    assert!(forget_everything(&redis).await > 0);
+    for campaign in 70..74 {
+        wait_until(&base, campaign, start_ms - 60_000, counted).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let after: Freshness = get(&format!("{base}/v1/freshness")).await;
+        let rewritten = after
+            .partitions
+            .iter()
+            .zip(&generations)
+            .all(|(partition, old)| {
+                partition.status.is_some_and(|status| {
+                    status.generation.0 > *old && status.health.store_loss_detected_ms.is_some()
+                })
+            });
+        if rewritten {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "generations before {generations:?}, after {:?}",
+            after.partitions
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.shutdown().await.unwrap();
+    forget_everything(&redis).await;
+}
+
+async fn wait_until(
+    base: &str,
+    campaign: u64,
+    from_ms: u64,
+    done: impl Fn(&CampaignClicks) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let answer = totals(base, campaign, from_ms).await;
+        if done(&answer) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "last answer: {answer:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
