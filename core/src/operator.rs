@@ -566,17 +566,6 @@ impl PartitionAggregator {
         }
     }
 
-    /// Writes every series the partition holds (open windows, and closed ones still within the
-    /// late lanes' retention) at the next barrier, as absolute values: the real-time store lost
-    /// them. Windows already retired from state are beyond this; a replay of the log rebuilds
-    /// those.
-    pub fn rewrite_all_series(&mut self) {
-        for lane in LANES {
-            self.windows[lane_index(lane)].mark_all_dirty();
-            self.hours[lane_index(lane)].mark_all_dirty();
-        }
-    }
-
     /// Stages a new fraud list. It takes effect at the next barrier, never mid-epoch.
     pub fn stage_fraud_list(&mut self, list: Arc<FraudList>) {
         if list.version() != self.fraud_list.version() {

@@ -401,17 +401,6 @@ impl<K: SeriesStart> CountsTable<K> {
         retired
     }
 
-    /// Marks every series changed, so the next barrier writes all of them again: the sink lost
-    /// them (a real-time store that forgot the partition's data).
-    pub fn mark_all_dirty(&mut self) {
-        for (key, entry) in self.entries.iter_mut() {
-            if !entry.dirty {
-                entry.dirty = true;
-                self.dirty.push(*key);
-            }
-        }
-    }
-
     /// Every series, sorted: the full-checkpoint form.
     pub fn entries_sorted(&self) -> Vec<(K, Counts)> {
         assert!(self.dirty.is_empty(), "snapshot only at a barrier");

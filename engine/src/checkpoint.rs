@@ -18,6 +18,12 @@
 //!   claim must rise above, so generations keep rising when the real-time store forgets its
 //!   counter, and no two owners ever write records under one generation.
 //!
+//! Under `checkpoints/series/p{partition:05}/`, `{first:020}-{last:020}-{newest:020}.updates`:
+//! the last value every series took in the complete epochs `first..=last`, written when those
+//! epochs' records are deleted (after a full record completes), so that the real-time store can
+//! be rewritten exactly if it forgets the partition. `newest` is the latest series start in the
+//! file; a file goes once it is `WRITTEN_SERIES_RETENTION_MS` older than the newest file's.
+//!
 //! Recovery loads the chain up to the last complete epoch (the latest full record and the deltas
 //! after it), plus a pending record for the next epoch if one was pre-committed: the new owner
 //! must apply its updates again before going on.
@@ -25,10 +31,11 @@
 use std::sync::Arc;
 
 use adclick_core::ids::{Epoch, Generation, PartitionId};
-use adclick_core::operator::SeriesUpdate;
+use adclick_core::operator::{Series, SeriesUpdate};
 use adclick_core::snapshot::{
     CheckpointKind, PartitionCheckpoint, SnapshotError, decode_checkpoint,
 };
+use adclick_core::window::Lane;
 
 use crate::seams::{BlobError, BlobStore};
 
@@ -102,6 +109,41 @@ fn parse_marker_name(key: &str) -> Option<MarkerName> {
         epoch: Epoch(epoch.parse().ok()?),
         generation: Generation(generation.parse().ok()?),
     })
+}
+
+fn series_dir(partition: PartitionId) -> String {
+    format!("checkpoints/series/p{:05}/", partition.0)
+}
+
+fn series_file_key(partition: PartitionId, first: Epoch, last: Epoch, newest_ms: u64) -> String {
+    format!(
+        "{}{:020}-{:020}-{:020}.updates",
+        series_dir(partition),
+        first.0,
+        last.0,
+        newest_ms
+    )
+}
+
+/// The newest series start a series file names.
+fn parse_series_file_newest_ms(key: &str) -> Option<u64> {
+    let stem = key.rsplit('/').next()?.strip_suffix(".updates")?;
+    stem.rsplit('-').next()?.parse().ok()
+}
+
+/// The last epoch a series file covers.
+fn parse_series_file_last_epoch(key: &str) -> Option<Epoch> {
+    let stem = key.rsplit('/').next()?.strip_suffix(".updates")?;
+    let mut parts = stem.split('-');
+    parts.next()?;
+    Some(Epoch(parts.next()?.parse().ok()?))
+}
+
+fn series_start_ms(update: &SeriesUpdate) -> u64 {
+    match update.series {
+        Series::Window(key) => key.window_start_ms,
+        Series::Hour(key) => key.hour_start_ms,
+    }
 }
 
 fn claim_key(partition: PartitionId, generation: Generation) -> String {
@@ -254,6 +296,7 @@ impl CheckpointStore {
             .iter()
             .any(|name| name.epoch == epoch && name.generation == generation && name.full);
         if is_full && listing.complete == Some((epoch, generation)) {
+            self.keep_written_series(partition, &listing, epoch).await?;
             for name in listing.records.iter().filter(|name| name.epoch < epoch) {
                 self.blobs.delete(&record_key(partition, *name)).await?;
             }
@@ -267,6 +310,89 @@ impl CheckpointStore {
             }
         }
         Ok(())
+    }
+
+    /// Before the records below `epoch` go: the last value of every series their complete
+    /// epochs wrote, in one series file; then files past the retention go.
+    async fn keep_written_series(
+        &self,
+        partition: PartitionId,
+        listing: &Listing,
+        epoch: Epoch,
+    ) -> Result<(), CheckpointError> {
+        let complete: Vec<RecordName> = listing
+            .records
+            .iter()
+            .filter(|name| name.epoch < epoch)
+            .filter(|name| {
+                listing.markers.iter().any(|marker| {
+                    marker.epoch == name.epoch && marker.generation == name.generation
+                }) || listing.complete == Some((name.epoch, name.generation))
+            })
+            .copied()
+            .collect();
+        let (Some(first), Some(last)) = (complete.first(), complete.last()) else {
+            return Ok(());
+        };
+        let mut latest: std::collections::BTreeMap<(Series, Lane), SeriesUpdate> =
+            Default::default();
+        for name in &complete {
+            for update in self.load_record(partition, *name).await?.updates {
+                latest.insert((update.series, update.lane), update);
+            }
+        }
+        let updates: Vec<SeriesUpdate> = latest.into_values().collect();
+        let newest_ms = updates.iter().map(series_start_ms).max().unwrap_or(0);
+        let key = series_file_key(partition, first.epoch, last.epoch, newest_ms);
+        let bytes = postcard::to_allocvec(&updates).expect("updates always serialize");
+        self.blobs.put(&key, bytes).await?;
+        for old in self.blobs.list(&series_dir(partition)).await? {
+            let expired = parse_series_file_newest_ms(&old).is_some_and(|old_newest_ms| {
+                old_newest_ms.saturating_add(crate::limits::WRITTEN_SERIES_RETENTION_MS) < newest_ms
+            });
+            if expired {
+                self.blobs.delete(&old).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every value the partition's complete epochs wrote to the real-time store, oldest first,
+    /// within the retention: the series files, then the current chain's records. Applied in
+    /// this order, the last value of each series wins.
+    pub async fn written_series(
+        &self,
+        partition: PartitionId,
+    ) -> Result<Vec<SeriesUpdate>, CheckpointError> {
+        let mut written = Vec::new();
+        // Records a series file already covers (left by a cleanup cut short) are skipped: applied
+        // after the file, they would move its series back to older values.
+        let mut covered: Option<Epoch> = None;
+        for key in self.blobs.list(&series_dir(partition)).await? {
+            let Some(bytes) = self.blobs.get(&key).await? else {
+                continue;
+            };
+            covered = covered.max(parse_series_file_last_epoch(&key));
+            let updates: Vec<SeriesUpdate> =
+                postcard::from_bytes(&bytes).map_err(|error| CheckpointError::Corrupt {
+                    key: key.clone(),
+                    message: error.to_string(),
+                })?;
+            written.extend(updates);
+        }
+        let listing = self.list(partition).await?;
+        if let Some((complete_epoch, _)) = listing.complete {
+            for name in &listing.records {
+                let completed = listing.markers.iter().any(|marker| {
+                    marker.epoch == name.epoch && marker.generation == name.generation
+                });
+                let uncovered = covered.is_none_or(|covered| name.epoch > covered);
+                if name.epoch <= complete_epoch && completed && uncovered {
+                    written.extend(self.load_record(partition, *name).await?.updates);
+                }
+            }
+        }
+        Ok(written)
     }
 
     /// The greatest generation that ever claimed or wrote the partition, as far as this store
@@ -514,6 +640,56 @@ mod tests {
             .mark_complete(PartitionId(0), name.epoch, name.generation)
             .await
             .unwrap();
+    }
+
+    /// One window series update of partition 0: ad `ad`, `unique` clicks.
+    fn written(ad: u64, unique: u64) -> SeriesUpdate {
+        SeriesUpdate {
+            series: Series::Window(adclick_core::window::WindowKey {
+                campaign_id: adclick_core::ids::CampaignId(1),
+                ad_id: adclick_core::ids::AdId(ad),
+                salt: adclick_core::ids::Salt(0),
+                window_start_ms: 60_000 * ad,
+            }),
+            lane: Lane::OnTime,
+            counts: adclick_core::window::Counts {
+                clicks: unique,
+                unique,
+                fraud: 0,
+            },
+            is_final: false,
+        }
+    }
+
+    /// A store that forgot the partition is rewritten from these: the last value of every
+    /// series any complete epoch wrote, also of epochs whose records a full checkpoint deleted,
+    /// and never an older value after a newer one.
+    #[tokio::test]
+    async fn every_value_complete_epochs_wrote_outlives_their_records() {
+        let store = CheckpointStore::new(Arc::new(MemoryBlobStore::new()));
+        for epoch in 1..=20u64 {
+            let full = epoch % 8 == 1;
+            let name = name(epoch, 1, full);
+            let checkpoint = checkpoint_at(name);
+            let bytes = adclick_core::snapshot::encode_checkpoint(&checkpoint);
+            // Ad `epoch` is written once; ad 0 every epoch, with the epoch as its count.
+            let updates = [written(epoch, 1), written(0, epoch)];
+            store
+                .put_pending(Generation(1), &checkpoint, &bytes, &updates)
+                .await
+                .unwrap();
+            store
+                .mark_complete(PartitionId(0), Epoch(epoch), Generation(1))
+                .await
+                .unwrap();
+        }
+        let mut last: std::collections::BTreeMap<(Series, Lane), u64> = Default::default();
+        for update in store.written_series(PartitionId(0)).await.unwrap() {
+            last.insert((update.series, update.lane), update.counts.unique);
+        }
+        assert_eq!(last.len(), 21, "ads 0..=20");
+        assert_eq!(last[&(written(0, 0).series, Lane::OnTime)], 20);
+        assert!(store.load(PartitionId(0)).await.unwrap().chain.len() < 8);
     }
 
     fn chain_epochs(recovery: &Recovery) -> Vec<u64> {

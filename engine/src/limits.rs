@@ -19,6 +19,10 @@ pub const WORKER_END_OFFSET_CHECK_MS: u64 = 100;
 /// random jitter of up to the delay itself (`supervisor`).
 pub const WORKER_RESTART_BACKOFF_MIN_MS: u64 = 50;
 pub const WORKER_RESTART_BACKOFF_MAX_MS: u64 = 5_000;
+/// How long the checkpoint store keeps the values a partition wrote to the real-time store, to
+/// rewrite a store that forgot the partition: past the Redis store's longest default TTL (hour
+/// rollups, 7 days), measured between series starts.
+pub const WRITTEN_SERIES_RETENTION_MS: u64 = 8 * 24 * 3_600_000;
 /// The checkpoint epoch.
 pub const EPOCH_MS_DEFAULT: u64 = 1_000;
 /// Records per clicks request at most (ingest API).

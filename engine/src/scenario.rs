@@ -167,6 +167,9 @@ pub struct Faults {
     /// Simulator only: partitions taken over by another worker per minute (generation bump;
     /// the old owner, paused meanwhile, is fenced when it wakes).
     pub takeovers_per_min: f64,
+    /// Simulator only: the real-time store forgets everything (a Redis restart without
+    /// persistence) this often.
+    pub store_losses_per_min: f64,
     /// Simulator only: each seed draws its own fault rates, up to the ones above.
     pub swarm: bool,
 }
@@ -492,6 +495,7 @@ impl Scenario {
         for (key, rate) in [
             ("faults.node_pauses_per_min", faults.node_pauses_per_min),
             ("faults.takeovers_per_min", faults.takeovers_per_min),
+            ("faults.store_losses_per_min", faults.store_losses_per_min),
             (
                 "faults.ingest_crashes_per_min",
                 faults.ingest_crashes_per_min,

@@ -274,6 +274,9 @@ impl PartitionWorker {
                 .map_err(|source| WorkerError::Restore { partition, source })?
         };
         self.aggregator = Some(aggregator);
+        if store_forgot || self.store_lacks_status(&chain).await? {
+            self.rewrite_forgotten_store(floor).await?;
+        }
         if let Some(pending) = recovery.pending {
             let epoch = pending.checkpoint.epoch;
             self.crash_point(EpochStep::BeforeRecommit, epoch)?;
@@ -284,29 +287,16 @@ impl PartitionWorker {
                 .await
                 .map_err(|e| self.checkpoint_error(e))?;
         }
-        if store_forgot {
-            self.store_loss_detected_ms = Some(self.env.clock.now_ms());
-            tracing::error!(
-                partition = partition.0,
-                generation = self.generation.0,
-                floor = floor.0,
-                "the real-time store forgot this partition (its generation key was gone: a \
-                 restart without persistence, an eviction or an asynchronous failover); writing \
-                 every series the partition holds again. Windows already closed and retired \
-                 from state stay missing until a replay of the log rebuilds them"
-            );
-            self.aggregator().rewrite_all_series();
-        }
         // A list rotated while the partition was down applies from the restored offset on: an
         // empty epoch swaps it in and checkpoints it, so every checkpoint still names the list
-        // that judged the records after it. The same empty epoch rewrites a forgotten store.
+        // that judged the records after it.
         let current = self
             .env
             .fraud
             .read()
             .expect("fraud registry lock")
             .current();
-        if store_forgot || self.aggregator().fraud_list_version() != current.version() {
+        if self.aggregator().fraud_list_version() != current.version() {
             self.barrier().await?;
         }
         tracing::debug!(
@@ -314,6 +304,56 @@ impl PartitionWorker {
             generation = self.generation.0,
             "partition recovered"
         );
+        Ok(())
+    }
+
+    /// A partition with complete epochs always has a status in the store (every apply writes
+    /// it, after its updates): none means the store lost it, or a rewrite was cut short.
+    async fn store_lacks_status(
+        &self,
+        chain: &[adclick_core::snapshot::PartitionCheckpoint],
+    ) -> Result<bool, WorkerError> {
+        if chain.is_empty() {
+            return Ok(false);
+        }
+        let statuses = self
+            .env
+            .store
+            .partition_status()
+            .await
+            .map_err(|e| self.store_error(e))?;
+        Ok(!statuses
+            .iter()
+            .any(|status| status.partition == self.partition))
+    }
+
+    /// The real-time store forgot the partition: every value its complete epochs wrote (kept by
+    /// the checkpoint store, within its retention) goes back, oldest first, under this owner's
+    /// fence at the restored epoch. That is every series: each value the state holds was written
+    /// by the epoch that changed it (a pending epoch is re-applied next). Exact, since these are
+    /// the values that were written, not a recount.
+    async fn rewrite_forgotten_store(&mut self, floor: Generation) -> Result<(), WorkerError> {
+        let partition = self.partition;
+        self.store_loss_detected_ms = Some(self.env.clock.now_ms());
+        let written = self
+            .env
+            .checkpoints
+            .written_series(partition)
+            .await
+            .map_err(|e| self.checkpoint_error(e))?;
+        tracing::error!(
+            partition = partition.0,
+            generation = self.generation.0,
+            floor = floor.0,
+            series_values = written.len(),
+            "the real-time store forgot this partition (its generation key was gone: a restart \
+             without persistence, an eviction or an asynchronous failover); writing back every \
+             value its epochs wrote"
+        );
+        let epoch = self.aggregator().epoch();
+        // One apply, the partition's status last: a rewrite cut short leaves no status, and the
+        // next owner rewrites again.
+        self.write_sink(epoch, &written).await?;
         Ok(())
     }
 

@@ -55,6 +55,7 @@ pub struct FaultRates {
     pub node_pauses_per_min: f64,
     pub takeovers_per_min: f64,
     pub log_empty_read_rate: f64,
+    pub store_losses_per_min: f64,
 }
 
 impl FaultRates {
@@ -71,6 +72,7 @@ impl FaultRates {
             node_pauses_per_min: faults.node_pauses_per_min,
             takeovers_per_min: faults.takeovers_per_min,
             log_empty_read_rate: faults.log_empty_read_rate,
+            store_losses_per_min: faults.store_losses_per_min,
         };
         if faults.swarm {
             // Swarm testing: each fault is on for about half the seeds, at a random intensity,
@@ -92,6 +94,7 @@ impl FaultRates {
             rates.takeovers_per_min = scale(rates.takeovers_per_min);
             rates.store_latency_ms_max = scale(rates.store_latency_ms_max as f64) as u64;
             rates.log_empty_read_rate = scale(rates.log_empty_read_rate);
+            rates.store_losses_per_min = scale(rates.store_losses_per_min);
         }
         rates
     }
@@ -152,6 +155,8 @@ pub struct FaultCounts {
     pub takeovers: u64,
     /// Log reads that returned nothing although records were past the read offset.
     pub empty_reads: u64,
+    /// Times the real-time store forgot everything.
+    pub store_losses: u64,
 }
 
 /// The switchboard every faulty seam consults. Healing zeroes the rates.

@@ -158,6 +158,7 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
     let started_ms = SystemClock.now_ms();
     let chaos = tokio::spawn(run_chaos(Chaos {
         faults: faults.clone(),
+        memory_store: memory_store.clone(),
         nodes: cluster.nodes.iter().map(|n| n.id()).collect(),
         owners: cluster.owners.clone(),
         ingest_nodes,
@@ -434,6 +435,8 @@ fn start_workers(
 /// Everything the chaos task may break.
 struct Chaos {
     faults: Arc<Faults>,
+    /// The store under every wrapper, to make it forget.
+    memory_store: Arc<MemoryRealtimeStore>,
     nodes: Vec<madsim::task::NodeId>,
     owners: Arc<Mutex<Vec<usize>>>,
     ingest_nodes: Vec<madsim::task::NodeId>,
@@ -450,6 +453,7 @@ struct Chaos {
 async fn run_chaos(chaos: Chaos) {
     let Chaos {
         faults,
+        memory_store,
         nodes,
         owners,
         ingest_nodes,
@@ -467,7 +471,8 @@ async fn run_chaos(chaos: Chaos) {
     let per_s = (rates.worker_kills_per_min
         + rates.node_pauses_per_min
         + rates.takeovers_per_min
-        + rates.ingest_crashes_per_min)
+        + rates.ingest_crashes_per_min
+        + rates.store_losses_per_min)
         / 60.0;
     let mut ingest_down: BTreeSet<usize> = BTreeSet::new();
     let end_ms = SystemClock.now_ms() + (duration_s * 1000.0) as u64;
@@ -513,6 +518,15 @@ async fn run_chaos(chaos: Chaos) {
             paused.insert(node);
             faults.count(|counts| counts.node_pauses += 1);
             faults.note(format!("pause worker-{node}"));
+        } else if pick
+            < rates.worker_kills_per_min
+                + rates.ingest_crashes_per_min
+                + rates.node_pauses_per_min
+                + rates.store_losses_per_min
+        {
+            memory_store.forget_everything();
+            faults.count(|counts| counts.store_losses += 1);
+            faults.note("the real-time store forgets everything".to_owned());
         } else if nodes.len() > 1 {
             // Takeover: pause a partition's owner, start a new owner for it elsewhere.
             let partition = rng.random_range(0..scenario.engine.partitions) as usize;

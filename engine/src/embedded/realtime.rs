@@ -27,6 +27,12 @@ impl MemoryRealtimeStore {
     pub fn new() -> MemoryRealtimeStore {
         MemoryRealtimeStore::default()
     }
+
+    /// Forgets every series, generation and status: a Redis restart without persistence, for
+    /// the simulator and tests.
+    pub fn forget_everything(&self) {
+        *self.state.lock().expect("store lock") = State::default();
+    }
 }
 
 #[async_trait]

@@ -217,30 +217,26 @@ async fn forget_everything(redis: &adclick_io::redis_store::RedisConfig) -> usiz
 
 /// Regression (the fencing generation lived only in Redis): after every key of the partitions
 /// was deleted, the worker claimed generation 1 again, the same as before, so a zombie holding
-/// it could write again and two owners' checkpoint names could collide; and the open windows
+/// it could write again and two owners' checkpoint names could collide; and the closed windows
 /// Redis lost were never written again. Now the claim rises above every generation the
-/// checkpoint store has seen, the loss is detected and reported, and every series the
-/// partition holds is written again.
+/// checkpoint store has seen, the loss is detected and reported, and every value the
+/// partition's complete epochs wrote is written back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_forgetting_a_partition_raises_the_generation_and_rewrites_its_windows() {
+async fn redis_forgetting_a_partition_raises_the_generation_and_restores_every_closed_window() {
     let dir = tempfile::tempdir().unwrap();
     let url =
         std::env::var("ADCLICK_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
     let mut redis = adclick_io::redis_store::RedisConfig::new(url);
     redis.prefix = format!("adclick-test-forget-{}", std::process::id());
     std::fs::write(list_path(dir.path()), "version 1\n").unwrap();
-    let mut config = config(dir.path(), &redis);
-    // Minute windows: every window of the test is still open when Redis forgets it.
-    config.engine.window_ms = 60_000;
-    config.engine.allowed_lateness_ms = 60_000;
-    config.engine.dedup_horizon_ms = 180_000;
-    config.engine.dedup_bucket_ms = 5_000;
-    config.validate("forget test").unwrap();
+    // 1 s windows and 0.5 s lateness: every window of the test is closed, final and retired
+    // from the workers' state when Redis forgets it.
+    let config = config(dir.path(), &redis);
     let (server, base) = serve(config).await;
     let start_ms = now_ms();
     let clicks: Vec<String> = (0..40).map(|n| click(n, 70 + n % 4, 1, now_ms())).collect();
     post_ok(&base, &clicks).await;
-    let counted = |answer: &CampaignClicks| answer.total.unique == 10;
+    let counted = |answer: &CampaignClicks| answer.total.unique == 10 && answer.total.is_final;
     for campaign in 70..74 {
         wait_until(&base, campaign, start_ms - 60_000, counted).await;
     }
