@@ -382,7 +382,20 @@ impl RealtimeStore for SimStore {
         above: Generation,
     ) -> Result<Claim, StoreError> {
         tokio::time::sleep(self.faults.latency()).await;
-        self.inner.claim_partition(partition, above).await
+        // A claim fails before the store counts it, or after (the generation was taken, the
+        // answer lost): either way the claimer must claim again.
+        let fail = self.faults.roll(|rates| rates.store_error_rate);
+        if fail {
+            self.faults.count(|counts| counts.store_errors += 1);
+            if self.faults.coin() {
+                return Err(SimStore::unavailable());
+            }
+        }
+        let claim = self.inner.claim_partition(partition, above).await?;
+        if fail {
+            return Err(SimStore::unavailable());
+        }
+        Ok(claim)
     }
 
     async fn apply(
@@ -426,7 +439,52 @@ pub struct SimBlobs {
     pub faults: Arc<Faults>,
 }
 
+/// Where an injected write error strikes: before the write (nothing happened) or after it
+/// (the write landed, the answer was lost).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Strike {
+    None,
+    Before,
+    After,
+}
+
 impl SimBlobs {
+    fn error(key: &str) -> BlobError {
+        BlobError::Unavailable {
+            key: key.to_owned(),
+            message: "injected checkpoint store error".into(),
+        }
+    }
+
+    /// A write's fault: half strike before the effect, half after it.
+    fn strike(&self) -> Strike {
+        if !self.faults.roll(|rates| rates.checkpoint_error_rate) {
+            return Strike::None;
+        }
+        self.faults.count(|counts| counts.checkpoint_errors += 1);
+        if self.faults.coin() {
+            Strike::After
+        } else {
+            Strike::Before
+        }
+    }
+
+    async fn write<T>(
+        &self,
+        key: &str,
+        effect: impl std::future::Future<Output = Result<T, BlobError>>,
+    ) -> Result<T, BlobError> {
+        let strike = self.strike();
+        if strike == Strike::Before {
+            return Err(SimBlobs::error(key));
+        }
+        let result = effect.await?;
+        if strike == Strike::After {
+            return Err(SimBlobs::error(key));
+        }
+        Ok(result)
+    }
+
     fn check(&self, key: &str) -> Result<(), BlobError> {
         if self.faults.roll(|rates| rates.checkpoint_error_rate) {
             self.faults.count(|counts| counts.checkpoint_errors += 1);
@@ -442,13 +500,11 @@ impl SimBlobs {
 #[async_trait]
 impl BlobStore for SimBlobs {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), BlobError> {
-        self.check(key)?;
-        self.inner.put(key, bytes).await
+        self.write(key, self.inner.put(key, bytes)).await
     }
 
     async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<bool, BlobError> {
-        self.check(key)?;
-        self.inner.put_if_absent(key, bytes).await
+        self.write(key, self.inner.put_if_absent(key, bytes)).await
     }
 
     async fn modified_ms(&self, key: &str) -> Result<Option<u64>, BlobError> {
@@ -467,6 +523,6 @@ impl BlobStore for SimBlobs {
     }
 
     async fn delete(&self, key: &str) -> Result<(), BlobError> {
-        self.inner.delete(key).await
+        self.write(key, self.inner.delete(key)).await
     }
 }
