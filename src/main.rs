@@ -76,8 +76,10 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
-    /// Bills a closed period exactly from the Parquet archive into PostgreSQL or SQLite: one
-    /// transaction, replacing any earlier run's rows for the period.
+    /// Bills a closed period exactly from the Parquet archive into PostgreSQL or SQLite, in one
+    /// transaction, once every partition's archive has caught up past the period's end plus
+    /// the grace. A period billed already gets a correction run (adclick_bill_adjustments);
+    /// billed rows are never rewritten.
     Bill(cli::billing::BillArgs),
     /// Compares the fast path's hour totals (Redis) with billing, per (campaign, hour), and
     /// names the cause of every difference. Exit 1 if any difference is unexplained.

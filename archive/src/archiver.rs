@@ -7,6 +7,13 @@
 //! A restart finds the pending range and rolls exactly that range again, so the files it writes
 //! have the same names and the same bytes as those a crash left behind.
 //!
+//! The caught-up mark (`Manifest::caught_up_to_ms`): once per roll interval the archiver reads
+//! its clock, then the log's end offset (a candidate). When everything below that offset is
+//! committed, the next committed manifest carries the clock reading; an archiver with nothing
+//! buffered puts its manifest for the mark alone, so an idle partition's mark keeps up with the
+//! clock, one manifest put per roll interval. A busy partition reaches its candidate's offset
+//! as it reads on, and rolls then.
+//!
 //! **Invariant:** processing time comes only from the `Clock` seam; the archiver never decides
 //! what a click counts as (it archives every decodable record, duplicates and fraud included).
 
@@ -32,7 +39,9 @@ pub struct ArchiverConfig {
     /// Roll when the buffered rows reach this many bytes (estimated in memory: the row struct
     /// plus its user agent). Parquet output is about a sixth of it.
     pub roll_bytes: u64,
-    /// Roll a non-empty buffer this long (processing time) after its first record.
+    /// Roll a non-empty buffer this long (processing time) after its first record. Also how
+    /// often the archiver takes a caught-up candidate (and so, at most, how often an idle
+    /// partition puts its manifest).
     pub roll_interval_ms: u64,
     /// Records per log read.
     pub read_records_max: usize,
@@ -101,6 +110,14 @@ struct Segment {
     opened_ms: u64,
 }
 
+/// A clock reading and the log's end offset read after it: once `next_offset` reaches
+/// `end_offset`, every record appended before `at_ms` is committed.
+#[derive(Clone, Copy, Debug)]
+struct CaughtUpCandidate {
+    at_ms: u64,
+    end_offset: Offset,
+}
+
 pub struct Archiver {
     partition: PartitionId,
     log: Arc<dyn Log>,
@@ -112,6 +129,10 @@ pub struct Archiver {
     segment: Segment,
     /// The next offset to read from the log.
     read_offset: Offset,
+    /// The caught-up mark the next commit can store, once it reaches the candidate's offset.
+    candidate: Option<CaughtUpCandidate>,
+    /// When `poll` takes the next candidate (processing time).
+    next_candidate_ms: u64,
 }
 
 impl Archiver {
@@ -133,6 +154,8 @@ impl Archiver {
             read_offset: manifest.next_offset,
             manifest,
             segment: Segment::default(),
+            candidate: None,
+            next_candidate_ms: 0,
         };
         if let Some(pending) = archiver.manifest.pending {
             tracing::info!(
@@ -165,29 +188,60 @@ impl Archiver {
         &self.manifest
     }
 
-    /// Reads one batch of records from the log and rolls if the buffer is full or old enough.
+    /// Every record appended to the log before this processing time is committed.
+    pub fn caught_up_to_ms(&self) -> u64 {
+        self.manifest.caught_up_to_ms
+    }
+
+    /// Reads one batch of records from the log and rolls if the buffer is full or old enough,
+    /// or if the read reached the caught-up candidate's offset (taken first, when one is due).
     /// Returns how many records it read.
     pub async fn poll(&mut self) -> Result<usize, ArchiveError> {
+        if self.candidate.is_none() && self.clock.now_ms() >= self.next_candidate_ms {
+            self.take_candidate().await?;
+        }
         let batches = self.read(self.config.read_records_max).await?;
         let mut count = 0;
         for batch in &batches {
             count += batch.len();
             self.buffer(batch, None);
         }
-        if self.roll_due() {
+        if self.roll_due() || self.candidate_reached() {
             self.roll().await?;
         }
         Ok(count)
     }
 
-    /// Archives every record below `end_offset` (or the log's end, if sooner), rolling at the
-    /// size target on the way, then rolls what is left.
-    pub async fn archive_until(&mut self, end_offset: Offset) -> Result<(), ArchiveError> {
-        let log_end = self
+    /// Reads the clock, then the log's end offset: the order that makes the mark true. A record
+    /// appended before `at_ms` was appended before the end offset was read, so it is below it.
+    async fn take_candidate(&mut self) -> Result<Offset, ArchiveError> {
+        let at_ms = self.clock.now_ms();
+        let end_offset = self
             .log
             .end_offset(self.partition)
             .await
             .map_err(|source| self.log_error(source))?;
+        self.candidate = Some(CaughtUpCandidate { at_ms, end_offset });
+        self.next_candidate_ms = at_ms.saturating_add(self.config.roll_interval_ms);
+        Ok(end_offset)
+    }
+
+    fn candidate_reached(&self) -> bool {
+        self.candidate
+            .is_some_and(|candidate| self.read_offset >= candidate.end_offset)
+    }
+
+    /// Archives every record below `end_offset` (or the log's end, if sooner), rolling at the
+    /// size target on the way, then rolls what is left. When that is the log's end, the
+    /// manifest's caught-up mark is the clock reading taken just before the end was read.
+    pub async fn archive_until(&mut self, end_offset: Offset) -> Result<(), ArchiveError> {
+        // A fresh candidate replaces an older one only when this call goes to the log's end;
+        // otherwise the older one may still be reached.
+        let older = self.candidate.take();
+        let log_end = self.take_candidate().await?;
+        if end_offset < log_end {
+            self.candidate = older;
+        }
         let end = Offset(end_offset.0.min(log_end.0));
         while self.read_offset < end {
             let before = self.read_offset;
@@ -202,7 +256,8 @@ impl Archiver {
         self.flush().await
     }
 
-    /// Rolls the buffer now, if it holds any record.
+    /// Rolls the buffer now, if it holds any record (or puts the manifest for a caught-up mark
+    /// alone, if it has one to store).
     pub async fn flush(&mut self) -> Result<(), ArchiveError> {
         self.roll().await
     }
@@ -343,7 +398,7 @@ impl Archiver {
     /// buffer is kept, so a retry writes the same files again.
     async fn roll(&mut self) -> Result<(), ArchiveError> {
         let Some(first_offset) = self.segment.first_offset else {
-            return Ok(());
+            return self.store_mark().await;
         };
         let range = OffsetRange {
             first_offset,
@@ -392,10 +447,45 @@ impl Archiver {
             exceptions_key,
             files,
         });
+        let reached = self.apply_candidate(&mut committed);
         manifest::store(self.blobs.as_ref(), &committed).await?;
         self.manifest = committed;
         self.segment = Segment::default();
+        if reached {
+            self.candidate = None;
+        }
         Ok(())
+    }
+
+    /// Puts the manifest with nothing new but the caught-up mark, when the candidate is reached
+    /// with nothing buffered (an idle partition). At most once per candidate.
+    async fn store_mark(&mut self) -> Result<(), ArchiveError> {
+        let mut committed = self.manifest.clone();
+        if !self.apply_candidate(&mut committed) {
+            return Ok(());
+        }
+        if committed != self.manifest {
+            manifest::store(self.blobs.as_ref(), &committed).await?;
+            self.manifest = committed;
+        }
+        self.candidate = None;
+        Ok(())
+    }
+
+    /// Stores the candidate's clock reading in `committed` if `committed` holds everything
+    /// below the candidate's offset. Returns whether it did.
+    fn apply_candidate(&self, committed: &mut Manifest) -> bool {
+        committed.log_partitions = Some(self.log.partitions());
+        let Some(candidate) = self.candidate else {
+            return false;
+        };
+        if committed.next_offset < candidate.end_offset {
+            return false;
+        }
+        // Candidates are taken in clock order, and the clock of a restarted archiver may be
+        // behind the mark its predecessor stored: the mark never goes back.
+        committed.caught_up_to_ms = committed.caught_up_to_ms.max(candidate.at_ms);
+        true
     }
 
     /// Writes the segment's exceptions file, if it has exceptions; before the manifest names

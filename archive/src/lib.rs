@@ -4,7 +4,8 @@
 //! - `schema`: the columns, the writer settings, the row types.
 //! - `parquet_io`: rows ↔ Parquet bytes, with column pruning on read.
 //! - `layout`: file and manifest keys.
-//! - `manifest`: what is committed; `list_committed` for the billing job; `clean`.
+//! - `manifest`: what is committed and how far it has caught up with the log;
+//!   `list_committed` for the billing job; `clean`.
 //! - `archiver`: the per-partition loop over the `Log`, `BlobStore` and `Clock` seams.
 //!
 //! **Invariant:** a normal (non-madsim) crate: nothing under `sim/` depends on it, and it touches

@@ -5,7 +5,15 @@
 //! that readers ignore and that the restarted archiver rewrites byte-identically (the manifest's
 //! `pending` range pins the segment's boundaries across the crash).
 //!
+//! The manifest also says how far the archive has caught up with the log, in the archiver's
+//! processing time: `caught_up_to_ms`. Billing closes a period only once every partition's mark
+//! is past the period's end plus the billing grace.
+//!
 //! **Invariant:** readers (`list_committed`) never look at file listings, only at manifests.
+//! **Invariant:** `caught_up_to_ms = T` only if every record appended to the partition's log
+//! before `T` (by the archiver's clock) is below `next_offset`: the archiver read its clock,
+//! then the log's end offset, then committed at least up to that offset, and only then stored
+//! `T`. The mark never goes back.
 
 use std::collections::BTreeMap;
 
@@ -116,6 +124,16 @@ pub struct Manifest {
     #[serde(default)]
     pub pending: Option<OffsetRange>,
     pub segments: Vec<SegmentEntry>,
+    /// The archiver's processing time up to which the archive has everything: every record
+    /// appended to the log before it is below `next_offset` (see the module's invariant). 0:
+    /// never caught up, or a manifest older than the field. An idle archiver refreshes it once
+    /// per roll interval, so an idle partition holds no period open.
+    #[serde(default)]
+    pub caught_up_to_ms: u64,
+    /// How many partitions the log had when this manifest was written: the manifests billing
+    /// must find. `None` in manifests older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_partitions: Option<u32>,
 }
 
 impl Manifest {
@@ -126,6 +144,8 @@ impl Manifest {
             next_offset: Offset(0),
             pending: None,
             segments: Vec::new(),
+            caught_up_to_ms: 0,
+            log_partitions: None,
         }
     }
 
@@ -327,4 +347,18 @@ pub async fn clean(blobs: &dyn BlobStore) -> Result<CleanReport, ManifestError> 
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manifest_older_than_the_caught_up_mark_reads_as_never_caught_up() {
+        let old = br#"{"version": 1, "partition": 4, "next_offset": 12, "segments": []}"#;
+        let manifest = parse("archive/manifest/p00004.json", old).unwrap();
+        assert_eq!(manifest.caught_up_to_ms, 0);
+        assert_eq!(manifest.log_partitions, None);
+        assert_eq!(manifest.next_offset, Offset(12));
+    }
 }

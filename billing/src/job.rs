@@ -1,4 +1,8 @@
 //! The billing job: bill a closed period from its clicks, price it, write it in one transaction.
+//!
+//! `bill_from_archive` is the whole job over the Parquet archive: it judges the archive first
+//! (`crate::completeness`: every partition caught up past the period's end plus the grace), and
+//! refuses an incomplete one unless told to bill provisionally.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,7 +14,10 @@ use adclick_core::ids::{CampaignId, PartitionId};
 use adclick_core::limits::HOUR_MS;
 use adclick_engine::seams::{BlobStore, Log, read_partition};
 
-use crate::store::{BilledRow, BillingStore, BillingStoreError, RunRecord};
+use crate::completeness::{self, ArchiveCompleteness, PartitionsUnknown};
+use crate::store::{
+    Adjustment, BilledRow, BillingStore, BillingStoreError, Finality, RunInput, RunRecord,
+};
 
 #[derive(Clone, Debug)]
 pub struct BillingJob {
@@ -50,6 +57,20 @@ pub enum BillingError {
         billable: u64,
         cpc_micros: u64,
     },
+    #[error(
+        "the archive is behind for the period ending at {to_ms}: every partition must be caught up to {} (the period's end plus the {grace_ms} ms billing grace), and {} of {} are not: {}",
+        completeness.needed_ms,
+        completeness.behind.len(),
+        completeness.partitions,
+        completeness.describe_behind()
+    )]
+    ArchiveIncomplete {
+        to_ms: u64,
+        grace_ms: u64,
+        completeness: Box<ArchiveCompleteness>,
+    },
+    #[error(transparent)]
+    PartitionsUnknown(#[from] PartitionsUnknown),
     #[error(transparent)]
     Store(#[from] BillingStoreError),
     #[error("reading the clicks: {0}")]
@@ -222,34 +243,113 @@ pub fn price(
 pub struct BillingOutcome {
     pub run_id: u64,
     pub record: RunRecord,
+    /// The period's bill as it stands once the run is in.
     pub rows: Vec<BilledRow>,
+    /// A correction's differences (none for a bill).
+    pub adjustments: Vec<Adjustment>,
 }
 
-/// Prices the period's bill and writes it in one transaction (replacing any earlier run's rows
-/// for the period).
+/// Prices the period's bill and writes it in one transaction: a bill if the period is not
+/// billed yet, else a correction holding the differences (`crate::store`).
 pub async fn write_bill(
     store: &dyn BillingStore,
     job: &BillingJob,
     hours: &BTreeMap<BillKey, HourBill>,
     input_files: Vec<String>,
     now_ms: u64,
+    finality: Finality,
 ) -> Result<BillingOutcome, BillingError> {
     let prices = store.prices().await?;
     let rows = price(hours, &prices)?;
-    let record = RunRecord {
+    let input = RunInput {
         period_from_ms: job.from_ms,
         period_to_ms: job.to_ms,
         fraud_list_version: job.fraud_list.version().0,
         input_files,
-        rows: rows.len() as u64,
-        billable: rows.iter().map(|row| row.bill.billable).sum(),
-        spend_micros: rows.iter().map(|row| row.spend_micros).sum(),
         created_at_ms: now_ms,
+        finality,
     };
-    let run_id = store.write_run(&record, &rows, false).await?;
+    let written = store.write_run(&input, &rows, false).await?;
     Ok(BillingOutcome {
-        run_id,
-        record,
-        rows,
+        run_id: written.run_id,
+        record: written.record,
+        rows: written.rows,
+        adjustments: written.adjustments,
+    })
+}
+
+/// How `bill_from_archive` judges the archive.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ArchiveGate {
+    /// The log's partition count (`--partitions`), for archives whose manifests do not record
+    /// it; the larger of this and what they record is judged.
+    pub partitions: Option<u32>,
+    /// Bill even when a partition is behind; the run is then marked provisional.
+    pub allow_incomplete: bool,
+    /// The log takes no appends after this processing time (the finished run of `adclick
+    /// run`): an archive caught up past it holds every click the period will ever have.
+    pub log_sealed_at_ms: Option<u64>,
+}
+
+/// What `bill_from_archive` did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ArchiveBill {
+    #[serde(flatten)]
+    pub outcome: BillingOutcome,
+    pub completeness: ArchiveCompleteness,
+    pub exceptions: adclick_archive::ExceptionReport,
+    /// Clicks read from the archive for the period.
+    pub clicks_read: u64,
+}
+
+impl BillingJob {
+    /// The processing time every partition's archive must have caught up to: the period's end
+    /// plus the grace, or the log's seal if that comes first.
+    pub fn archive_needed_ms(&self, log_sealed_at_ms: Option<u64>) -> u64 {
+        let closes_at_ms = self.to_ms.saturating_add(self.grace_ms);
+        log_sealed_at_ms.map_or(closes_at_ms, |sealed| sealed.min(closes_at_ms))
+    }
+}
+
+/// The whole job over the archive: judge it, bill the period from its files, write the run
+/// (provisional when billed incomplete), and list the period's exceptions.
+pub async fn bill_from_archive(
+    store: &dyn BillingStore,
+    blobs: &dyn BlobStore,
+    job: &BillingJob,
+    gate: ArchiveGate,
+    now_ms: u64,
+) -> Result<ArchiveBill, BillingError> {
+    let manifests = adclick_archive::manifest::load_all(blobs)
+        .await
+        .map_err(|error| BillingError::Input(error.to_string()))?;
+    let needed_ms = job.archive_needed_ms(gate.log_sealed_at_ms);
+    let completeness = completeness::judge(&manifests, gate.partitions, needed_ms)?;
+    if !completeness.is_complete() && !gate.allow_incomplete {
+        return Err(BillingError::ArchiveIncomplete {
+            to_ms: job.to_ms,
+            grace_ms: job.grace_ms,
+            completeness: Box::new(completeness),
+        });
+    }
+    // Read after the judgement: the files are at least what the judged manifests listed.
+    let mut biller = job.biller();
+    let inputs = feed_from_archive(blobs, &mut biller, job.from_ms, job.to_ms).await?;
+    let exceptions = adclick_archive::list_exceptions(blobs, job.from_ms, job.to_ms)
+        .await
+        .map_err(|error| BillingError::Input(error.to_string()))?;
+    let hours = biller.finish();
+    let clicks_read = hours.values().map(|bill| bill.clicks).sum();
+    let finality = if completeness.is_complete() {
+        Finality::Final
+    } else {
+        Finality::Provisional
+    };
+    let outcome = write_bill(store, job, &hours, inputs, now_ms, finality).await?;
+    Ok(ArchiveBill {
+        outcome,
+        completeness,
+        exceptions,
+        clicks_read,
     })
 }

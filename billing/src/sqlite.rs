@@ -38,6 +38,17 @@ impl SqliteBillingStore {
         })
     }
 
+    /// The period's state in one read transaction (one snapshot).
+    async fn period(&self, from_ms: u64, to_ms: u64) -> Result<PeriodState, BillingStoreError> {
+        self.with(move |connection| {
+            let transaction = connection.transaction().map_err(unavailable)?;
+            let state = load_period(&transaction, from_ms, to_ms)?;
+            transaction.commit().map_err(unavailable)?;
+            Ok(state)
+        })
+        .await
+    }
+
     /// Runs `work` on the connection off the async threads (SQLite calls block).
     async fn with<T: Send + 'static>(
         &self,
@@ -55,12 +66,96 @@ impl SqliteBillingStore {
     }
 }
 
+/// The period's bill runs, billed rows and adjustments, read on `connection` (inside the
+/// caller's transaction).
+fn load_period(
+    connection: &Connection,
+    from_ms: u64,
+    to_ms: u64,
+) -> Result<PeriodState, BillingStoreError> {
+    let range = (to_sql("from_ms", from_ms)?, to_sql("to_ms", to_ms)?);
+    let mut state = PeriodState::default();
+    let mut statement = connection
+        .prepare(SELECT_BILL_PERIODS)
+        .map_err(unavailable)?;
+    let periods = statement
+        .query_map(params![range.0, range.1], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+        })
+        .map_err(unavailable)?;
+    for period in periods {
+        let (from, to) = period.map_err(unavailable)?;
+        state.bill_periods.push((
+            from_sql("period_from_ms", from)?,
+            from_sql("period_to_ms", to)?,
+        ));
+    }
+    let mut statement = connection.prepare(SELECT_ROWS).map_err(unavailable)?;
+    let rows = statement
+        .query_map(params![range.0, range.1], |row| {
+            let mut values = [0i64; 9];
+            for (index, value) in values.iter_mut().enumerate() {
+                *value = row.get(index)?;
+            }
+            Ok(values)
+        })
+        .map_err(unavailable)?;
+    for values in rows {
+        state
+            .billed
+            .push(row_from_values(values.map_err(unavailable)?)?);
+    }
+    let mut statement = connection
+        .prepare(SELECT_ADJUSTMENTS)
+        .map_err(unavailable)?;
+    let adjustments = statement
+        .query_map(params![range.0, range.1], |row| {
+            let mut values = [0i64; 10];
+            for (index, value) in values.iter_mut().enumerate() {
+                *value = row.get(index)?;
+            }
+            Ok(values)
+        })
+        .map_err(unavailable)?;
+    for values in adjustments {
+        state
+            .adjustments
+            .push(adjustment_from_values(values.map_err(unavailable)?)?);
+    }
+    Ok(state)
+}
+
+fn has_column(
+    connection: &Connection,
+    table: &str,
+    column: &str,
+) -> Result<bool, BillingStoreError> {
+    let count: i64 = connection
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+            params![table, column],
+            |row| row.get(0),
+        )
+        .map_err(unavailable)?;
+    Ok(count > 0)
+}
+
 #[async_trait]
 impl BillingStore for SqliteBillingStore {
     async fn migrate(&self) -> Result<(), BillingStoreError> {
         self.with(|connection| {
             for statement in SCHEMA {
                 connection.execute(statement, []).map_err(unavailable)?;
+            }
+            for (table, column, definition) in ADDED_COLUMNS {
+                if !has_column(connection, table, column)? {
+                    connection
+                        .execute(
+                            &format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"),
+                            [],
+                        )
+                        .map_err(unavailable)?;
+                }
             }
             Ok(())
         })
@@ -112,44 +207,57 @@ impl BillingStore for SqliteBillingStore {
 
     async fn write_run(
         &self,
-        run: &RunRecord,
+        run: &RunInput,
         rows: &[BilledRow],
         fail_before_commit: bool,
-    ) -> Result<u64, BillingStoreError> {
+    ) -> Result<WrittenRun, BillingStoreError> {
         let (run, rows) = (run.clone(), rows.to_vec());
         self.with(move |connection| {
-            // IMMEDIATE: take the write lock now, so two runs never interleave.
+            // IMMEDIATE: take the write lock now, so two runs never interleave and a
+            // correction is never computed against a stale bill.
             let transaction = connection
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(unavailable)?;
             let run_id: i64 = transaction
                 .query_row(NEXT_RUN_ID, [], |row| row.get(0))
                 .map_err(unavailable)?;
-            transaction
-                .execute(
-                    DELETE_PERIOD,
-                    params![
-                        to_sql("period_from_ms", run.period_from_ms)?,
-                        to_sql("period_to_ms", run.period_to_ms)?
-                    ],
-                )
-                .map_err(unavailable)?;
+            let run_id = from_sql("run_id", run_id)?;
+            let plan = load_period(&transaction, run.period_from_ms, run.period_to_ms)?
+                .plan(&run, &rows)?;
             {
                 let mut insert = transaction.prepare(INSERT_ROW).map_err(unavailable)?;
-                for row in &rows {
-                    let values = row_values(row, run_id as u64)?;
+                for row in &plan.rows {
                     insert
-                        .execute(rusqlite::params_from_iter(values))
+                        .execute(rusqlite::params_from_iter(row_values(row, run_id)?))
+                        .map_err(unavailable)?;
+                }
+                let mut insert = transaction
+                    .prepare(INSERT_ADJUSTMENT)
+                    .map_err(unavailable)?;
+                for adjustment in &plan.adjustments {
+                    insert
+                        .execute(rusqlite::params_from_iter(adjustment_values(
+                            adjustment, run_id,
+                        )?))
                         .map_err(unavailable)?;
                 }
             }
-            let (head, files, tail) = run_values(&run)?;
+            let (head, files, tail) = run_values(&plan.record)?;
             transaction
                 .execute(
                     INSERT_RUN,
                     params![
-                        run_id, head[0], head[1], head[2], files, tail[0], tail[1], tail[2],
-                        tail[3]
+                        to_sql("run_id", run_id)?,
+                        head[0],
+                        head[1],
+                        head[2],
+                        files,
+                        tail[0],
+                        tail[1],
+                        tail[2],
+                        tail[3],
+                        plan.record.kind.as_sql(),
+                        plan.record.provisional
                     ],
                 )
                 .map_err(unavailable)?;
@@ -158,31 +266,26 @@ impl BillingStore for SqliteBillingStore {
                 return Err(BillingStoreError::InjectedBeforeCommit);
             }
             transaction.commit().map_err(unavailable)?;
-            Ok(run_id as u64)
+            Ok(plan.written(run_id))
         })
         .await
     }
 
     async fn hourly(&self, from_ms: u64, to_ms: u64) -> Result<Vec<BilledRow>, BillingStoreError> {
-        let range = (to_sql("from_ms", from_ms)?, to_sql("to_ms", to_ms)?);
-        self.with(move |connection| {
-            let mut statement = connection.prepare(SELECT_ROWS).map_err(unavailable)?;
-            let rows = statement
-                .query_map(params![range.0, range.1], |row| {
-                    let mut values = [0i64; 9];
-                    for (index, value) in values.iter_mut().enumerate() {
-                        *value = row.get(index)?;
-                    }
-                    Ok(values)
-                })
-                .map_err(unavailable)?;
-            let mut out = Vec::new();
-            for values in rows {
-                out.push(row_from_values(values.map_err(unavailable)?)?);
-            }
-            Ok(out)
-        })
-        .await
+        let state = self.period(from_ms, to_ms).await?;
+        crate::correction::standing(&state.billed, &state.adjustments)
+    }
+
+    async fn billed(&self, from_ms: u64, to_ms: u64) -> Result<Vec<BilledRow>, BillingStoreError> {
+        Ok(self.period(from_ms, to_ms).await?.billed)
+    }
+
+    async fn adjustments(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<(u64, Adjustment)>, BillingStoreError> {
+        Ok(self.period(from_ms, to_ms).await?.adjustments)
     }
 
     async fn runs(&self) -> Result<Vec<(u64, RunRecord)>, BillingStoreError> {
@@ -200,13 +303,18 @@ impl BillingStore for SqliteBillingStore {
                         row.get(7)?,
                         row.get(8)?,
                     ];
-                    Ok((numbers, row.get::<_, String>(4)?))
+                    Ok((
+                        numbers,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, String>(9)?,
+                        row.get::<_, bool>(10)?,
+                    ))
                 })
                 .map_err(unavailable)?;
             let mut out = Vec::new();
             for row in rows {
-                let (numbers, files) = row.map_err(unavailable)?;
-                out.push(run_from_values(numbers, &files)?);
+                let (numbers, files, kind, provisional) = row.map_err(unavailable)?;
+                out.push(run_from_values(numbers, &files, &kind, provisional)?);
             }
             Ok(out)
         })

@@ -140,6 +140,9 @@ pub struct RunArtifacts {
     )>,
     pub fraud_list: Arc<FraudList>,
     pub expected_hours: std::collections::BTreeMap<(adclick_core::ids::CampaignId, u64), u64>,
+    /// The clock reading once ingest had closed: nothing is appended to `log` after it, so an
+    /// archive caught up past it holds every click the run will ever have.
+    pub log_sealed_at_ms: u64,
 }
 
 impl std::fmt::Debug for RunArtifacts {
@@ -358,6 +361,7 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
         }
     }
     ingest.close(flusher).await;
+    let log_sealed_at_ms = clock.now_ms();
 
     let drain_started = Instant::now();
     let liveness_timeout = Duration::from_secs_f64(scenario.expect.liveness_timeout_s);
@@ -458,6 +462,7 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
         scan: scan.clone(),
         fraud_list: fraud_list.clone(),
         expected_hours: expected.unique_by_campaign_hour(),
+        log_sealed_at_ms,
     });
     Ok(RunReport {
         scenario: scenario.name.clone(),

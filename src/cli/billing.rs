@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use adclick_billing::job::{BillingJob, feed_from_archive, write_bill};
+use adclick_billing::job::{ArchiveBill, ArchiveGate, BillingJob, bill_from_archive};
 use adclick_billing::postgres::PostgresBillingStore;
 use adclick_billing::reconcile::{reconcile, render_table};
 use adclick_billing::sqlite::SqliteBillingStore;
-use adclick_billing::store::{BillingStore, rows_to_map};
+use adclick_billing::store::{BillingStore, RunKind, rows_to_map};
 use adclick_core::fraud::FraudList;
 use adclick_core::ids::CampaignId;
 use adclick_engine::clock::SystemClock;
@@ -38,9 +38,18 @@ pub struct BillArgs {
     /// `campaign_id,cpc_micros` lines, loaded into adclick_campaigns before billing.
     #[arg(long)]
     pub prices: Option<PathBuf>,
-    /// The period closes this long after its end.
+    /// The billing grace: the period closes this long after its end, and only once every
+    /// partition's archive has caught up to that time (its manifest's `caught_up_to_ms`).
     #[arg(long, default_value_t = 3_600_000)]
     pub grace_ms: u64,
+    /// The log's partition count (engine.partitions). Needed only when the manifests do not
+    /// record it (written by an older archiver); a partition with no manifest is behind.
+    #[arg(long)]
+    pub partitions: Option<u32>,
+    /// Bill even if some partition's archive is behind; the run is marked provisional, and a
+    /// later `adclick bill` of the period corrects it.
+    #[arg(long)]
+    pub allow_incomplete: bool,
     /// The rate rule, as the workers ran it (engine.clicks_per_ip_per_minute_max).
     #[arg(long, default_value_t = adclick_core::operator::AggregatorConfig::default().clicks_per_ip_per_minute_max)]
     pub clicks_per_ip_per_minute_max: u32,
@@ -140,36 +149,85 @@ pub fn bill(args: BillArgs) -> anyhow::Result<ExitCode> {
             url: args.archive.clone(),
             options: Default::default(),
         })?;
+        let gate = ArchiveGate {
+            partitions: args.partitions,
+            allow_incomplete: args.allow_incomplete,
+            log_sealed_at_ms: None,
+        };
         let started = std::time::Instant::now();
-        let mut biller = job.biller();
-        let inputs = feed_from_archive(&blobs, &mut biller, job.from_ms, job.to_ms).await?;
-        let exceptions = adclick_archive::list_exceptions(&blobs, job.from_ms, job.to_ms).await?;
-        let hours = biller.finish();
-        let clicks: u64 = hours.values().map(|bill| bill.clicks).sum();
-        let outcome = write_bill(store.as_ref(), &job, &hours, inputs, now_ms).await?;
-        let elapsed = started.elapsed().as_secs_f64();
-        println!(
-            "billed [{}, {}): run {}, {} files, {} clicks read, {} (campaign, hour) rows, {} billable, spend {} micros; {:.0} clicks/s",
-            job.from_ms,
-            job.to_ms,
-            outcome.run_id,
-            outcome.record.input_files.len(),
-            clicks,
-            outcome.record.rows,
-            outcome.record.billable,
-            outcome.record.spend_micros,
-            clicks as f64 / elapsed.max(1e-9)
-        );
-        print_exceptions(&exceptions);
+        let billed = bill_from_archive(store.as_ref(), &blobs, &job, gate, now_ms)
+            .await
+            .map_err(|error| match error {
+                adclick_billing::job::BillingError::ArchiveIncomplete { .. } => anyhow::anyhow!(
+                    "{error}\nnothing was billed: wait for the archivers, or pass --allow-incomplete to bill provisionally"
+                ),
+                error => error.into(),
+            })?;
+        print_outcome(&job, &billed, started.elapsed().as_secs_f64());
+        print_exceptions(&billed.exceptions);
         if let Some(path) = &args.json {
-            // The outcome's fields stay at the top level, as before; exceptions join them.
-            let mut report = serde_json::to_value(&outcome)?;
-            report["exceptions"] = serde_json::to_value(&exceptions)?;
-            std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            // The outcome's fields stay at the top level, as before; the archive's judgement
+            // and the exceptions join them.
+            std::fs::write(path, serde_json::to_string_pretty(&billed)?)
                 .with_context(|| format!("--json {}", path.display()))?;
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn print_outcome(job: &BillingJob, billed: &ArchiveBill, elapsed_s: f64) {
+    let outcome = &billed.outcome;
+    let record = &outcome.record;
+    let rate = billed.clicks_read as f64 / elapsed_s.max(1e-9);
+    for note in &billed.completeness.notes {
+        println!("note: {note}");
+    }
+    if record.provisional {
+        println!(
+            "provisional (--allow-incomplete): the archive is behind, {}; the audit row says so, and billing the period again once it has caught up writes the difference as a correction",
+            billed.completeness.describe_behind()
+        );
+    }
+    match record.kind {
+        RunKind::Bill => println!(
+            "billed [{}, {}): run {}, {} files, {} clicks read, {} (campaign, hour) rows, {} billable, spend {} micros; {rate:.0} clicks/s",
+            job.from_ms,
+            job.to_ms,
+            outcome.run_id,
+            record.input_files.len(),
+            billed.clicks_read,
+            record.rows,
+            record.billable,
+            record.spend_micros,
+        ),
+        RunKind::Correction if outcome.adjustments.is_empty() => println!(
+            "[{}, {}) was billed already and nothing changed: correction run {} is on record with 0 adjustments ({} files, {} clicks read, {} billable, spend {} micros)",
+            job.from_ms,
+            job.to_ms,
+            outcome.run_id,
+            record.input_files.len(),
+            billed.clicks_read,
+            record.billable,
+            record.spend_micros,
+        ),
+        RunKind::Correction => {
+            let billable_delta: i64 = outcome.adjustments.iter().map(|a| a.billable_delta).sum();
+            let spend_delta: i64 = outcome
+                .adjustments
+                .iter()
+                .map(|a| a.spend_micros_delta)
+                .sum();
+            println!(
+                "[{}, {}) was billed already: correction run {}, {} (campaign, hour) adjustments in adclick_bill_adjustments, {billable_delta:+} billable, spend {spend_delta:+} micros; the period now stands at {} billable, spend {} micros (the billed rows are unchanged)",
+                job.from_ms,
+                job.to_ms,
+                outcome.run_id,
+                outcome.adjustments.len(),
+                record.billable,
+                record.spend_micros,
+            );
+        }
+    }
 }
 
 /// Records the archiver kept out of every file, read in this period: never billed, never

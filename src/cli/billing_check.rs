@@ -1,12 +1,17 @@
 //! The billing-equality check of `adclick run`: after the run drains, the log is archived to
 //! Parquet, billed from the Parquet files into the embedded billing store (SQLite), compared
 //! with the oracle per (campaign, hour), and reconciled with the fast path.
+//!
+//! Billing goes through the same archive gate as `adclick bill`, with no override: the run's
+//! log is sealed (ingest closed before the archivers ran), so archivers caught up past the seal
+//! hold every click the period will ever have, even though the period's end plus the grace is
+//! still in the future.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use adclick_archive::{Archiver, ArchiverConfig};
-use adclick_billing::job::{BillingJob, feed_from_archive, write_bill};
+use adclick_billing::job::{ArchiveGate, BillingJob, bill_from_archive};
 use adclick_billing::reconcile::{reconcile, render_table};
 use adclick_billing::sqlite::SqliteBillingStore;
 use adclick_billing::store::BillingStore;
@@ -69,16 +74,26 @@ async fn check(scenario: &Scenario, artifacts: &RunArtifacts) -> anyhow::Result<
         clicks_per_ip_per_minute_max: scenario.engine.clicks_per_ip_per_minute_max,
         fraud_list: artifacts.fraud_list.clone(),
     };
-    let mut biller = job.biller();
-    let inputs = feed_from_archive(blobs.as_ref(), &mut biller, job.from_ms, job.to_ms).await?;
-    let bill = biller.finish();
+    // Every campaign the oracle bills gets the flat price; a campaign billing bills and the
+    // oracle does not fails the run for its missing price, which names it.
+    let campaigns: BTreeSet<CampaignId> = artifacts
+        .expected_hours
+        .keys()
+        .map(|(campaign, _)| *campaign)
+        .collect();
     let store = SqliteBillingStore::in_memory()?;
     store.migrate().await?;
-    let campaigns: BTreeSet<CampaignId> = bill.keys().map(|key| key.campaign_id).collect();
-    for campaign in campaigns {
-        store.set_price(campaign, CHECK_CPC_MICROS).await?;
+    for campaign in &campaigns {
+        store.set_price(*campaign, CHECK_CPC_MICROS).await?;
     }
-    let outcome = write_bill(&store, &job, &bill, inputs, SystemClock.now_ms()).await?;
+    let gate = ArchiveGate {
+        partitions: Some(artifacts.log.partitions()),
+        allow_incomplete: false,
+        log_sealed_at_ms: Some(artifacts.log_sealed_at_ms),
+    };
+    let billed =
+        bill_from_archive(&store, blobs.as_ref(), &job, gate, SystemClock.now_ms()).await?;
+    let outcome = billed.outcome;
     let stored = store.hourly(job.from_ms, job.to_ms).await?;
 
     // Billing equality: billed == the oracle's unique non-fraud clicks, per (campaign, hour).

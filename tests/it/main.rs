@@ -2,6 +2,7 @@
 //! every step, a deliberately broken variant that the checks must catch, and the CLI.
 
 mod aggregate_cli;
+mod bill_cli;
 mod epoch_protocol;
 mod kafka_two_workers;
 mod load_coordinated_omission;

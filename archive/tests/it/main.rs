@@ -1,5 +1,6 @@
 //! The archive's integration tests: one binary, one module per concern.
 
+mod caught_up;
 mod crash;
 mod hours;
 mod python_reader;

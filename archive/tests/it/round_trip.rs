@@ -103,7 +103,8 @@ async fn run_drains_the_log_when_stopped() {
         .unwrap();
         tasks.push(tokio::spawn(archiver.run(stop.clone())));
     }
-    // The clock never moves and the buffer never fills, so only the stop makes files.
+    // The clock never moves and the buffer never fills: files come from catching up with the
+    // log's end (the first candidate) or from the stop's drain.
     stop_sender.send(true).unwrap();
     for task in tasks {
         task.await.unwrap().unwrap();

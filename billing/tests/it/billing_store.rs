@@ -5,6 +5,7 @@ use adclick_billing::job::{BillingError, BillingJob, feed_from_log, price, write
 use adclick_billing::postgres::PostgresBillingStore;
 use adclick_billing::sqlite::SqliteBillingStore;
 use adclick_billing::store::{BillingStore, BillingStoreError, rows_to_map};
+use adclick_billing::store::{Finality, RunInput, RunKind};
 use adclick_core::billing::{BillKey, HourBill};
 use adclick_core::fraud::FraudList;
 use adclick_core::ids::*;
@@ -15,11 +16,11 @@ use adclick_engine::seams::{AppendBatch, RecordBlock};
 use adclick_loadgen::{GeneratedBatch, Generator};
 use adclick_sim::oracle;
 
-const PARTITIONS: u32 = 3;
+pub(crate) const PARTITIONS: u32 = 3;
 /// Traffic starts 4 s before an hour boundary, so resends and late clicks straddle it.
-const START_MS: u64 = 500_000 * HOUR_MS - 4_000;
+pub(crate) const START_MS: u64 = 500_000 * HOUR_MS - 4_000;
 
-fn scenario() -> Scenario {
+pub(crate) fn scenario() -> Scenario {
     let text = r#"
 version = 1
 name = "billing"
@@ -45,7 +46,7 @@ clicks_per_ip_per_minute_max = 40
 }
 
 /// A log of generated clicks and the list that judged them.
-fn data_set() -> (MemoryLog, Arc<FraudList>, Scenario) {
+pub(crate) fn data_set() -> (MemoryLog, Arc<FraudList>, Scenario) {
     let scenario = scenario();
     let mut generator = Generator::new(&scenario);
     let list = Arc::new(FraudList::parse(&generator.fraud_list_text()).unwrap());
@@ -70,7 +71,7 @@ fn data_set() -> (MemoryLog, Arc<FraudList>, Scenario) {
     (log, list, scenario)
 }
 
-fn job(list: Arc<FraudList>, scenario: &Scenario) -> BillingJob {
+pub(crate) fn job(list: Arc<FraudList>, scenario: &Scenario) -> BillingJob {
     BillingJob {
         from_ms: START_MS - START_MS % HOUR_MS,
         to_ms: START_MS - START_MS % HOUR_MS + 2 * HOUR_MS,
@@ -87,7 +88,7 @@ async fn bill(log: &MemoryLog, job: &BillingJob) -> (BTreeMap<BillKey, HourBill>
 }
 
 /// The oracle's exact unique non-fraud clicks per (campaign, hour), both lanes, all salts.
-async fn oracle_billable(
+pub(crate) async fn oracle_billable(
     log: &MemoryLog,
     list: &FraudList,
     scenario: &Scenario,
@@ -110,14 +111,14 @@ async fn oracle_billable(
         .collect()
 }
 
-fn postgres_config(schema: &str) -> String {
+pub(crate) fn postgres_config(schema: &str) -> String {
     let base = std::env::var("ADCLICK_POSTGRES")
         .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".to_owned());
     format!("{base} options='-c search_path={schema}'")
 }
 
 /// A store in a schema of its own (tests run in parallel against one database).
-async fn postgres_store(test: &str) -> PostgresBillingStore {
+pub(crate) async fn postgres_store(test: &str) -> PostgresBillingStore {
     let schema = format!("adclick_test_{test}_{}", std::process::id());
     let admin = PostgresBillingStore::connect(&postgres_config("public"))
         .await
@@ -137,7 +138,7 @@ async fn postgres_store(test: &str) -> PostgresBillingStore {
     store
 }
 
-async fn price_everything(store: &dyn BillingStore, campaigns: u64) {
+pub(crate) async fn price_everything(store: &dyn BillingStore, campaigns: u64) {
     for campaign in 0..=campaigns {
         store
             .set_price(CampaignId(campaign), 250_000 + campaign)
@@ -173,7 +174,7 @@ async fn billing_contract(store: &dyn BillingStore) {
     );
 
     // A missing price fails the run and writes nothing.
-    let error = write_bill(store, &job, &hours, inputs.clone(), 1)
+    let error = write_bill(store, &job, &hours, inputs.clone(), 1, Finality::Final)
         .await
         .unwrap_err();
     assert!(
@@ -190,7 +191,7 @@ async fn billing_contract(store: &dyn BillingStore) {
     );
 
     price_everything(store, scenario.traffic.campaigns).await;
-    let first = write_bill(store, &job, &hours, inputs.clone(), 1)
+    let first = write_bill(store, &job, &hours, inputs.clone(), 1, Finality::Final)
         .await
         .unwrap();
     let stored = store.hourly(job.from_ms, job.to_ms).await.unwrap();
@@ -205,28 +206,57 @@ async fn billing_contract(store: &dyn BillingStore) {
             .all(|row| row.spend_micros == row.bill.billable * row.cpc_micros)
     );
 
-    // A re-run replaces, never adds.
-    let second = write_bill(store, &job, &hours, inputs.clone(), 2)
+    assert_eq!(first.record.kind, RunKind::Bill);
+
+    // A re-run never adds: it is a correction that finds nothing to correct, on record.
+    let second = write_bill(store, &job, &hours, inputs.clone(), 2, Finality::Final)
         .await
         .unwrap();
     assert!(second.run_id > first.run_id);
+    assert_eq!(second.record.kind, RunKind::Correction);
+    assert!(second.adjustments.is_empty());
     assert_eq!(store.hourly(job.from_ms, job.to_ms).await.unwrap(), stored);
+    assert_eq!(store.billed(job.from_ms, job.to_ms).await.unwrap(), stored);
+    assert!(
+        store
+            .adjustments(job.from_ms, job.to_ms)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let runs = store.runs().await.unwrap();
     assert_eq!(runs.len(), 2, "each run is on record");
+    assert_eq!(runs[0].1, first.record);
+    assert_eq!(runs[1].1, second.record);
+    assert_eq!(runs[1].1.rows, 0, "no adjustment");
     assert_eq!(runs[1].1.billable, totals.billable);
     assert_eq!(runs[1].1.input_files, inputs);
+    assert!(!runs[1].1.provisional);
 
     // A crash mid-transaction (different numbers, then no commit) leaves the rows as they were.
     let prices = store.prices().await.unwrap();
     let mut doubled = hours.clone();
     doubled.values_mut().for_each(|bill| bill.billable *= 2);
     let rows = price(&doubled, &prices).unwrap();
-    let error = store
-        .write_run(&first.record, &rows, true)
-        .await
-        .unwrap_err();
+    let input = RunInput {
+        period_from_ms: job.from_ms,
+        period_to_ms: job.to_ms,
+        fraud_list_version: list.version().0,
+        input_files: inputs.clone(),
+        created_at_ms: 3,
+        finality: Finality::Final,
+    };
+    let error = store.write_run(&input, &rows, true).await.unwrap_err();
     assert!(matches!(error, BillingStoreError::InjectedBeforeCommit));
     assert_eq!(store.hourly(job.from_ms, job.to_ms).await.unwrap(), stored);
+    assert!(
+        store
+            .adjustments(job.from_ms, job.to_ms)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the crashed correction left no adjustment"
+    );
     assert_eq!(
         store.runs().await.unwrap().len(),
         2,
@@ -234,17 +264,108 @@ async fn billing_contract(store: &dyn BillingStore) {
     );
 }
 
-#[tokio::test]
-async fn postgres_billing_is_exact_idempotent_and_crash_safe() {
-    let store = postgres_store("contract").await;
-    billing_contract(&store).await;
-    let schema = format!("adclick_test_contract_{}", std::process::id());
+pub(crate) async fn drop_postgres_schema(store: &PostgresBillingStore, test: &str) {
+    let schema = format!("adclick_test_{test}_{}", std::process::id());
     store
         .execute_batch(&format!(
             "SET search_path TO public; DROP SCHEMA {schema} CASCADE"
         ))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn postgres_billing_is_exact_idempotent_and_crash_safe() {
+    let store = postgres_store("contract").await;
+    billing_contract(&store).await;
+    drop_postgres_schema(&store, "contract").await;
+}
+
+/// The tables as the version before corrections created them, with one run on record.
+const OLD_SCHEMA: &str = "
+    CREATE TABLE adclick_billing_runs (
+        run_id BIGINT PRIMARY KEY,
+        period_from_ms BIGINT NOT NULL,
+        period_to_ms BIGINT NOT NULL,
+        fraud_list_version BIGINT NOT NULL,
+        input_files TEXT NOT NULL,
+        rows BIGINT NOT NULL,
+        billable BIGINT NOT NULL,
+        spend_micros BIGINT NOT NULL,
+        created_at_ms BIGINT NOT NULL);
+    INSERT INTO adclick_billing_runs VALUES (1, 0, 7200000, 0, '[]', 1, 4, 400, 5);
+    CREATE TABLE adclick_billing_hourly (
+        campaign_id BIGINT NOT NULL,
+        hour_start_ms BIGINT NOT NULL,
+        clicks BIGINT NOT NULL,
+        billable BIGINT NOT NULL,
+        fraud BIGINT NOT NULL,
+        duplicates BIGINT NOT NULL,
+        reused_ids BIGINT NOT NULL,
+        cpc_micros BIGINT NOT NULL,
+        spend_micros BIGINT NOT NULL,
+        run_id BIGINT NOT NULL,
+        PRIMARY KEY (campaign_id, hour_start_ms));
+    INSERT INTO adclick_billing_hourly VALUES (3, 0, 5, 4, 1, 0, 0, 100, 400, 1);
+";
+
+/// An older database gains the new columns and table; its runs read as final bills, and a
+/// run over its billed period is a correction.
+async fn old_database_contract(store: &dyn BillingStore) {
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    let runs = store.runs().await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].1.kind, RunKind::Bill);
+    assert!(!runs[0].1.provisional);
+    let billed = store.billed(0, 2 * HOUR_MS).await.unwrap();
+    let mut more = billed.clone();
+    more[0].bill.billable += 1;
+    more[0].spend_micros += 100;
+    let input = RunInput {
+        period_from_ms: 0,
+        period_to_ms: 2 * HOUR_MS,
+        fraud_list_version: 0,
+        input_files: Vec::new(),
+        created_at_ms: 6,
+        finality: Finality::Provisional,
+    };
+    let written = store.write_run(&input, &more, false).await.unwrap();
+    assert_eq!(written.record.kind, RunKind::Correction);
+    assert!(written.record.provisional);
+    assert_eq!(written.adjustments.len(), 1);
+    assert_eq!(store.hourly(0, 2 * HOUR_MS).await.unwrap(), more);
+    assert_eq!(store.billed(0, 2 * HOUR_MS).await.unwrap(), billed);
+    assert_eq!(store.runs().await.unwrap()[1].1, written.record);
+}
+
+#[tokio::test]
+async fn postgres_an_older_database_is_migrated_and_its_runs_read_as_final_bills() {
+    let schema = format!("adclick_test_old_{}", std::process::id());
+    let admin = PostgresBillingStore::connect(&postgres_config("public"))
+        .await
+        .unwrap();
+    admin
+        .execute_batch(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+        ))
+        .await
+        .unwrap();
+    let store = PostgresBillingStore::connect(&postgres_config(&schema))
+        .await
+        .unwrap();
+    store.execute_batch(OLD_SCHEMA).await.unwrap();
+    old_database_contract(&store).await;
+    drop_postgres_schema(&store, "old").await;
+}
+
+#[tokio::test]
+async fn sqlite_an_older_database_is_migrated_and_its_runs_read_as_final_bills() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("old.db");
+    rusqlite_batch(&path, OLD_SCHEMA);
+    let store = SqliteBillingStore::open(&path).unwrap();
+    old_database_contract(&store).await;
 }
 
 #[tokio::test]
@@ -277,4 +398,9 @@ async fn an_open_period_is_refused() {
         ragged.check(u64::MAX),
         Err(BillingError::NotWholeHours { .. })
     ));
+}
+
+fn rusqlite_batch(path: &std::path::Path, statements: &str) {
+    let connection = rusqlite::Connection::open(path).unwrap();
+    connection.execute_batch(statements).unwrap();
 }
