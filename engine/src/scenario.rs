@@ -231,6 +231,51 @@ impl Default for Engine {
 }
 
 impl Engine {
+    /// The bounds of the engine keys themselves. The aggregator's window and dedup rules are
+    /// `AggregatorConfig::validate`'s; both callers check those too.
+    pub fn validate(&self) -> Result<(), EngineInvalid> {
+        let invalid = |key: &'static str, value: String, rule: String| {
+            Err(EngineInvalid { key, value, rule })
+        };
+        if self.partitions == 0 || self.partitions > 1024 {
+            return invalid(
+                "engine.partitions",
+                self.partitions.to_string(),
+                "must be between 1 and 1024".into(),
+            );
+        }
+        if self.epoch_ms < 10 {
+            return invalid(
+                "engine.epoch_ms",
+                self.epoch_ms.to_string(),
+                "must be at least 10".into(),
+            );
+        }
+        if self.producer_buffer_events_max == 0 {
+            return invalid(
+                "engine.producer_buffer_events_max",
+                "0".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.hot_campaign_share) {
+            return invalid(
+                "engine.hot_campaign_share",
+                self.hot_campaign_share.to_string(),
+                "must be between 0 and 1".into(),
+            );
+        }
+        let salts_max = adclick_core::limits::SALTS_MAX;
+        if self.hot_campaign_share > 0.0 && !(2..=salts_max).contains(&self.hot_campaign_salts) {
+            return invalid(
+                "engine.hot_campaign_salts",
+                self.hot_campaign_salts.to_string(),
+                format!("must be between 2 and {salts_max} when hot_campaign_share is on"),
+            );
+        }
+        Ok(())
+    }
+
     /// The aggregator's settings; `dedup_ids_expected` pre-sizes the dedup table.
     pub fn aggregator_config(&self, dedup_ids_expected: usize) -> AggregatorConfig {
         AggregatorConfig {
@@ -299,6 +344,15 @@ impl Default for Expect {
             ack_p99_ms_max: 0.0,
         }
     }
+}
+
+/// An `[engine]` key out of its bounds: the one set of rules that scenarios and `adclick serve`
+/// both apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineInvalid {
+    pub key: &'static str,
+    pub value: String,
+    pub rule: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -438,19 +492,6 @@ impl Scenario {
         fraction("anomalies.late_fraction", anomalies.late_fraction)?;
         fraction("anomalies.bot_fraction", anomalies.bot_fraction)?;
         fraction("anomalies.forged_fraction", anomalies.forged_fraction)?;
-        fraction("engine.hot_campaign_share", self.engine.hot_campaign_share)?;
-        if self.engine.hot_campaign_share > 0.0
-            && !(2..=adclick_core::limits::SALTS_MAX).contains(&self.engine.hot_campaign_salts)
-        {
-            return Err(invalid(
-                "engine.hot_campaign_salts",
-                self.engine.hot_campaign_salts.to_string(),
-                &format!(
-                    "must be between 2 and {} when hot_campaign_share is on",
-                    adclick_core::limits::SALTS_MAX
-                ),
-            ));
-        }
         fraction(
             "anomalies.high_rate_ip_fraction",
             anomalies.high_rate_ip_fraction,
@@ -542,20 +583,9 @@ impl Scenario {
             ));
         }
         let engine = &self.engine;
-        if engine.partitions == 0 || engine.partitions > 1024 {
-            return Err(invalid(
-                "engine.partitions",
-                engine.partitions.to_string(),
-                "must be between 1 and 1024",
-            ));
-        }
-        if engine.epoch_ms < 10 {
-            return Err(invalid(
-                "engine.epoch_ms",
-                engine.epoch_ms.to_string(),
-                "must be at least 10",
-            ));
-        }
+        engine
+            .validate()
+            .map_err(|error| invalid(error.key, error.value, &error.rule))?;
         if engine.producer_buffer_events_max < traffic.batch_events {
             return Err(invalid(
                 "engine.producer_buffer_events_max",

@@ -193,23 +193,9 @@ impl Default for FraudConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
-    #[error("{path}: `{key}` = {value}: {rule}")]
-    Invalid {
-        path: String,
-        key: &'static str,
-        value: String,
-        rule: String,
-    },
-}
+/// A config file's errors are a scenario file's: the same read, parse and invalid-key cases,
+/// each naming the file, the key, the value and the rule.
+pub use adclick_engine::scenario::ScenarioError as ConfigError;
 
 impl ServeConfig {
     pub fn load(path: &Path) -> Result<ServeConfig, ConfigError> {
@@ -278,6 +264,9 @@ impl ServeConfig {
                 ),
             ));
         }
+        self.engine
+            .validate()
+            .map_err(|error| invalid(error.key, error.value, &error.rule))?;
         self.aggregator_config().validate().map_err(|error| {
             invalid(
                 "engine",
@@ -393,6 +382,32 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("redis.prefix"), "{error}");
+    }
+
+    /// Regression: `serve` ran the aggregator's checks but not the engine's own, so it took
+    /// `epoch_ms = 1`, and `hot_campaign_salts = 1` with splitting on passed validation and then
+    /// panicked at start. Scenarios and `serve` now share `Engine::validate`.
+    #[test]
+    fn serve_applies_the_same_engine_rules_as_a_scenario() {
+        let demo = "[security]\nallow_unsigned = true\n[engine]\n";
+        for (engine, key) in [
+            (
+                "epoch_ms = 1\n",
+                "`engine.epoch_ms` = 1: must be at least 10",
+            ),
+            ("partitions = 2000\n", "`engine.partitions` = 2000"),
+            (
+                "hot_campaign_share = 0.1\nhot_campaign_salts = 1\n",
+                "`engine.hot_campaign_salts` = 1: must be between 2 and",
+            ),
+            (
+                "hot_campaign_share = 1.5\n",
+                "`engine.hot_campaign_share` = 1.5",
+            ),
+        ] {
+            let error = ServeConfig::parse(&format!("{demo}{engine}"), "a.toml").unwrap_err();
+            assert!(error.to_string().contains(key), "{engine}: {error}");
+        }
     }
 
     #[test]
