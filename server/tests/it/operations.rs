@@ -293,3 +293,63 @@ async fn wait_until(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A worker node is not ready while a partition it runs cannot recover, and says which and why;
+/// an ingest node stays ready. The case: a checkpoint names a fraud-list version that is stored
+/// nowhere any more (its blob was deleted by hand), so every restore fails and backs off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_node_that_cannot_recover_is_unready_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let url =
+        std::env::var("ADCLICK_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let mut redis = adclick_io::redis_store::RedisConfig::new(url);
+    redis.prefix = format!("adclick-test-unready-{}", std::process::id());
+    std::fs::write(list_path(dir.path()), "version 1\nip 10.1.0.2\n").unwrap();
+    let start_ms = now_ms();
+    let (server, base) = serve(config(dir.path(), &redis)).await;
+    let clicks: Vec<String> = (0..8).map(|n| click(n, 80 + n % 4, 1, now_ms())).collect();
+    post_ok(&base, &clicks).await;
+    for campaign in 80..84 {
+        wait_until(&base, campaign, start_ms - 5_000, |answer| {
+            answer.total.clicks == 2 && answer.total.is_final
+        })
+        .await;
+    }
+    server.shutdown().await.unwrap();
+    std::fs::remove_file(stored_list(dir.path(), 1)).unwrap();
+    std::fs::write(list_path(dir.path()), "version 2\nip 10.1.0.2\n").unwrap();
+
+    let mut worker_node = config(dir.path(), &redis);
+    worker_node.roles = vec![
+        adclick_server::config::Role::Worker,
+        adclick_server::config::Role::Query,
+    ];
+    let (server, base) = serve(worker_node).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+        let status = ready.status();
+        let body = ready.text().await.unwrap();
+        if status == StatusCode::SERVICE_UNAVAILABLE && body.contains("fraud list version 1") {
+            assert!(body.contains("partition"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let freshness: Freshness = get(&format!("{base}/v1/freshness")).await;
+    let failing = freshness
+        .partitions
+        .iter()
+        .filter_map(|partition| partition.supervision.as_ref())
+        .filter(|supervision| !supervision.recovered && supervision.restarts > 0)
+        .count();
+    assert!(failing > 0, "{:?}", freshness.partitions);
+    let stopped_at = Instant::now();
+    server.shutdown().await.unwrap();
+    assert!(
+        stopped_at.elapsed() < Duration::from_millis(adclick_server::serve::SHUTDOWN_MS_MAX),
+        "a node whose workers back off still stops within its bound"
+    );
+    forget_everything(&redis).await;
+}
