@@ -30,6 +30,11 @@ pub enum FraudListStoreError {
     Invalid { key: String, source: FraudListError },
     #[error(transparent)]
     List(#[from] FraudListError),
+    #[error("{key} holds fraud list version {found}, not the version its name says")]
+    WrongVersion {
+        key: String,
+        found: FraudListVersion,
+    },
     #[error("fraud list version {version} is named by a checkpoint but stored nowhere ({key})")]
     Missing {
         version: FraudListVersion,
@@ -88,12 +93,9 @@ impl FraudListStore {
             source,
         })?;
         if list.version() != version {
-            return Err(FraudListStoreError::Invalid {
+            return Err(FraudListStoreError::WrongVersion {
                 key,
-                source: FraudListError::BadLine {
-                    line: 0,
-                    message: format!("the blob holds version {}", list.version()),
-                },
+                found: list.version(),
             });
         }
         Ok(list)

@@ -2,48 +2,13 @@
 //! ahead never moves the watermark past the worker's clock, and a late click past the dedup
 //! horizon (and its resends) is counted in the unverified lane, never as unique.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use adclick_server::api::{CampaignClicks, Freshness};
-use reqwest::StatusCode;
+use adclick_server::api::Freshness;
 
-use crate::http_api::{click, get, now_ms, post, serve, test_config};
-
-/// The campaign's whole range around `at_ms`, summed.
-async fn campaign_total(base: &str, campaign: u64, from_ms: u64, to_ms: u64) -> CampaignClicks {
-    get(&format!(
-        "{base}/v1/campaigns/{campaign}/clicks?from={from_ms}&to={to_ms}"
-    ))
-    .await
-}
-
-/// Polls until `done` holds for the campaign's range, or fails with the last answer.
-async fn wait_for(
-    base: &str,
-    campaign: u64,
-    from_ms: u64,
-    to_ms: u64,
-    done: impl Fn(&CampaignClicks) -> bool,
-) -> CampaignClicks {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let answer = campaign_total(base, campaign, from_ms, to_ms).await;
-        if done(&answer) {
-            return answer;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never held; last answer: {answer:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn post_ok(base: &str, lines: &[String]) {
-    let (status, answer) = post(base, "application/x-ndjson", lines.join("\n")).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
-    assert_eq!(answer["rejected"], 0, "{answer}");
-}
+use crate::http_api::{
+    campaign_total, click, get, now_ms, post_ok, serve, test_config, wait_for_campaign,
+};
 
 /// Regression (a future-dated click moved the watermark): click A at now, a click of A's
 /// campaign (so on A's partition) stamped 295 s ahead, which ingest accepts, then after a few
@@ -72,7 +37,7 @@ async fn a_future_dated_click_never_moves_the_watermark_past_the_clock() {
         );
     }
     post_ok(&base, &[original]).await;
-    let around = wait_for(&base, 31, start_ms - 5_000, start_ms + 5_000, |answer| {
+    let around = wait_for_campaign(&base, 31, start_ms - 5_000, start_ms + 5_000, |answer| {
         answer.total.is_final && answer.total.clicks + answer.total.late_clicks == 2
     })
     .await;
@@ -98,7 +63,7 @@ async fn late_clicks_past_the_dedup_horizon_are_unverified_never_unique() {
     let start_ms = now_ms();
     // A current click first, so that the partition's watermark is at the clock.
     post_ok(&base, &[click(1, 32, 1, start_ms)]).await;
-    wait_for(&base, 32, start_ms - 5_000, start_ms + 5_000, |answer| {
+    wait_for_campaign(&base, 32, start_ms - 5_000, start_ms + 5_000, |answer| {
         answer.total.is_final && answer.total.unique == 1
     })
     .await;
@@ -107,7 +72,7 @@ async fn late_clicks_past_the_dedup_horizon_are_unverified_never_unique() {
     for _ in 0..3 {
         post_ok(&base, std::slice::from_ref(&late)).await;
     }
-    let old = wait_for(&base, 32, old_ms - 1_000, old_ms + 1_000, |answer| {
+    let old = wait_for_campaign(&base, 32, old_ms - 1_000, old_ms + 1_000, |answer| {
         answer.total.unverified_clicks == 3
     })
     .await;

@@ -371,3 +371,45 @@ async fn a_full_buffer_answers_busy_with_retry_after_and_takes_nothing() {
     }
     assert_eq!(in_log, 8);
 }
+
+/// The campaign's counts over `[from_ms, to_ms)`, summed.
+pub(crate) async fn campaign_total(
+    base: &str,
+    campaign: u64,
+    from_ms: u64,
+    to_ms: u64,
+) -> CampaignClicks {
+    get(&format!(
+        "{base}/v1/campaigns/{campaign}/clicks?from={from_ms}&to={to_ms}"
+    ))
+    .await
+}
+
+/// Polls until `done` holds for the campaign's range, or fails with the last answer.
+pub(crate) async fn wait_for_campaign(
+    base: &str,
+    campaign: u64,
+    from_ms: u64,
+    to_ms: u64,
+    done: impl Fn(&CampaignClicks) -> bool,
+) -> CampaignClicks {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let answer = campaign_total(base, campaign, from_ms, to_ms).await;
+        if done(&answer) {
+            return answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never held; last answer: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Posts NDJSON lines and expects every one taken.
+pub(crate) async fn post_ok(base: &str, lines: &[String]) {
+    let (status, answer) = post(base, "application/x-ndjson", lines.join("\n")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["rejected"], 0, "{answer}");
+}

@@ -8,7 +8,7 @@ use adclick_server::api::{CampaignClicks, Freshness};
 use adclick_server::config::{ServeConfig, StoreConfig};
 use reqwest::StatusCode;
 
-use crate::http_api::{click, get, now_ms, post, serve};
+use crate::http_api::{campaign_total, click, get, now_ms, post_ok, serve, wait_for_campaign};
 
 fn config(dir: &Path, redis: &adclick_io::redis_store::RedisConfig) -> ServeConfig {
     let text = format!(
@@ -59,36 +59,6 @@ fn click_from(id: u64, campaign: u64, ip: &str, event_time_ms: u64) -> String {
     )
 }
 
-async fn post_ok(base: &str, lines: &[String]) {
-    let (status, answer) = post(base, "application/x-ndjson", lines.join("\n")).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
-}
-
-async fn totals(base: &str, campaign: u64, from_ms: u64) -> CampaignClicks {
-    get(&format!(
-        "{base}/v1/campaigns/{campaign}/clicks?from={from_ms}&to={}",
-        from_ms + 60_000
-    ))
-    .await
-}
-
-/// Polls until the campaign's range is final with `unique` and `fraud`, or fails.
-async fn wait_for(base: &str, campaign: u64, from_ms: u64, unique: u64, fraud: u64) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let answer = totals(base, campaign, from_ms).await;
-        let total = &answer.total;
-        if total.is_final && total.unique == unique && total.fraud == fraud {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "campaign {campaign} never showed {unique} unique and {fraud} fraud; last answer: {answer:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn wait_until_exists(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !path.exists() {
@@ -123,7 +93,10 @@ async fn a_fraud_list_rotation_with_and_without_a_restart_never_bricks_recovery(
         &[click(0, 50, 1, now_ms()), click(1, 50, 1, now_ms())],
     )
     .await;
-    wait_for(&base, 50, start_ms - 5_000, 1, 1).await;
+    wait_for_campaign(&base, 50, start_ms - 5_000, start_ms + 55_000, |answer| {
+        answer.total.is_final && answer.total.unique == 1 && answer.total.fraud == 1
+    })
+    .await;
     assert!(
         stored_list(dir.path(), 1).exists(),
         "stored when first used"
@@ -141,7 +114,10 @@ async fn a_fraud_list_rotation_with_and_without_a_restart_never_bricks_recovery(
         &[click(2, 51, 1, now_ms()), click(3, 51, 1, now_ms())],
     )
     .await;
-    wait_for(&base, 51, start_ms - 5_000, 1, 1).await;
+    wait_for_campaign(&base, 51, start_ms - 5_000, start_ms + 55_000, |answer| {
+        answer.total.is_final && answer.total.unique == 1 && answer.total.fraud == 1
+    })
+    .await;
     let freshness: Freshness = get(&format!("{base}/v1/freshness")).await;
     for partition in &freshness.partitions {
         let supervision = partition.supervision.as_ref().expect("this node's worker");
@@ -168,7 +144,10 @@ async fn a_fraud_list_rotation_with_and_without_a_restart_never_bricks_recovery(
 
     // Without a restart: 10.9.9.9 is clean under version 2, fraud once version 3 is in.
     post_ok(&base, &[click_from(1, 52, "10.9.9.9", now_ms())]).await;
-    wait_for(&base, 52, start_ms - 5_000, 1, 0).await;
+    wait_for_campaign(&base, 52, start_ms - 5_000, start_ms + 55_000, |answer| {
+        answer.total.is_final && answer.total.unique == 1 && answer.total.fraud == 0
+    })
+    .await;
     std::fs::write(
         list_path(dir.path()),
         "version 3\nip 10.1.0.2\nip 10.1.0.4\nip 10.9.9.9\n",
@@ -182,7 +161,8 @@ async fn a_fraud_list_rotation_with_and_without_a_restart_never_bricks_recovery(
     for id in 100u64.. {
         post_ok(&base, &[click_from(id, 53, "10.9.9.9", now_ms())]).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let answer = totals(&base, 53, probes_from_ms - 5_000).await;
+        let answer =
+            campaign_total(&base, 53, probes_from_ms - 5_000, probes_from_ms + 55_000).await;
         if answer.total.fraud > 0 {
             break;
         }
@@ -238,7 +218,14 @@ async fn redis_forgetting_a_partition_raises_the_generation_and_restores_every_c
     post_ok(&base, &clicks).await;
     let counted = |answer: &CampaignClicks| answer.total.unique == 10 && answer.total.is_final;
     for campaign in 70..74 {
-        wait_until(&base, campaign, start_ms - 60_000, counted).await;
+        wait_for_campaign(
+            &base,
+            campaign,
+            start_ms - 60_000,
+            start_ms + 60_000,
+            counted,
+        )
+        .await;
     }
     let before: Freshness = get(&format!("{base}/v1/freshness")).await;
     let generations: Vec<u64> = before
@@ -249,7 +236,14 @@ async fn redis_forgetting_a_partition_raises_the_generation_and_restores_every_c
 
     assert!(forget_everything(&redis).await > 0);
     for campaign in 70..74 {
-        wait_until(&base, campaign, start_ms - 60_000, counted).await;
+        wait_for_campaign(
+            &base,
+            campaign,
+            start_ms - 60_000,
+            start_ms + 60_000,
+            counted,
+        )
+        .await;
     }
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -277,23 +271,6 @@ async fn redis_forgetting_a_partition_raises_the_generation_and_restores_every_c
     forget_everything(&redis).await;
 }
 
-async fn wait_until(
-    base: &str,
-    campaign: u64,
-    from_ms: u64,
-    done: impl Fn(&CampaignClicks) -> bool,
-) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let answer = totals(base, campaign, from_ms).await;
-        if done(&answer) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "last answer: {answer:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// A worker node is not ready while a partition it runs cannot recover, and says which and why;
 /// an ingest node stays ready. The case: a checkpoint names a fraud-list version that is stored
 /// nowhere any more (its blob was deleted by hand), so every restore fails and backs off.
@@ -310,9 +287,13 @@ async fn a_worker_node_that_cannot_recover_is_unready_and_says_why() {
     let clicks: Vec<String> = (0..8).map(|n| click(n, 80 + n % 4, 1, now_ms())).collect();
     post_ok(&base, &clicks).await;
     for campaign in 80..84 {
-        wait_until(&base, campaign, start_ms - 5_000, |answer| {
-            answer.total.clicks == 2 && answer.total.is_final
-        })
+        wait_for_campaign(
+            &base,
+            campaign,
+            start_ms - 5_000,
+            start_ms + 60_000,
+            |answer| answer.total.clicks == 2 && answer.total.is_final,
+        )
         .await;
     }
     server.shutdown().await.unwrap();
