@@ -113,6 +113,11 @@ pub struct HttpConfig {
     pub header_read_timeout_ms: u64,
     /// A request (body included) must be answered within this.
     pub request_timeout_ms: u64,
+    /// A `?ack=durable` request waits at most this for the log to confirm its append, then
+    /// answers busy (503 with `Retry-After`): the clicks stay buffered, and a resend with the
+    /// same click ids counts once. Below `request_timeout_ms`, so a failing log (a full disk)
+    /// answers busy rather than 408.
+    pub durable_ack_timeout_ms: u64,
     /// Open connections at most; more are closed at once.
     pub connections_max: usize,
 }
@@ -130,6 +135,7 @@ impl Default for HttpConfig {
             request_burst_per_client: 100,
             header_read_timeout_ms: 5_000,
             request_timeout_ms: 30_000,
+            durable_ack_timeout_ms: 10_000,
             connections_max: 4_096,
         }
     }
@@ -241,6 +247,7 @@ impl ServeConfig {
             ("http.top_n_max", http.top_n_max as u64),
             ("http.header_read_timeout_ms", http.header_read_timeout_ms),
             ("http.request_timeout_ms", http.request_timeout_ms),
+            ("http.durable_ack_timeout_ms", http.durable_ack_timeout_ms),
             ("http.connections_max", http.connections_max as u64),
             ("engine.partitions", u64::from(self.engine.partitions)),
             ("engine.epoch_ms", self.engine.epoch_ms),
@@ -253,6 +260,17 @@ impl ServeConfig {
             if value == 0 {
                 return Err(invalid(key, "0".into(), "must be at least 1"));
             }
+        }
+        if http.durable_ack_timeout_ms >= http.request_timeout_ms {
+            return Err(invalid(
+                "http.durable_ack_timeout_ms",
+                http.durable_ack_timeout_ms.to_string(),
+                &format!(
+                    "must be below http.request_timeout_ms = {}, so a durable append that cannot \
+                     finish answers busy (503) before the request times out (408)",
+                    http.request_timeout_ms
+                ),
+            ));
         }
         if http.records_per_request_max > adclick_engine::limits::INGEST_RECORDS_PER_REQUEST_MAX {
             return Err(invalid(

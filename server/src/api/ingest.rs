@@ -9,7 +9,8 @@
 //!   `http.records_per_request_max` records.
 //! - 415: the content type is not JSON or NDJSON.
 //! - 503 with `Retry-After`: the producer buffer is full (nothing of the request was taken), the
-//!   log failed a durable append, or the server is shutting down.
+//!   log failed a durable append or did not confirm it within `http.durable_ack_timeout_ms`
+//!   (resend the same click ids), or the server is shutting down.
 
 use std::sync::atomic::Ordering;
 
@@ -138,9 +139,19 @@ pub async fn post_clicks(
         .ingest_signature_rejections
         .fetch_add(forged as u64, Ordering::Relaxed);
     let mut errors = parsed.rejected;
-    let outcome = match ingest.submit(&parsed.clicks, ack).await {
-        Ok(outcome) => outcome,
-        Err(error) => return ingest_error(&state, error),
+    let submitted = match ack {
+        Ack::Buffered => Ok(ingest.submit(&parsed.clicks, ack).await),
+        Ack::Durable => tokio::time::timeout(
+            std::time::Duration::from_millis(state.http.durable_ack_timeout_ms),
+            ingest.submit(&parsed.clicks, ack),
+        )
+        .await
+        .map_err(|_| ()),
+    };
+    let outcome = match submitted {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(error)) => return ingest_error(&state, error),
+        Err(()) => return durable_ack_timed_out(&state),
     };
     // The core validates again (limits it owns); map its indexes back to the request's.
     for (index, rejection) in outcome.rejected {
@@ -178,6 +189,27 @@ fn bad_request(state: &AppState, error: String) -> Response {
         .ingest_bad_requests
         .fetch_add(1, Ordering::Relaxed);
     error_response(StatusCode::BAD_REQUEST, error, None)
+}
+
+/// The log did not confirm a durable append in time (a full disk, a broker down). The clicks
+/// were taken into the buffer and ingest keeps retrying them, so they may still land: the
+/// client resends the same click ids, and dedup counts each once.
+fn durable_ack_timed_out(state: &AppState) -> Response {
+    state.counters.ingest_busy.fetch_add(1, Ordering::Relaxed);
+    let mut response = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "the log did not confirm the durable append within {} ms; the clicks may still be \
+             appended: resend them with the same click ids (a resend is counted once)",
+            state.http.durable_ack_timeout_ms
+        ),
+        Some("http.durable_ack_timeout_ms"),
+    );
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(state.http.busy_retry_after_s),
+    );
+    response
 }
 
 fn ingest_error(state: &AppState, error: IngestError) -> Response {

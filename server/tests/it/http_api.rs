@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use adclick_server::api::{CampaignClicks, Freshness, TopAds};
@@ -370,6 +371,105 @@ async fn a_full_buffer_answers_busy_with_retry_after_and_takes_nothing() {
             .0;
     }
     assert_eq!(in_log, 8);
+}
+
+/// A log on a full disk: every append fails as the file log's does (retryable), until freed.
+struct FullDisk {
+    log: adclick_engine::embedded::MemoryLog,
+    full: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl adclick_engine::seams::Log for FullDisk {
+    fn partitions(&self) -> u32 {
+        self.log.partitions()
+    }
+    async fn append(
+        &self,
+        partition: adclick_core::ids::PartitionId,
+        batch: adclick_engine::seams::AppendBatch,
+    ) -> Result<adclick_core::ids::Offset, adclick_engine::seams::LogError> {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(adclick_engine::seams::LogError::Unavailable {
+                message: "writing segment: No space left on device (os error 28)".into(),
+            });
+        }
+        self.log.append(partition, batch).await
+    }
+    async fn read(
+        &self,
+        partition: adclick_core::ids::PartitionId,
+        from: adclick_core::ids::Offset,
+        records_max: usize,
+    ) -> Result<Vec<adclick_engine::seams::ReadBatch>, adclick_engine::seams::LogError> {
+        self.log.read(partition, from, records_max).await
+    }
+    async fn end_offset(
+        &self,
+        partition: adclick_core::ids::PartitionId,
+    ) -> Result<adclick_core::ids::Offset, adclick_engine::seams::LogError> {
+        self.log.end_offset(partition).await
+    }
+    async fn new_producer_id(&self) -> Result<u64, adclick_engine::seams::LogError> {
+        self.log.new_producer_id().await
+    }
+}
+
+/// Regression: a durable post while the log could not append waited out the request timeout
+/// and answered 408. It answers busy within `http.durable_ack_timeout_ms`; the clicks stay
+/// buffered, and once the disk frees, they and their resend count once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_post_on_a_full_disk_answers_busy_and_its_resend_counts_once() {
+    let mut config = test_config();
+    config.http.durable_ack_timeout_ms = 300;
+    let disk = Arc::new(FullDisk {
+        log: adclick_engine::embedded::MemoryLog::new(config.engine.partitions),
+        full: std::sync::atomic::AtomicBool::new(true),
+    });
+    let mut seams = Seams::from_config(&config).await.unwrap();
+    seams.log = disk.clone();
+    let server = start(config, seams).await.unwrap();
+    let base = format!("http://{}", server.local_addr);
+    let now = now_ms();
+    let clicks: Vec<String> = (0..3).map(|n| click(n, 9, 1, now)).collect();
+    let started = Instant::now();
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/clicks?ack=durable"))
+        .header("content-type", "application/x-ndjson")
+        .body(clicks.join("\n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered before the request timeout"
+    );
+    assert_eq!(response.headers()["retry-after"], "1");
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["limit"], "http.durable_ack_timeout_ms", "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("resend"),
+        "{answer}"
+    );
+    disk.full.store(false, std::sync::atomic::Ordering::SeqCst);
+    let resend = reqwest::Client::new()
+        .post(format!("{base}/v1/clicks?ack=durable"))
+        .header("content-type", "application/x-ndjson")
+        .body(clicks.join("\n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resend.status(), StatusCode::ACCEPTED);
+    let counted = wait_for_campaign(&base, 9, now - 60_000, now + 60_000, |answer| {
+        answer.total.clicks == 6
+    })
+    .await;
+    assert_eq!(
+        counted.total.unique, 3,
+        "the buffered first try and its resend: {counted:?}"
+    );
+    server.shutdown().await.unwrap();
 }
 
 /// The campaign's counts over `[from_ms, to_ms)`, summed.
