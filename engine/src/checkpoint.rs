@@ -24,6 +24,9 @@
 //! be rewritten exactly if it forgets the partition. `newest` is the latest series start in the
 //! file; a file goes once it is `WRITTEN_SERIES_RETENTION_MS` older than the newest file's.
 //!
+//! Under `checkpoints/lists/p{partition:05}/`: which fraud list judged which offsets, kept past
+//! the records that said so (`list_history`).
+//!
 //! Recovery loads the chain up to the last complete epoch (the latest full record and the deltas
 //! after it), plus a pending record for the next epoch if one was pre-committed: the new owner
 //! must apply its updates again before going on.
@@ -38,6 +41,9 @@ use adclick_core::snapshot::{
 use adclick_core::window::Lane;
 
 use crate::seams::{BlobError, BlobStore};
+
+mod list_history;
+pub use list_history::{ListChange, ListHistory};
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CheckpointError {
@@ -163,6 +169,31 @@ struct Listing {
     claims: Vec<Generation>,
     /// The last complete epoch and the generation that completed it.
     complete: Option<(Epoch, Generation)>,
+}
+
+impl Listing {
+    /// Records whose epoch completed as their generation wrote it (a marker, or the old single
+    /// marker), in (epoch, generation) order.
+    fn complete_records(&self) -> impl Iterator<Item = RecordName> + '_ {
+        self.records.iter().copied().filter(|name| {
+            self.markers
+                .iter()
+                .any(|marker| marker.epoch == name.epoch && marker.generation == name.generation)
+                || self.complete == Some((name.epoch, name.generation))
+        })
+    }
+
+    /// The record a new owner must re-apply: pre-committed for the epoch after the last complete
+    /// one, a full record or a delta by the chain's writer.
+    fn pending(&self) -> Option<RecordName> {
+        let (next_epoch, chain_generation) = match self.complete {
+            Some((epoch, generation)) => (Epoch(epoch.0.checked_add(1)?), Some(generation)),
+            None => (Epoch(1), None),
+        };
+        self.records.iter().rev().copied().find(|name| {
+            name.epoch == next_epoch && (name.full || Some(name.generation) == chain_generation)
+        })
+    }
 }
 
 /// The marker file of older versions, rewritten in place.
@@ -296,7 +327,7 @@ impl CheckpointStore {
             .iter()
             .any(|name| name.epoch == epoch && name.generation == generation && name.full);
         if is_full && listing.complete == Some((epoch, generation)) {
-            self.keep_written_series(partition, &listing, epoch).await?;
+            self.keep_history(partition, &listing, epoch).await?;
             for name in listing.records.iter().filter(|name| name.epoch < epoch) {
                 self.blobs.delete(&record_key(partition, *name)).await?;
             }
@@ -312,35 +343,33 @@ impl CheckpointStore {
         Ok(())
     }
 
-    /// Before the records below `epoch` go: the last value of every series their complete
-    /// epochs wrote, in one series file; then files past the retention go.
-    async fn keep_written_series(
+    /// Before the records below `epoch` go: what they alone still say. The last value of every
+    /// series their complete epochs wrote goes into one series file (files past the retention
+    /// go), and the fraud-list versions they name into the list history.
+    async fn keep_history(
         &self,
         partition: PartitionId,
         listing: &Listing,
         epoch: Epoch,
     ) -> Result<(), CheckpointError> {
         let complete: Vec<RecordName> = listing
-            .records
-            .iter()
+            .complete_records()
             .filter(|name| name.epoch < epoch)
-            .filter(|name| {
-                listing.markers.iter().any(|marker| {
-                    marker.epoch == name.epoch && marker.generation == name.generation
-                }) || listing.complete == Some((name.epoch, name.generation))
-            })
-            .copied()
             .collect();
         let (Some(first), Some(last)) = (complete.first(), complete.last()) else {
             return Ok(());
         };
         let mut latest: std::collections::BTreeMap<(Series, Lane), SeriesUpdate> =
             Default::default();
+        let mut lists = Vec::with_capacity(complete.len());
         for name in &complete {
-            for update in self.load_record(partition, *name).await?.updates {
+            let record = self.load_record(partition, *name).await?;
+            lists.push(ListChange::named_by(&record.checkpoint));
+            for update in record.updates {
                 latest.insert((update.series, update.lane), update);
             }
         }
+        self.keep_list_changes(partition, &lists).await?;
         let updates: Vec<SeriesUpdate> = latest.into_values().collect();
         let newest_ms = updates.iter().map(series_start_ms).max().unwrap_or(0);
         let key = series_file_key(partition, first.epoch, last.epoch, newest_ms);
@@ -382,13 +411,10 @@ impl CheckpointStore {
         }
         let listing = self.list(partition).await?;
         if let Some((complete_epoch, _)) = listing.complete {
-            for name in &listing.records {
-                let completed = listing.markers.iter().any(|marker| {
-                    marker.epoch == name.epoch && marker.generation == name.generation
-                });
+            for name in listing.complete_records() {
                 let uncovered = covered.is_none_or(|covered| name.epoch > covered);
-                if name.epoch <= complete_epoch && completed && uncovered {
-                    written.extend(self.load_record(partition, *name).await?.updates);
+                if name.epoch <= complete_epoch && uncovered {
+                    written.extend(self.load_record(partition, name).await?.updates);
                 }
             }
         }

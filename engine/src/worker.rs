@@ -267,7 +267,8 @@ impl PartitionWorker {
                 .map_err(|source| WorkerError::FraudList { partition, source })?;
         }
         let registry = self.env.fraud.read().expect("fraud registry lock").clone();
-        let aggregator = if chain.is_empty() {
+        let fresh = chain.is_empty();
+        let aggregator = if fresh {
             PartitionAggregator::new(self.aggregator_config, partition, registry.current())
         } else {
             PartitionAggregator::restore(self.aggregator_config, partition, &chain, &registry)
@@ -289,14 +290,15 @@ impl PartitionWorker {
         }
         // A list rotated while the partition was down applies from the restored offset on: an
         // empty epoch swaps it in and checkpoints it, so every checkpoint still names the list
-        // that judged the records after it.
+        // that judged the records after it. A fresh partition checkpoints before its first read
+        // too, so the list history (`CheckpointStore::list_history`) starts at offset 0.
         let current = self
             .env
             .fraud
             .read()
             .expect("fraud registry lock")
             .current();
-        if self.aggregator().fraud_list_version() != current.version() {
+        if fresh || self.aggregator().fraud_list_version() != current.version() {
             self.barrier().await?;
         }
         tracing::debug!(
