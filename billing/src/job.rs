@@ -7,9 +7,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use adclick_core::billing::{BillKey, BillableClick, HourBill, PeriodBiller};
+use adclick_core::billing::{BillKey, BillableClick, FraudSchedule, HourBill, PeriodBiller};
 use adclick_core::codec;
-use adclick_core::fraud::FraudList;
 use adclick_core::ids::{CampaignId, PartitionId};
 use adclick_core::limits::HOUR_MS;
 use adclick_engine::seams::{BlobStore, Log, read_partition};
@@ -26,7 +25,10 @@ pub struct BillingJob {
     /// The period closes this long after its end, so late clicks land first.
     pub grace_ms: u64,
     pub clicks_per_ip_per_minute_max: u32,
-    pub fraud_list: Arc<FraudList>,
+    /// The list each click is judged with: the workers' own, per partition and offset.
+    pub fraud: FraudSchedule,
+    /// Where `fraud` came from (list and history keys), for the audit record.
+    pub fraud_inputs: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,10 +73,25 @@ pub enum BillingError {
     },
     #[error(transparent)]
     PartitionsUnknown(#[from] PartitionsUnknown),
+    #[error(
+        "the workers have not checkpointed past every click of the period, so the fraud list that judges them is not settled: {}; bill once they have caught up, or pass --allow-incomplete to bill provisionally",
+        describe_unconfirmed(unconfirmed)
+    )]
+    JudgementUnsettled {
+        unconfirmed: BTreeMap<PartitionId, u64>,
+    },
     #[error(transparent)]
     Store(#[from] BillingStoreError),
     #[error("reading the clicks: {0}")]
     Input(String),
+}
+
+fn describe_unconfirmed(unconfirmed: &BTreeMap<PartitionId, u64>) -> String {
+    let parts: Vec<String> = unconfirmed
+        .iter()
+        .map(|(partition, clicks)| format!("partition {partition}: {clicks} clicks ahead"))
+        .collect();
+    parts.join(", ")
 }
 
 impl BillingJob {
@@ -102,7 +119,7 @@ impl BillingJob {
 
     pub fn biller(&self) -> PeriodBiller {
         PeriodBiller::new(
-            self.fraud_list.clone(),
+            self.fraud.clone(),
             self.clicks_per_ip_per_minute_max,
             self.from_ms,
             self.to_ms,
@@ -123,9 +140,9 @@ pub async fn feed_from_log(
             .await
             .map_err(|error| BillingError::Input(error.to_string()))?;
         // Undecodable records are counted by the workers; billing skips them too.
-        read_partition(log, partition, end, |_, bytes| {
+        read_partition(log, partition, end, |offset, bytes| {
             if let Ok(click) = codec::decode(bytes) {
-                biller.on_click(partition, (&click).into());
+                biller.on_click(partition, offset, (&click).into());
             }
         })
         .await
@@ -184,6 +201,7 @@ pub async fn feed_from_archive(
         for row in &rows {
             biller.on_click(
                 partition,
+                row.offset,
                 BillableClick {
                     click_id: row.click_id,
                     campaign_id: row.campaign_id,
@@ -264,8 +282,12 @@ pub async fn write_bill(
     let input = RunInput {
         period_from_ms: job.from_ms,
         period_to_ms: job.to_ms,
-        fraud_list_version: job.fraud_list.version().0,
-        input_files,
+        // The newest version any click was judged with; `input_files` names them all.
+        fraud_list_version: job.fraud.versions().last().map_or(0, |version| version.0),
+        input_files: input_files
+            .into_iter()
+            .chain(job.fraud_inputs.iter().cloned())
+            .collect(),
         created_at_ms: now_ms,
         finality,
     };
@@ -279,7 +301,7 @@ pub async fn write_bill(
 }
 
 /// How `bill_from_archive` judges the archive.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct ArchiveGate {
     /// The log's partition count (`--partitions`), for archives whose manifests do not record
     /// it; the larger of this and what they record is judged.
@@ -289,6 +311,20 @@ pub struct ArchiveGate {
     /// The log takes no appends after this processing time (the finished run of `adclick
     /// run`): an archive caught up past it holds every click the period will ever have.
     pub log_sealed_at_ms: Option<u64>,
+    /// The workers' checkpoint store: judge each click with the fraud list they used for it
+    /// (`crate::workers_lists`) rather than the job's one list.
+    pub checkpoints: Option<Arc<dyn BlobStore>>,
+}
+
+impl std::fmt::Debug for ArchiveGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArchiveGate")
+            .field("partitions", &self.partitions)
+            .field("allow_incomplete", &self.allow_incomplete)
+            .field("log_sealed_at_ms", &self.log_sealed_at_ms)
+            .field("checkpoints", &self.checkpoints.is_some())
+            .finish()
+    }
 }
 
 /// What `bill_from_archive` did.
@@ -300,6 +336,9 @@ pub struct ArchiveBill {
     pub exceptions: adclick_archive::ExceptionReport,
     /// Clicks read from the archive for the period.
     pub clicks_read: u64,
+    /// Per partition, clicks past the workers' last checkpoint (billed with `--allow-incomplete`
+    /// only): their fraud list is not settled yet.
+    pub unsettled_judgement: BTreeMap<PartitionId, u64>,
 }
 
 impl BillingJob {
@@ -332,24 +371,43 @@ pub async fn bill_from_archive(
             completeness: Box::new(completeness),
         });
     }
+    let mut job = job.clone();
+    if let Some(checkpoints) = &gate.checkpoints {
+        let (schedule, inputs) = crate::workers_lists::workers_schedule(
+            checkpoints.clone(),
+            completeness.partitions,
+            job.fraud.fallback().clone(),
+        )
+        .await?;
+        job.fraud = schedule;
+        job.fraud_inputs.extend(inputs);
+    }
     // Read after the judgement: the files are at least what the judged manifests listed.
     let mut biller = job.biller();
     let inputs = feed_from_archive(blobs, &mut biller, job.from_ms, job.to_ms).await?;
+    let unsettled_judgement = biller.unconfirmed().clone();
+    let unsettled = !unsettled_judgement.is_empty();
+    if unsettled && !gate.allow_incomplete {
+        return Err(BillingError::JudgementUnsettled {
+            unconfirmed: unsettled_judgement,
+        });
+    }
     let exceptions = adclick_archive::list_exceptions(blobs, job.from_ms, job.to_ms)
         .await
         .map_err(|error| BillingError::Input(error.to_string()))?;
     let hours = biller.finish();
     let clicks_read = hours.values().map(|bill| bill.clicks).sum();
-    let finality = if completeness.is_complete() {
+    let finality = if completeness.is_complete() && !unsettled {
         Finality::Final
     } else {
         Finality::Provisional
     };
-    let outcome = write_bill(store, job, &hours, inputs, now_ms, finality).await?;
+    let outcome = write_bill(store, &job, &hours, inputs, now_ms, finality).await?;
     Ok(ArchiveBill {
         outcome,
         completeness,
         exceptions,
         clicks_read,
+        unsettled_judgement,
     })
 }

@@ -17,3 +17,4 @@ pub mod postgres;
 pub mod reconcile;
 pub mod sqlite;
 pub mod store;
+pub mod workers_lists;

@@ -17,7 +17,9 @@
 //!   dropped in that (campaign, hour) as duplicates or fraud.
 //! - `reused_click_ids`: the same for click ids billing first saw under another campaign.
 //! - `fraud_list_change`: the paths disagree on fraud and the fast path ran other fraud-list
-//!   versions than the billing run.
+//!   versions than the billing run. Never for a run judged as the workers judged (`adclick bill
+//!   --checkpoints`): each click got the very version the fast path used, so a fraud
+//!   difference there is unexplained.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -51,6 +53,17 @@ pub struct Reconciliation {
     pub totals: ReconciledHour,
     pub fast_fraud_list_versions: Vec<u64>,
     pub billing_fraud_list_version: u64,
+    /// Billing judged each click with the workers' own list (so no list change explains).
+    pub judged_as_workers: bool,
+}
+
+/// How the billing run judged fraud.
+#[derive(Clone, Debug)]
+pub enum BillingLists {
+    /// Each click with the version the workers used for it.
+    AsWorkers,
+    /// Every click with `billing`, while the fast path ran `fast`.
+    One { billing: u64, fast: BTreeSet<u64> },
 }
 
 impl Reconciliation {
@@ -73,8 +86,7 @@ pub fn reconcile(
     billed: &BTreeMap<BillKey, HourBill>,
     from_ms: u64,
     to_ms: u64,
-    fast_fraud_list_versions: &BTreeSet<u64>,
-    billing_fraud_list_version: u64,
+    lists: &BillingLists,
 ) -> Reconciliation {
     #[derive(Default)]
     struct Fast {
@@ -103,15 +115,24 @@ pub fn reconcile(
             entry.fraud += stored.counts.fraud;
         }
     }
-    let versions_differ = fast_fraud_list_versions
-        .iter()
-        .any(|version| *version != billing_fraud_list_version);
-    let keys: BTreeSet<BillKey> = fast_hours.keys().chain(billed.keys()).copied().collect();
-    let mut reconciliation = Reconciliation {
-        fast_fraud_list_versions: fast_fraud_list_versions.iter().copied().collect(),
-        billing_fraud_list_version,
-        ..Reconciliation::default()
+    let (versions_differ, mut reconciliation) = match lists {
+        BillingLists::AsWorkers => (
+            false,
+            Reconciliation {
+                judged_as_workers: true,
+                ..Reconciliation::default()
+            },
+        ),
+        BillingLists::One { billing, fast } => (
+            fast.iter().any(|version| version != billing),
+            Reconciliation {
+                fast_fraud_list_versions: fast.iter().copied().collect(),
+                billing_fraud_list_version: *billing,
+                ..Reconciliation::default()
+            },
+        ),
     };
+    let keys: BTreeSet<BillKey> = fast_hours.keys().chain(billed.keys()).copied().collect();
     for key in keys {
         let fast = fast_hours.get(&key);
         let bill = billed.get(&key).copied().unwrap_or_default();
@@ -257,6 +278,39 @@ mod tests {
         }
     }
 
+    fn one_version() -> BillingLists {
+        BillingLists::One {
+            billing: 1,
+            fast: BTreeSet::from([1]),
+        }
+    }
+
+    /// The fast path ran versions 1 and 2 and flagged 3 fewer clicks than billing with version
+    /// 2: a list change explains it. Judged as the workers judged, nothing does.
+    #[test]
+    fn a_list_change_explains_a_fraud_gap_only_when_billing_used_one_version() {
+        let fast = vec![fast_hour(7, 0, Lane::OnTime, 23)];
+        let billed = BTreeMap::from([(
+            key(7),
+            HourBill {
+                clicks: 23,
+                billable: 20,
+                fraud: 3,
+                ..HourBill::default()
+            },
+        )]);
+        let one = BillingLists::One {
+            billing: 2,
+            fast: BTreeSet::from([1, 2]),
+        };
+        let result = reconcile(&fast, &billed, 0, 3_600_000, &one);
+        assert!(result.holds(), "{}", render_table(&result));
+        assert_eq!(result.hours[0].fraud_list_change, -3);
+        let result = reconcile(&fast, &billed, 0, 3_600_000, &BillingLists::AsWorkers);
+        assert_eq!(result.hours[0].unexplained, -3);
+        assert!(result.judged_as_workers && !result.holds());
+    }
+
     fn key(campaign: u64) -> BillKey {
         BillKey {
             campaign_id: CampaignId(campaign),
@@ -275,8 +329,7 @@ mod tests {
             fast_hour(8, 0, Lane::Unverified, 4),
         ];
         let billed = BTreeMap::from([(key(7), bill(100, 0)), (key(8), bill(20, 5))]);
-        let versions = BTreeSet::from([1]);
-        let result = reconcile(&fast, &billed, 0, 3_600_000, &versions, 1);
+        let result = reconcile(&fast, &billed, 0, 3_600_000, &one_version());
         assert!(result.holds(), "{}", render_table(&result));
         assert_eq!(result.hours[0].late, 10);
         assert_eq!(result.hours[1].unverified, 4);
@@ -292,7 +345,7 @@ mod tests {
             fast_hour(8, 0, Lane::Unverified, 1),
         ];
         let billed = BTreeMap::from([(key(8), bill(20, 5))]);
-        let result = reconcile(&fast, &billed, 0, 3_600_000, &BTreeSet::from([1]), 1);
+        let result = reconcile(&fast, &billed, 0, 3_600_000, &one_version());
         assert_eq!(result.hours[0].unverified_rejected, 1);
         assert_eq!(result.hours[0].unexplained, -2);
         assert!(!result.holds());
@@ -302,12 +355,12 @@ mod tests {
     fn a_difference_nothing_explains_fails() {
         let fast = vec![fast_hour(7, 0, Lane::OnTime, 90)];
         let billed = BTreeMap::from([(key(7), bill(100, 0))]);
-        let result = reconcile(&fast, &billed, 0, 3_600_000, &BTreeSet::from([1]), 1);
+        let result = reconcile(&fast, &billed, 0, 3_600_000, &one_version());
         assert!(!result.holds());
         assert_eq!(result.hours[0].unexplained, 10);
         // A fast path that counted more than billing with no dropped resends fails too.
         let fast = vec![fast_hour(7, 0, Lane::OnTime, 101)];
-        let result = reconcile(&fast, &billed, 0, 3_600_000, &BTreeSet::from([1]), 1);
+        let result = reconcile(&fast, &billed, 0, 3_600_000, &one_version());
         assert_eq!(result.hours[0].unexplained, -1);
     }
 }

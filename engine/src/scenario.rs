@@ -170,6 +170,9 @@ pub struct Faults {
     /// Simulator only: the real-time store forgets everything (a Redis restart without
     /// persistence) this often.
     pub store_losses_per_min: f64,
+    /// Simulator only: a new fraud-list version is published this often (an operator's
+    /// rotation); workers swap it in at their next barrier.
+    pub fraud_rotations_per_min: f64,
     /// Simulator only: each seed draws its own fault rates, up to the ones above.
     pub swarm: bool,
 }
@@ -537,6 +540,10 @@ impl Scenario {
             ("faults.node_pauses_per_min", faults.node_pauses_per_min),
             ("faults.takeovers_per_min", faults.takeovers_per_min),
             ("faults.store_losses_per_min", faults.store_losses_per_min),
+            (
+                "faults.fraud_rotations_per_min",
+                faults.fraud_rotations_per_min,
+            ),
             (
                 "faults.ingest_crashes_per_min",
                 faults.ingest_crashes_per_min,

@@ -56,6 +56,7 @@ pub struct FaultRates {
     pub takeovers_per_min: f64,
     pub log_empty_read_rate: f64,
     pub store_losses_per_min: f64,
+    pub fraud_rotations_per_min: f64,
 }
 
 impl FaultRates {
@@ -73,6 +74,7 @@ impl FaultRates {
             takeovers_per_min: faults.takeovers_per_min,
             log_empty_read_rate: faults.log_empty_read_rate,
             store_losses_per_min: faults.store_losses_per_min,
+            fraud_rotations_per_min: faults.fraud_rotations_per_min,
         };
         if faults.swarm {
             // Swarm testing: each fault is on for about half the seeds, at a random intensity,
@@ -95,6 +97,7 @@ impl FaultRates {
             rates.store_latency_ms_max = scale(rates.store_latency_ms_max as f64) as u64;
             rates.log_empty_read_rate = scale(rates.log_empty_read_rate);
             rates.store_losses_per_min = scale(rates.store_losses_per_min);
+            rates.fraud_rotations_per_min = scale(rates.fraud_rotations_per_min);
         }
         rates
     }
@@ -157,6 +160,8 @@ pub struct FaultCounts {
     pub empty_reads: u64,
     /// Times the real-time store forgot everything.
     pub store_losses: u64,
+    /// New fraud-list versions published.
+    pub fraud_rotations: u64,
 }
 
 /// The switchboard every faulty seam consults. Healing zeroes the rates.

@@ -3,11 +3,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher;
-use std::sync::Arc;
 
+use adclick_core::billing::FraudSchedule;
 use adclick_core::codec;
 use adclick_core::event::ClickView;
-use adclick_core::fraud::{FraudList, FraudVerdict, ip_key};
+use adclick_core::fraud::{FraudRegistry, FraudVerdict, ip_key};
 use adclick_core::ids::*;
 use adclick_core::limits::{HOUR_MS, RATE_RULE_WINDOW_MS};
 use adclick_core::operator::{AggregatorConfig, Series};
@@ -143,11 +143,11 @@ pub struct Expected {
 /// not recorded: every click is expected in a verified lane.
 pub async fn expected_from_log(
     log: &dyn Log,
-    fraud_list: &FraudList,
+    fraud: &FraudSchedule,
     config: &AggregatorConfig,
     keep_clicks: bool,
 ) -> anyhow::Result<Expected> {
-    expected_from_log_with(log, fraud_list, config, keep_clicks, None).await
+    expected_from_log_with(log, fraud, config, keep_clicks, None).await
 }
 
 /// `expected_from_log` with the store's history, which says which dedup cutoff each record was
@@ -157,7 +157,7 @@ pub async fn expected_from_log(
 /// cutoffs against the watermarks.
 pub async fn expected_from_log_with(
     log: &dyn Log,
-    fraud_list: &FraudList,
+    fraud: &FraudSchedule,
     config: &AggregatorConfig,
     keep_clicks: bool,
     history: Option<&StatusHistory>,
@@ -192,7 +192,10 @@ pub async fn expected_from_log_with(
             let time = click.event_time_ms.0;
             let minute = time - time % RATE_RULE_WINDOW_MS;
             let rate_key = (ip_key(click.ip), minute);
-            let listed = fraud_list.check(click.ip, click.user_agent) != FraudVerdict::Clean;
+            let listed = fraud
+                .list_for(partition, offset)
+                .check(click.ip, click.user_agent)
+                != FraudVerdict::Clean;
             let cutoff_ms = history.map_or(0, |history| history.cutoff_for(partition, offset));
             let first = seen.insert((click.campaign_id.0, click.click_id.0));
             // The fast path's decision, by the rules in adclick_core::window.
@@ -676,7 +679,7 @@ pub async fn wait_until_drained(
 /// store and reconciliation.
 pub async fn check_billing_equality(
     log: &dyn Log,
-    fraud_list: &Arc<FraudList>,
+    fraud: &FraudSchedule,
     config: &AggregatorConfig,
     expected: &Expected,
 ) -> anyhow::Result<Verdict> {
@@ -688,16 +691,16 @@ pub async fn check_billing_equality(
         return Ok(Verdict::skipped("billing_equality", "no clicks"));
     };
     let mut biller = adclick_core::billing::PeriodBiller::new(
-        fraud_list.clone(),
+        fraud.clone(),
         config.clicks_per_ip_per_minute_max,
         first,
         last + HOUR_MS,
     );
     for partition in (0..log.partitions()).map(PartitionId) {
         let end = log.end_offset(partition).await?;
-        read_partition(log, partition, end, |_, bytes| {
+        read_partition(log, partition, end, |offset, bytes| {
             if let Ok(click) = codec::decode(bytes) {
-                biller.on_click(partition, (&click).into());
+                biller.on_click(partition, offset, (&click).into());
             }
         })
         .await?;
@@ -722,4 +725,30 @@ pub async fn check_billing_equality(
             format!("billing differs from the oracle: {}", differing.join(" | "))
         },
     })
+}
+
+/// The fraud lists the workers judged with, from their checkpoints (`ListHistory`), each
+/// version's text from the run's registry: what billing reads back in production. A partition
+/// that never checkpointed gets the registry's current list.
+pub async fn workers_schedule(
+    checkpoints: &adclick_engine::checkpoint::CheckpointStore,
+    partitions: u32,
+    registry: &FraudRegistry,
+) -> anyhow::Result<FraudSchedule> {
+    let mut schedule = FraudSchedule::single(registry.current());
+    for partition in (0..partitions).map(PartitionId) {
+        let history = checkpoints.list_history(partition).await?;
+        let mut changes = Vec::with_capacity(history.changes.len());
+        for change in &history.changes {
+            let list = registry.get(change.version).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "partition {partition}'s checkpoints name fraud list version {}, which the run never published",
+                    change.version.0
+                )
+            })?;
+            changes.push((change.from_offset, list));
+        }
+        schedule.set_partition(partition, changes, history.checkpointed_to);
+    }
+    Ok(schedule)
 }

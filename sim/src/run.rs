@@ -15,9 +15,10 @@ use adclick_engine::clock::SystemClock;
 use adclick_engine::embedded::{
     FileLog, FileLogConfig, MemoryBlobStore, MemoryLog, MemoryRealtimeStore,
 };
+use adclick_engine::fraud_lists::FraudListStore;
 use adclick_engine::ingest::{Ack, IngestCore};
 use adclick_engine::scenario::{Invariant, Scenario};
-use adclick_engine::seams::{Clock, Log, RealtimeStore};
+use adclick_engine::seams::{BlobStore, Clock, Log, RealtimeStore};
 use adclick_engine::worker::{WorkerEnv, supervise};
 use adclick_loadgen::Generator;
 use rand::{Rng, SeedableRng};
@@ -139,6 +140,9 @@ pub struct RunArtifacts {
         adclick_engine::seams::StoredCounts,
     )>,
     pub fraud_list: Arc<FraudList>,
+    /// The workers' checkpoint store, which holds the fraud lists they judged with and their
+    /// history per offset.
+    pub checkpoints: Arc<dyn BlobStore>,
     pub expected_hours: std::collections::BTreeMap<(adclick_core::ids::CampaignId, u64), u64>,
     /// The clock reading once ingest had closed: nothing is appended to `log` after it, so an
     /// archive caught up past it holds every click the run will ever have.
@@ -219,17 +223,23 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
         _ => log.clone(),
     };
     let mut generator = Generator::new(scenario);
-    let fraud_list = FraudList::parse(&generator.fraud_list_text())?;
-    let mut registry = FraudRegistry::new();
-    let fraud_list = registry.register(fraud_list)?;
-    #[allow(unused_mut)]
-    let mut env = WorkerEnv::new(
+    // The list is stored where the workers checkpoint, as `adclick serve` stores it, so the
+    // billing check reads back every version the workers judged with.
+    let checkpoint_blobs: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::new());
+    let registry = Arc::new(RwLock::new(FraudRegistry::new()));
+    FraudListStore::new(checkpoint_blobs.clone())
+        .publish(&generator.fraud_list_text(), &registry)
+        .await?;
+    let env = WorkerEnv::new(
         worker_log,
         store.clone(),
-        CheckpointStore::new(Arc::new(MemoryBlobStore::new())),
+        CheckpointStore::new(checkpoint_blobs.clone()),
         clock.clone(),
-        Arc::new(RwLock::new(registry)),
-    );
+        registry.clone(),
+    )
+    .with_fraud_lists(FraudListStore::new(checkpoint_blobs.clone()));
+    #[allow(unused_mut)]
+    let mut env = env;
     #[cfg(feature = "canaries")]
     {
         env.canary = options.canary;
@@ -394,9 +404,16 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
         recorder.fault(format!("{empty_reads} empty log reads injected"));
     }
     let measurements = recorder.finish(partition_records);
+    let published = registry.read().expect("fraud registry lock").clone();
+    let fraud = oracle::workers_schedule(
+        &CheckpointStore::new(checkpoint_blobs.clone()),
+        partitions,
+        &published,
+    )
+    .await?;
     let expected = oracle::expected_from_log_with(
         log.as_ref(),
-        &fraud_list,
+        &fraud,
         &scenario.aggregator_config(),
         false,
         Some(&history),
@@ -460,7 +477,8 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
     let artifacts = Some(RunArtifacts {
         log: log.clone(),
         scan: scan.clone(),
-        fraud_list: fraud_list.clone(),
+        fraud_list: registry.read().expect("fraud registry lock").current(),
+        checkpoints: checkpoint_blobs.clone(),
         expected_hours: expected.unique_by_campaign_hour(),
         log_sealed_at_ms,
     });

@@ -89,8 +89,8 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
     traffic_scenario.anomalies = crate::faults::draw_swarm_anomalies(scenario, &mut rng, &faults);
     let mut generator = Generator::new(&traffic_scenario);
     let mut registry = FraudRegistry::new();
-    let fraud_list: Arc<FraudList> =
-        registry.register(FraudList::parse(&generator.fraud_list_text())?)?;
+    registry.register(FraudList::parse(&generator.fraud_list_text())?)?;
+    let registry = Arc::new(RwLock::new(registry));
 
     let partitions = scenario.engine.partitions;
     let memory_log = Arc::new(MemoryLog::new(partitions));
@@ -120,7 +120,7 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
         store.clone(),
         CheckpointStore::new(blobs.clone()),
         Arc::new(SystemClock),
-        Arc::new(RwLock::new(registry)),
+        registry.clone(),
     );
     #[cfg(feature = "canaries")]
     {
@@ -169,6 +169,12 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
         restarts: restarts.clone(),
         seed: rng.random(),
     }));
+    let rotations = tokio::spawn(rotate_fraud_lists(
+        registry.clone(),
+        faults.clone(),
+        scenario.sim.duration_s,
+        options.seed ^ 0x0f1a_715e,
+    ));
     let accepted = drive_traffic(
         &traffic_scenario,
         &mut generator,
@@ -181,6 +187,7 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
     // Liveness phase: heal everything and demand a full drain.
     faults.heal();
     let _ = chaos.await;
+    let _ = rotations.await;
     let handle = madsim::runtime::Handle::current();
     for node in &cluster.nodes {
         handle.resume(node.id());
@@ -210,14 +217,14 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let scan = memory_store.scan().await?;
-    let expected = oracle::expected_from_log_with(
-        memory_log.as_ref(),
-        &fraud_list,
-        &config,
-        true,
-        Some(&history),
-    )
-    .await?;
+    // Judged as the workers judged: the list each partition's checkpoints name per offset.
+    let published = registry.read().expect("fraud registry lock").clone();
+    let fraud =
+        oracle::workers_schedule(&CheckpointStore::new(blobs.clone()), partitions, &published)
+            .await?;
+    let expected =
+        oracle::expected_from_log_with(memory_log.as_ref(), &fraud, &config, true, Some(&history))
+            .await?;
     let counts = *faults.counts.lock().expect("counts lock");
     let appended_again = log
         .duplicates
@@ -249,7 +256,7 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
                 "checked by running the seed twice (--check-determinism)",
             ),
             Invariant::BillingEquality => {
-                oracle::check_billing_equality(memory_log.as_ref(), &fraud_list, &config, &expected)
+                oracle::check_billing_equality(memory_log.as_ref(), &fraud, &config, &expected)
                     .await?
             }
         });
@@ -433,6 +440,43 @@ fn start_workers(
 }
 
 /// Everything the chaos task may break.
+/// Publishes a new fraud-list version at random times (`faults.fraud_rotations_per_min`), as an
+/// operator's rotation does: every worker swaps it in at its next barrier, wherever its epoch
+/// stands. Its own random stream, so scenarios without rotations keep their seeds' schedules.
+async fn rotate_fraud_lists(
+    registry: Arc<RwLock<FraudRegistry>>,
+    faults: Arc<Faults>,
+    duration_s: f64,
+    seed: u64,
+) {
+    let per_s = faults
+        .rates
+        .lock()
+        .expect("rates lock")
+        .fraud_rotations_per_min
+        / 60.0;
+    if per_s <= 0.0 {
+        return;
+    }
+    let mut rng = Pcg64Mcg::seed_from_u64(seed);
+    let end_ms = SystemClock.now_ms() + (duration_s * 1000.0) as u64;
+    loop {
+        let wait_ms = (-(1.0 - rng.random::<f64>()).ln() / per_s * 1000.0) as u64;
+        tokio::time::sleep(Duration::from_millis(wait_ms.max(1))).await;
+        if SystemClock.now_ms() >= end_ms {
+            return;
+        }
+        let mut registry = registry.write().expect("fraud registry lock");
+        let version = registry.current().version().0 + 1;
+        let list = FraudList::parse(&adclick_loadgen::fraud_list_text(version))
+            .expect("the generator's lists parse");
+        registry.register(list).expect("a new version registers");
+        drop(registry);
+        faults.count(|counts| counts.fraud_rotations += 1);
+        faults.note(format!("rotate the fraud list to version {version}"));
+    }
+}
+
 struct Chaos {
     faults: Arc<Faults>,
     /// The store under every wrapper, to make it forget.

@@ -1,15 +1,16 @@
 //! `adclick bill` and `adclick reconcile`: the slow path's commands.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use adclick_billing::job::{ArchiveBill, ArchiveGate, BillingJob, bill_from_archive};
 use adclick_billing::postgres::PostgresBillingStore;
-use adclick_billing::reconcile::{reconcile, render_table};
+use adclick_billing::reconcile::{BillingLists, reconcile, render_table};
 use adclick_billing::sqlite::SqliteBillingStore;
 use adclick_billing::store::{BillingStore, RunKind, rows_to_map};
+use adclick_billing::workers_lists::judged_as_workers;
+use adclick_core::billing::FraudSchedule;
 use adclick_core::fraud::FraudList;
 use adclick_core::ids::CampaignId;
 use adclick_engine::clock::SystemClock;
@@ -32,7 +33,12 @@ pub struct BillArgs {
     /// `sqlite:PATH` (embedded, the default) or a PostgreSQL URL or key=value string.
     #[arg(long, default_value = "sqlite:adclick-billing.db")]
     pub db: String,
-    /// The fraud list the workers used (`version N`, then `ip`/`ua` lines).
+    /// The workers' checkpoint store (`[checkpoints] url` of `adclick serve`): each click is
+    /// judged with the fraud-list version the workers used for it, read back from there.
+    #[arg(long)]
+    pub checkpoints: Option<String>,
+    /// The fraud list for clicks of partitions with no checkpoint history, and for every click
+    /// without --checkpoints (`version N`, then `ip`/`ua` lines).
     #[arg(long)]
     pub fraud_list: Option<PathBuf>,
     /// `campaign_id,cpc_micros` lines, loaded into adclick_campaigns before billing.
@@ -73,7 +79,8 @@ pub struct ReconcileArgs {
     /// engine.partitions of the deployment.
     #[arg(long)]
     pub partitions: u32,
-    /// The fraud-list versions the workers ran in the period, comma-separated.
+    /// The fraud-list versions the workers ran in the period, comma-separated; unused when the
+    /// billing run judged as the workers did (`adclick bill --checkpoints`).
     #[arg(long, value_delimiter = ',', default_value = "0")]
     pub fast_fraud_list_versions: Vec<u64>,
     #[arg(long)]
@@ -135,7 +142,8 @@ pub fn bill(args: BillArgs) -> anyhow::Result<ExitCode> {
             to_ms: args.to,
             grace_ms: args.grace_ms,
             clicks_per_ip_per_minute_max: args.clicks_per_ip_per_minute_max,
-            fraud_list: Arc::new(fraud_list),
+            fraud: FraudSchedule::single(Arc::new(fraud_list)),
+            fraud_inputs: Vec::new(),
         };
         let now_ms = SystemClock.now_ms();
         job.check(now_ms)?;
@@ -149,10 +157,22 @@ pub fn bill(args: BillArgs) -> anyhow::Result<ExitCode> {
             url: args.archive.clone(),
             options: Default::default(),
         })?;
+        let checkpoints = match &args.checkpoints {
+            Some(url) => {
+                let config = BlobConfig {
+                    url: url.clone(),
+                    options: Default::default(),
+                };
+                let blobs = ObjectBlobStore::open(&config).with_context(|| format!("--checkpoints {url}"))?;
+                Some(Arc::new(blobs) as Arc<dyn adclick_engine::seams::BlobStore>)
+            }
+            None => None,
+        };
         let gate = ArchiveGate {
             partitions: args.partitions,
             allow_incomplete: args.allow_incomplete,
             log_sealed_at_ms: None,
+            checkpoints,
         };
         let started = std::time::Instant::now();
         let billed = bill_from_archive(store.as_ref(), &blobs, &job, gate, now_ms)
@@ -182,10 +202,16 @@ fn print_outcome(job: &BillingJob, billed: &ArchiveBill, elapsed_s: f64) {
     for note in &billed.completeness.notes {
         println!("note: {note}");
     }
-    if record.provisional {
+    if record.provisional && !billed.completeness.is_complete() {
         println!(
             "provisional (--allow-incomplete): the archive is behind, {}; the audit row says so, and billing the period again once it has caught up writes the difference as a correction",
             billed.completeness.describe_behind()
+        );
+    }
+    if !billed.unsettled_judgement.is_empty() {
+        println!(
+            "provisional (--allow-incomplete): {} clicks lie past the workers' last checkpoint, so the fraud list that judges them is not settled; billing the period again later corrects it",
+            billed.unsettled_judgement.values().sum::<u64>()
         );
     }
     match record.kind {
@@ -262,17 +288,25 @@ pub fn reconcile_command(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
         let store = open_store(&args.db).await?;
         let billed = rows_to_map(&store.hourly(args.from, args.to).await?);
         let runs = store.runs().await?;
-        let billing_version = runs
+        let run = runs
             .iter()
             .rev()
             .find(|(_, run)| run.period_from_ms <= args.from && run.period_to_ms >= args.to)
-            .map(|(_, run)| run.fraud_list_version)
+            .map(|(_, run)| run)
             .with_context(|| {
                 format!(
                     "no billing run covers [{}, {}): run `adclick bill` first",
                     args.from, args.to
                 )
             })?;
+        let lists = if judged_as_workers(&run.input_files) {
+            BillingLists::AsWorkers
+        } else {
+            BillingLists::One {
+                billing: run.fraud_list_version,
+                fast: args.fast_fraud_list_versions.iter().copied().collect(),
+            }
+        };
         let mut redis = RedisConfig::new(args.redis.clone());
         redis.prefix = args.redis_prefix.clone();
         let keys = KeySpace {
@@ -281,15 +315,7 @@ pub fn reconcile_command(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
             salts_max: adclick_core::limits::SALTS_MAX,
         };
         let fast = RedisStore::connect(redis, keys).await?.scan().await?;
-        let versions: BTreeSet<u64> = args.fast_fraud_list_versions.iter().copied().collect();
-        let result = reconcile(
-            &fast,
-            &billed,
-            args.from,
-            args.to,
-            &versions,
-            billing_version,
-        );
+        let result = reconcile(&fast, &billed, args.from, args.to, &lists);
         print!("{}", render_table(&result));
         if let Some(path) = &args.json {
             std::fs::write(path, serde_json::to_string_pretty(&result)?)

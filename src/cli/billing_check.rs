@@ -12,9 +12,11 @@ use std::sync::Arc;
 
 use adclick_archive::{Archiver, ArchiverConfig};
 use adclick_billing::job::{ArchiveGate, BillingJob, bill_from_archive};
+use adclick_billing::reconcile::BillingLists;
 use adclick_billing::reconcile::{reconcile, render_table};
 use adclick_billing::sqlite::SqliteBillingStore;
 use adclick_billing::store::BillingStore;
+use adclick_core::billing::FraudSchedule;
 use adclick_core::ids::{CampaignId, PartitionId};
 use adclick_core::limits::HOUR_MS;
 use adclick_engine::clock::SystemClock;
@@ -72,7 +74,8 @@ async fn check(scenario: &Scenario, artifacts: &RunArtifacts) -> anyhow::Result<
         to_ms: last + HOUR_MS,
         grace_ms: 0,
         clicks_per_ip_per_minute_max: scenario.engine.clicks_per_ip_per_minute_max,
-        fraud_list: artifacts.fraud_list.clone(),
+        fraud: FraudSchedule::single(artifacts.fraud_list.clone()),
+        fraud_inputs: Vec::new(),
     };
     // Every campaign the oracle bills gets the flat price; a campaign billing bills and the
     // oracle does not fails the run for its missing price, which names it.
@@ -90,6 +93,9 @@ async fn check(scenario: &Scenario, artifacts: &RunArtifacts) -> anyhow::Result<
         partitions: Some(artifacts.log.partitions()),
         allow_incomplete: false,
         log_sealed_at_ms: Some(artifacts.log_sealed_at_ms),
+        // Judged as the workers judged, from their own checkpoint store, as `adclick bill
+        // --checkpoints` does.
+        checkpoints: Some(artifacts.checkpoints.clone()),
     };
     let billed =
         bill_from_archive(&store, blobs.as_ref(), &job, gate, SystemClock.now_ms()).await?;
@@ -114,8 +120,7 @@ async fn check(scenario: &Scenario, artifacts: &RunArtifacts) -> anyhow::Result<
         &adclick_billing::store::rows_to_map(&stored),
         job.from_ms,
         job.to_ms,
-        &BTreeSet::from([artifacts.fraud_list.version().0]),
-        artifacts.fraud_list.version().0,
+        &BillingLists::AsWorkers,
     );
     let totals = reconciliation.totals;
     let holds = mismatches.is_empty() && reconciliation.holds();

@@ -192,7 +192,7 @@ async fn run_variant(
     let statuses = harness.store.partition_status().await.unwrap();
     let expected = oracle::expected_from_log(
         harness.log.as_ref(),
-        &harness.fraud_list,
+        &adclick_core::billing::FraudSchedule::single(harness.fraud_list.clone()),
         &harness.config,
         false,
     )

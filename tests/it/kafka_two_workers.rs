@@ -193,9 +193,14 @@ list = "{fraud_list}"
     redis.prefix = prefix;
     let store = RedisStore::connect(redis, keys).await.unwrap();
     let config = scenario.aggregator_config();
-    let expected = oracle::expected_from_log(&mirror, &fraud_list, &config, false)
-        .await
-        .unwrap();
+    let expected = oracle::expected_from_log(
+        &mirror,
+        &adclick_core::billing::FraudSchedule::single(fraud_list.clone()),
+        &config,
+        false,
+    )
+    .await
+    .unwrap();
     assert!(expected.log.count >= 15_000, "the test produced traffic");
     let deadline = Instant::now() + Duration::from_secs(120);
     let (exactly_once, liveness) = loop {

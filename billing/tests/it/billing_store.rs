@@ -77,7 +77,8 @@ pub(crate) fn job(list: Arc<FraudList>, scenario: &Scenario) -> BillingJob {
         to_ms: START_MS - START_MS % HOUR_MS + 2 * HOUR_MS,
         grace_ms: 0,
         clicks_per_ip_per_minute_max: scenario.engine.clicks_per_ip_per_minute_max,
-        fraud_list: list,
+        fraud: adclick_core::billing::FraudSchedule::single(list),
+        fraud_inputs: Vec::new(),
     }
 }
 
@@ -90,10 +91,11 @@ async fn bill(log: &MemoryLog, job: &BillingJob) -> (BTreeMap<BillKey, HourBill>
 /// The oracle's exact unique non-fraud clicks per (campaign, hour), both lanes, all salts.
 pub(crate) async fn oracle_billable(
     log: &MemoryLog,
-    list: &FraudList,
+    list: &Arc<FraudList>,
     scenario: &Scenario,
 ) -> BTreeMap<BillKey, u64> {
-    let expected = oracle::expected_from_log(log, list, &scenario.aggregator_config(), false)
+    let schedule = adclick_core::billing::FraudSchedule::single(list.clone());
+    let expected = oracle::expected_from_log(log, &schedule, &scenario.aggregator_config(), false)
         .await
         .unwrap();
     expected

@@ -29,7 +29,7 @@ impl Both {
         Both {
             aggregator: PartitionAggregator::new(config, PartitionId(0), list.clone()),
             biller: PeriodBiller::new(
-                list,
+                adclick_core::billing::FraudSchedule::single(list),
                 config.clicks_per_ip_per_minute_max,
                 hour_ms,
                 hour_ms + 2 * HOUR_MS,
@@ -48,8 +48,11 @@ impl Both {
                 .aggregator
                 .on_batch([(Offset(self.offset), bytes.as_slice())], now_ms);
             assert!(problems.is_empty(), "{problems:?}");
-            self.biller
-                .on_click(PartitionId(0), (&click.view(Salt(0))).into());
+            self.biller.on_click(
+                PartitionId(0),
+                Offset(self.offset),
+                (&click.view(Salt(0))).into(),
+            );
             self.offset += 1;
         }
         self.epoch += 1;

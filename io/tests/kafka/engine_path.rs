@@ -142,10 +142,11 @@ async fn counts_through_kafka_are_exact_and_equal_the_memory_log() {
     }
 
     let scan = store.scan().await.unwrap();
-    let from_kafka = oracle::expected_from_log(kafka_log.as_ref(), &fraud_list, &config, false)
+    let schedule = adclick_core::billing::FraudSchedule::single(fraud_list.clone());
+    let from_kafka = oracle::expected_from_log(kafka_log.as_ref(), &schedule, &config, false)
         .await
         .unwrap();
-    let from_memory = oracle::expected_from_log(memory_log.as_ref(), &fraud_list, &config, false)
+    let from_memory = oracle::expected_from_log(memory_log.as_ref(), &schedule, &config, false)
         .await
         .unwrap();
     assert_eq!(from_kafka.log.count, 5_000);
