@@ -42,6 +42,27 @@ pub struct ClickView<'a> {
 }
 
 impl ClickEvent {
+    /// A valid click of `campaign` from `ip` at `event_time_ms`, every other field fixed (ad 1,
+    /// user 1, country DE): the one click builder tests share.
+    pub fn example(
+        click_id: u128,
+        campaign: CampaignId,
+        ip: IpAddr,
+        event_time_ms: u64,
+    ) -> ClickEvent {
+        ClickEvent {
+            click_id: ClickId(click_id),
+            campaign_id: campaign,
+            ad_id: AdId(1),
+            user_id: UserId(1),
+            ip,
+            user_agent: "example-agent".into(),
+            country: Country::parse("DE").expect("a valid country code"),
+            event_time_ms: EventTimeMs(event_time_ms),
+            publisher_id: None,
+        }
+    }
+
     pub fn view(&self, salt: Salt) -> ClickView<'_> {
         ClickView {
             click_id: self.click_id,
