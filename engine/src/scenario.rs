@@ -60,6 +60,9 @@ pub struct SimSettings {
     /// Ingest nodes; each batch of clicks goes to one picked at random (seeded), so a resend
     /// often reaches another node than its original did.
     pub ingest_nodes: u32,
+    /// The log is the file log (segment files in a scratch directory) instead of the in-memory
+    /// one; the oracle reads it back from disk after the run.
+    pub file_log: bool,
 }
 
 impl Default for SimSettings {
@@ -69,6 +72,7 @@ impl Default for SimSettings {
             duration_s: 20.0,
             seeds: 25,
             ingest_nodes: 1,
+            file_log: false,
         }
     }
 }
@@ -152,6 +156,9 @@ pub struct Faults {
     pub store_latency_ms_max: u64,
     /// Simulator only: fraction of log appends and reads that fail (outages).
     pub log_error_rate: f64,
+    /// Simulator only, with `sim.file_log`: fraction of the file log's segment writes, syncs
+    /// and cuts that fail (a write writes part of its frame first: a torn write).
+    pub log_io_error_rate: f64,
     /// Simulator only: fraction of appends a non-idempotent producer retry writes twice.
     pub duplicate_append_rate: f64,
     /// Simulator only: fraction of checkpoint store calls that fail.
@@ -533,6 +540,7 @@ impl Scenario {
         let faults = &self.faults;
         fraction("faults.store_error_rate", faults.store_error_rate)?;
         fraction("faults.log_error_rate", faults.log_error_rate)?;
+        fraction("faults.log_io_error_rate", faults.log_io_error_rate)?;
         fraction("faults.duplicate_append_rate", faults.duplicate_append_rate)?;
         fraction("faults.checkpoint_error_rate", faults.checkpoint_error_rate)?;
         fraction("faults.log_empty_read_rate", faults.log_empty_read_rate)?;

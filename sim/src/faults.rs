@@ -20,7 +20,7 @@ use adclick_core::ids::*;
 use adclick_core::operator::{Series, SeriesUpdate};
 use adclick_core::window::Lane;
 use adclick_engine::clock::SystemClock;
-use adclick_engine::embedded::{MemoryBlobStore, MemoryLog};
+use adclick_engine::embedded::MemoryBlobStore;
 use adclick_engine::fencing::Fence;
 use adclick_engine::scenario::{Anomalies, Scenario};
 use adclick_engine::seams::*;
@@ -48,6 +48,7 @@ pub struct FaultRates {
     pub store_error_rate: f64,
     pub store_latency_ms_max: u64,
     pub log_error_rate: f64,
+    pub log_io_error_rate: f64,
     pub duplicate_append_rate: f64,
     pub checkpoint_error_rate: f64,
     pub ingest_crashes_per_min: f64,
@@ -66,6 +67,7 @@ impl FaultRates {
             store_error_rate: faults.store_error_rate,
             store_latency_ms_max: faults.store_latency_ms_max,
             log_error_rate: faults.log_error_rate,
+            log_io_error_rate: faults.log_io_error_rate,
             duplicate_append_rate: faults.duplicate_append_rate,
             checkpoint_error_rate: faults.checkpoint_error_rate,
             ingest_crashes_per_min: faults.ingest_crashes_per_min,
@@ -162,6 +164,8 @@ pub struct FaultCounts {
     pub store_losses: u64,
     /// New fraud-list versions published.
     pub fraud_rotations: u64,
+    /// Failed segment writes, syncs and cuts of the file log.
+    pub log_io_errors: u64,
 }
 
 /// The switchboard every faulty seam consults. Healing zeroes the rates.
@@ -239,7 +243,7 @@ impl Faults {
 /// The sim log node: keyed partitions and offsets (the in-process log), outages, lost acks and
 /// duplicate appends from a non-idempotent producer.
 pub struct SimLog {
-    pub inner: Arc<MemoryLog>,
+    pub inner: Arc<dyn crate::file_log_faults::BaseLog>,
     pub faults: Arc<Faults>,
     /// Records the duplicating producer appended: the no-loss check adds them to the accepted.
     pub duplicates: Mutex<DuplicateAppends>,

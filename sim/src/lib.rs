@@ -10,6 +10,7 @@
 //! It does use the engine's Bloom filter, whose decisions are deterministic by design.
 
 pub mod faults;
+pub mod file_log_faults;
 pub mod history;
 pub mod measure;
 pub mod oracle;

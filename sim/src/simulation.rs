@@ -40,6 +40,7 @@ use rand_pcg::Pcg64Mcg;
 use serde::Serialize;
 
 use crate::faults::{FaultCounts, FaultRates, Faults, SimBlobs, SimLog, SimStore};
+use crate::file_log_faults::{self, BaseLog};
 use crate::history::{RecordingLog, RecordingStore, StatusHistory};
 use crate::oracle::{self, Ledger, Verdict};
 
@@ -93,9 +94,20 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
     let registry = Arc::new(RwLock::new(registry));
 
     let partitions = scenario.engine.partitions;
-    let memory_log = Arc::new(MemoryLog::new(partitions));
+    let file_log_dir = scenario
+        .sim
+        .file_log
+        .then(|| file_log_faults::scratch_dir(&scenario.name, options.seed));
+    let base_log: Arc<dyn BaseLog> = match &file_log_dir {
+        Some(dir) => Arc::new(file_log_faults::open_faulty(
+            dir,
+            partitions,
+            faults.clone(),
+        )?),
+        None => Arc::new(MemoryLog::new(partitions)),
+    };
     let log = Arc::new(SimLog {
-        inner: memory_log.clone(),
+        inner: base_log.clone(),
         faults: faults.clone(),
         duplicates: Mutex::default(),
     });
@@ -203,7 +215,7 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
     let drain_started_ms = SystemClock.now_ms();
     let epoch_ms = scenario.engine.epoch_ms;
     let statuses = oracle::wait_until_drained(
-        memory_log.as_ref(),
+        base_log.as_ref(),
         memory_store.as_ref(),
         &config,
         epoch_ms,
@@ -222,8 +234,14 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
     let fraud =
         oracle::workers_schedule(&CheckpointStore::new(blobs.clone()), partitions, &published)
             .await?;
+    // A file log is judged as it is on disk: read back with no faults, it must hold what the
+    // workers read, at the same offsets.
+    let judged_log: Arc<dyn Log> = match &file_log_dir {
+        Some(dir) => Arc::new(file_log_faults::reopen(dir, partitions)?),
+        None => base_log.clone(),
+    };
     let expected =
-        oracle::expected_from_log_with(memory_log.as_ref(), &fraud, &config, true, Some(&history))
+        oracle::expected_from_log_with(judged_log.as_ref(), &fraud, &config, true, Some(&history))
             .await?;
     let counts = *faults.counts.lock().expect("counts lock");
     let appended_again = log
@@ -256,7 +274,7 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
                 "checked by running the seed twice (--check-determinism)",
             ),
             Invariant::BillingEquality => {
-                oracle::check_billing_equality(memory_log.as_ref(), &fraud, &config, &expected)
+                oracle::check_billing_equality(judged_log.as_ref(), &fraud, &config, &expected)
                     .await?
             }
         });
@@ -281,6 +299,10 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
         .map(|(_, c)| c.unique)
         .sum();
     let passed = verdicts.iter().all(|verdict| verdict.holds);
+    if let Some(dir) = &file_log_dir {
+        // A replay of the seed writes the same segments again.
+        let _ = std::fs::remove_dir_all(dir);
+    }
     Ok(SimReport {
         scenario: scenario.name.clone(),
         seed: options.seed,

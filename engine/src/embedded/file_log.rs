@@ -56,11 +56,16 @@ impl Default for FileLogConfig {
     }
 }
 
-/// What an append does to a segment file: the seam where tests inject write and sync errors.
+/// What an append does to a segment file: the seam where tests and the simulator inject write
+/// and sync errors.
 /// Production appends to a `std::fs::File` opened in append mode, so every write lands at the
 /// file's current end: after `set_len` cuts a failed frame off, the next write starts where it
 /// began, with no seek.
-pub(crate) trait SegmentFile: Send {
+#[expect(
+    clippy::len_without_is_empty,
+    reason = "a file's length in bytes, not a collection's"
+)]
+pub trait SegmentFile: Send {
     fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()>;
     fn sync_data(&mut self) -> std::io::Result<()>;
     fn set_len(&mut self, length: u64) -> std::io::Result<()>;
@@ -86,9 +91,10 @@ impl SegmentFile for File {
 }
 
 /// Opens a segment file for appending, creating it if absent.
-type OpenSegmentFile = dyn Fn(&Path) -> std::io::Result<Box<dyn SegmentFile>> + Send + Sync;
+pub type OpenSegmentFile = dyn Fn(&Path) -> std::io::Result<Box<dyn SegmentFile>> + Send + Sync;
 
-fn open_segment_file(path: &Path) -> std::io::Result<Box<dyn SegmentFile>> {
+/// How production opens a segment file: a `std::fs::File` in append mode.
+pub fn open_segment_file(path: &Path) -> std::io::Result<Box<dyn SegmentFile>> {
     let file = OpenOptions::new().create(true).append(true).open(path)?;
     Ok(Box::new(file))
 }
@@ -229,8 +235,35 @@ impl FileLog {
         FileLog::open_with(root.into(), partitions, config, Box::new(open_segment_file))
     }
 
+    /// Appends a batch, its frame written (and synced) first: `Log::append` without the
+    /// future, for callers that hold a lock (the simulator's duplicating producer).
+    pub fn append_now(
+        &self,
+        partition: PartitionId,
+        batch: AppendBatch,
+    ) -> Result<Offset, LogError> {
+        let slot = self
+            .segments
+            .get(partition.0 as usize)
+            .ok_or(LogError::NoSuchPartition {
+                partition,
+                partitions: self.partitions(),
+            })?;
+        let mut slot = slot.lock().expect("segment lock");
+        // The in-memory log takes the batch only once `persist` succeeds: a failed append
+        // consumes no offset and shows readers nothing.
+        self.memory
+            .append_persisted(partition, batch, |first_offset, batch| {
+                self.persist(&mut slot, partition, first_offset, batch)
+            })
+    }
+
+    pub fn new_producer_id_now(&self) -> Result<u64, LogError> {
+        self.memory.new_producer_id_now()
+    }
+
     /// `open`, with appends going through the files `open_segment_file` opens.
-    fn open_with(
+    pub fn open_with(
         root: PathBuf,
         partitions: u32,
         config: FileLogConfig,
@@ -416,26 +449,13 @@ impl Log for FileLog {
     }
 
     async fn append(&self, partition: PartitionId, batch: AppendBatch) -> Result<Offset, LogError> {
-        let slot = self
-            .segments
-            .get(partition.0 as usize)
-            .ok_or(LogError::NoSuchPartition {
-                partition,
-                partitions: self.partitions(),
-            })?;
-        let mut slot = slot.lock().expect("segment lock");
-        // The in-memory log takes the batch only once `persist` succeeds: a failed append
-        // consumes no offset and shows readers nothing.
-        self.memory
-            .append_persisted(partition, batch, |first_offset, batch| {
-                self.persist(&mut slot, partition, first_offset, batch)
-            })
+        self.append_now(partition, batch)
     }
 
     /// Past every id in the segments read back on open. An id handed out but never used is
     /// not remembered across a restart, which is harmless: nothing was appended under it.
     async fn new_producer_id(&self) -> Result<u64, LogError> {
-        self.memory.new_producer_id().await
+        self.memory.new_producer_id_now()
     }
 
     async fn read(
