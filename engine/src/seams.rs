@@ -183,6 +183,12 @@ pub trait Log: Send + Sync {
     ) -> Result<Vec<ReadBatch>, LogError>;
     /// The offset the next appended record will get.
     async fn end_offset(&self, partition: PartitionId) -> Result<Offset, LogError>;
+    /// The first offset the log still holds. The embedded logs keep everything (0); Kafka
+    /// deletes by retention, and a replay of history starts here.
+    async fn start_offset(&self, partition: PartitionId) -> Result<Offset, LogError> {
+        let _ = partition;
+        Ok(Offset(0))
+    }
     /// A producer id that no batch in this log has used (Kafka's InitProducerId), for a new
     /// ingest incarnation. A restarted node that reused its old id would start its sequence
     /// numbers again at 0, and an idempotent log would take its first batches for retries of
