@@ -84,6 +84,22 @@ enum Command {
     /// Compares the fast path's hour totals (Redis) with billing, per (campaign, hour), and
     /// names the cause of every difference. Exit 1 if any difference is unexplained.
     Reconcile(cli::billing::ReconcileArgs),
+    /// Replays the log into the real-time store through the workers' aggregator and writes
+    /// every series whose window or hour starts in [--from, --to): after a store loss, or a
+    /// logic fix. Reads the whole retained log; safe against running workers (it claims each
+    /// partition, and they take it back). README.md, "Rebuilding the store".
+    Rebuild {
+        /// The server config (adclick.toml): the same log, store, checkpoints, [engine] and
+        /// [fraud] list as `adclick serve --config`.
+        #[arg(long)]
+        config: PathBuf,
+        /// The first series start to write, ms since the epoch.
+        #[arg(long)]
+        from: u64,
+        /// Write only series that start before this, ms since the epoch (default: no end).
+        #[arg(long)]
+        to: Option<u64>,
+    },
     /// Aggregates a file of JSON clicks (one per line) through the same operator chain and prints
     /// per-window counts as CSV. Event time comes from the file; the end of input closes every window.
     Aggregate {
@@ -173,6 +189,7 @@ fn main() -> ExitCode {
                 )
             }
         }
+        Command::Rebuild { config, from, to } => cli::rebuild::main(&config, from, to),
         Command::Aggregate {
             input,
             format,

@@ -16,6 +16,7 @@ pub mod fencing;
 pub mod fraud_lists;
 pub mod ingest;
 pub mod limits;
+pub mod rebuild;
 pub mod salt_plans;
 pub mod scenario;
 pub mod seams;

@@ -51,3 +51,19 @@ const _: () = assert!(SALT_PLAN_POLL_MS * 10 < SALT_PLAN_SHARED_DELAY_MS - NODE_
 /// the blob to readers (S3 stamps while it handles the request; a file's mtime is set before
 /// the link that makes it visible).
 pub const BLOB_VISIBLE_AFTER_STAMP_MS_MAX: u64 = 30_000;
+/// A rebuild hands the aggregator this many records per call: each call is judged at one
+/// processing time, derived from the largest event time among them (`rebuild`), so the call
+/// stays small enough that this time is close to each record's own.
+pub const REBUILD_RECORDS_PER_CALL: usize = 1_024;
+/// A rebuild takes a barrier every this many records, as a worker takes one every epoch: dedup
+/// expiry and window retirement happen at barriers, so without them memory would grow with
+/// the log.
+pub const REBUILD_RECORDS_PER_BARRIER: usize = 65_536;
+/// Series values per store write of a rebuild (the Redis store splits each into script calls).
+pub const REBUILD_UPDATES_PER_APPLY: usize = 65_536;
+/// A rebuild whose writes a live worker fenced off (it reclaimed the partition) claims and
+/// writes again, this many times at most.
+pub const REBUILD_WRITE_ATTEMPTS_MAX: u32 = 5;
+/// A rebuild gives up on a log that answers this many reads in a row with nothing while
+/// records remain below the end offset it read at start.
+pub const REBUILD_EMPTY_READS_MAX: u32 = 1_000;

@@ -183,6 +183,12 @@ pub trait Log: Send + Sync {
     ) -> Result<Vec<ReadBatch>, LogError>;
     /// The offset the next appended record will get.
     async fn end_offset(&self, partition: PartitionId) -> Result<Offset, LogError>;
+    /// The first offset the log still holds. The embedded logs keep everything (0); Kafka
+    /// deletes by retention, and a replay of history starts here.
+    async fn start_offset(&self, partition: PartitionId) -> Result<Offset, LogError> {
+        let _ = partition;
+        Ok(Offset(0))
+    }
     /// A producer id that no batch in this log has used (Kafka's InitProducerId), for a new
     /// ingest incarnation. A restarted node that reused its old id would start its sequence
     /// numbers again at 0, and an idempotent log would take its first batches for retries of
@@ -316,6 +322,26 @@ pub struct ApplyOutcome {
     pub stale: usize,
 }
 
+/// Who is rewriting a partition's stored values. Each sets and clears only its own mark, so one
+/// finishing never hides that the other is still at work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rebuilder {
+    /// `adclick rebuild`: a replay of the log into the store.
+    Replay,
+    /// A worker writing back what its epochs wrote, after the store forgot the partition.
+    Worker,
+}
+
+impl Rebuilder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rebuilder::Replay => "replay",
+            Rebuilder::Worker => "worker",
+        }
+    }
+}
+
 /// The real-time store: absolute series values fenced per key and per partition.
 #[async_trait]
 pub trait RealtimeStore: Send + Sync {
@@ -339,6 +365,18 @@ pub trait RealtimeStore: Send + Sync {
     /// Every stored series, sorted. For checks and small deployments; production scans by key.
     async fn scan(&self) -> Result<Vec<(Series, Lane, StoredCounts)>, StoreError>;
     async fn partition_status(&self) -> Result<Vec<PartitionStatus>, StoreError>;
+    /// Sets (or clears) `rebuilder`'s mark on a partition: its stored values may be partial
+    /// until every mark is cleared, and readers say so. Not fenced and never expiring: a
+    /// rebuild that crashed leaves its mark set, which is the truth (its values are partial)
+    /// until a rebuild finishes.
+    async fn set_rebuilding(
+        &self,
+        partition: PartitionId,
+        rebuilder: Rebuilder,
+        rebuilding: bool,
+    ) -> Result<(), StoreError>;
+    /// The partitions that carry at least one rebuilding mark, sorted.
+    async fn rebuilding_partitions(&self) -> Result<Vec<PartitionId>, StoreError>;
 
     /// One campaign's series (every ad and salt, both lanes) of one granularity, whose window
     /// or hour starts in `[from_ms, to_ms)`, sorted. The query API reads through this.

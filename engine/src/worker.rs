@@ -353,10 +353,21 @@ impl PartitionWorker {
              value its epochs wrote"
         );
         let epoch = self.aggregator().epoch();
+        // Readers say `rebuilding` until the rewrite is in; one cut short leaves the mark set,
+        // and the next owner, rewriting again, clears it.
+        self.set_rebuilding(true).await?;
         // One apply, the partition's status last: a rewrite cut short leaves no status, and the
         // next owner rewrites again.
         self.write_sink(epoch, &written).await?;
-        Ok(())
+        self.set_rebuilding(false).await
+    }
+
+    async fn set_rebuilding(&self, rebuilding: bool) -> Result<(), WorkerError> {
+        self.env
+            .store
+            .set_rebuilding(self.partition, crate::seams::Rebuilder::Worker, rebuilding)
+            .await
+            .map_err(|e| self.store_error(e))
     }
 
     fn status(&mut self) -> PartitionStatus {

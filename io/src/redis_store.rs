@@ -14,6 +14,7 @@
 //! | `prefix:{pN}:w:CAMPAIGN:SALT:WINDOW_START` | hash | field `AD:LANE` → `GEN:EPOCH:CLICKS:UNIQUE:FRAUD:FINAL` |
 //! | `prefix:{pN}:h:CAMPAIGN:SALT:HOUR_START` | hash | field `LANE` → the same value |
 //! | `prefix:{pN}:ix:WINDOW_START` | set | `CAMPAIGN:SALT` members with data in that window (top-N) |
+//! | `prefix:{pN}:rebuilding` | set | who is rewriting the partition (`replay`, `worker`); no TTL |
 //!
 //! `N` is the partition that owns (campaign, salt): `murmur2(key) % P`, the same function
 //! ingest routes by, so a reader finds a series without an index. `LANE` is `o` (on time) or
@@ -33,7 +34,8 @@ use adclick_core::partition::partition_for_campaign;
 use adclick_core::window::{Counts, HourKey, Lane, WindowKey};
 use adclick_engine::fencing::Fence;
 use adclick_engine::seams::{
-    ApplyOutcome, Claim, Granularity, PartitionStatus, RealtimeStore, StoreError, StoredCounts,
+    ApplyOutcome, Claim, Granularity, PartitionStatus, RealtimeStore, Rebuilder, StoreError,
+    StoredCounts,
 };
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
@@ -633,6 +635,38 @@ impl RealtimeStore for RedisStore {
             }
         }
         Ok(statuses)
+    }
+
+    async fn set_rebuilding(
+        &self,
+        partition: PartitionId,
+        rebuilder: Rebuilder,
+        rebuilding: bool,
+    ) -> Result<(), StoreError> {
+        let key = format!("{}:rebuilding", self.tag(partition));
+        let command = if rebuilding { "SADD" } else { "SREM" };
+        redis::cmd(command)
+            .arg(key)
+            .arg(rebuilder.as_str())
+            .query_async::<()>(&mut self.connection())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn rebuilding_partitions(&self) -> Result<Vec<PartitionId>, StoreError> {
+        let mut pipe = redis::pipe();
+        for partition in 0..self.keys.partitions {
+            pipe.scard(format!("{}:rebuilding", self.tag(PartitionId(partition))));
+        }
+        let marks: Vec<u64> = pipe
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok((0..self.keys.partitions)
+            .zip(marks)
+            .filter(|(_, marks)| *marks > 0)
+            .map(|(partition, _)| PartitionId(partition))
+            .collect())
     }
 
     async fn campaign_series(

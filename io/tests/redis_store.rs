@@ -9,7 +9,7 @@ use adclick_core::partition::partition_for_campaign;
 use adclick_core::window::{Counts, HourKey, Lane, WindowKey};
 use adclick_engine::embedded::MemoryRealtimeStore;
 use adclick_engine::fencing::Fence;
-use adclick_engine::seams::{Granularity, PartitionStatus, RealtimeStore, StoreError};
+use adclick_engine::seams::{Granularity, PartitionStatus, RealtimeStore, Rebuilder, StoreError};
 use adclick_io::redis_store::{KeySpace, RedisConfig, RedisStore};
 
 const PARTITIONS: u32 = 4;
@@ -274,6 +274,80 @@ async fn query_contract(store: &dyn RealtimeStore) {
     assert_eq!(campaigns, vec![7, 7, 8]);
     let everything = store.scan().await.unwrap();
     assert_eq!(everything.len(), 6);
+}
+
+/// Rebuilding marks: per partition and per rebuilder, so one rebuilder finishing never clears
+/// another's mark; no claim or write clears them; a claim by a new owner leaves them.
+async fn rebuilding_contract(store: &dyn RealtimeStore) {
+    let (busy, other) = (PartitionId(1), PartitionId(3));
+    assert_eq!(store.rebuilding_partitions().await.unwrap(), vec![]);
+    store
+        .set_rebuilding(busy, Rebuilder::Replay, true)
+        .await
+        .unwrap();
+    store
+        .set_rebuilding(busy, Rebuilder::Worker, true)
+        .await
+        .unwrap();
+    let generation = store
+        .claim_partition(busy, Generation(0))
+        .await
+        .unwrap()
+        .generation;
+    store
+        .apply(
+            busy,
+            Fence {
+                generation,
+                epoch: Epoch(1),
+            },
+            &[],
+            status(busy, generation, 1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.rebuilding_partitions().await.unwrap(), vec![busy]);
+    store
+        .set_rebuilding(busy, Rebuilder::Worker, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.rebuilding_partitions().await.unwrap(),
+        vec![busy],
+        "the replay's mark outlives the worker's"
+    );
+    store
+        .set_rebuilding(other, Rebuilder::Replay, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.rebuilding_partitions().await.unwrap(),
+        vec![busy, other]
+    );
+    for partition in [busy, other] {
+        store
+            .set_rebuilding(partition, Rebuilder::Replay, false)
+            .await
+            .unwrap();
+    }
+    // Clearing what is not set is harmless: a rebuild run again after a crash does it.
+    store
+        .set_rebuilding(busy, Rebuilder::Replay, false)
+        .await
+        .unwrap();
+    assert_eq!(store.rebuilding_partitions().await.unwrap(), vec![]);
+}
+
+#[tokio::test]
+async fn the_embedded_store_keeps_the_rebuilding_contract() {
+    rebuilding_contract(&MemoryRealtimeStore::new()).await;
+}
+
+#[tokio::test]
+async fn redis_keeps_the_rebuilding_contract() {
+    let store = redis_store("rebuilding").await;
+    rebuilding_contract(&store).await;
+    store.delete_all().await.unwrap();
 }
 
 #[tokio::test]

@@ -6,5 +6,6 @@ pub use adclick_engine::body;
 pub mod config;
 pub mod fraud_watch;
 pub mod listener;
+pub mod rebuild;
 pub mod security;
 pub mod serve;

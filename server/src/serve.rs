@@ -52,10 +52,16 @@ impl Seams {
             LogConfig::Kafka(kafka) => {
                 // Convenient for a first deployment; where ACLs forbid it, ops creates the
                 // topic and this only warns. Connecting checks the partition count either way.
-                if let Err(error) = adclick_io::kafka::create_topic(kafka, 1).await {
+                // A topic created here keeps what a rebuild of the store needs.
+                let retention_ms = retention_needed_ms(config);
+                if let Err(error) =
+                    adclick_io::kafka::create_topic_retaining(kafka, 1, retention_ms).await
+                {
                     tracing::warn!(%error, topic = kafka.topic, "could not create the topic");
                 }
-                Arc::new(KafkaLog::connect(kafka.clone()).await?)
+                let log = KafkaLog::connect(kafka.clone()).await?;
+                check_log_retention(config, kafka).await?;
+                Arc::new(log)
             }
         };
         let store: Arc<dyn RealtimeStore> = match &config.store {
@@ -82,6 +88,72 @@ impl Seams {
             clock: Arc::new(SystemClock),
             fraud: Arc::new(RwLock::new(registry)),
         })
+    }
+}
+
+/// How long the log must keep records for a rebuild to recount everything the store keeps:
+/// the store's longest-lived series (Redis's hour rollups, `hour_ttl_ms`) plus one dedup
+/// horizon before them, so the replay's dedup is warm. `None` for the embedded store, which
+/// lives no longer than its process.
+pub fn retention_needed_ms(config: &ServeConfig) -> Option<u64> {
+    match &config.store {
+        StoreConfig::Redis(redis) => Some(
+            redis
+                .hour_ttl_ms
+                .saturating_add(config.engine.dedup_horizon_ms),
+        ),
+        StoreConfig::Memory => None,
+    }
+}
+
+/// The decision: a retention of -1 keeps records forever; any other must reach `needed_ms`,
+/// unless the config accepts a short one (`log.allow_short_retention`).
+pub fn check_retention(
+    topic: &str,
+    retention_ms: i64,
+    needed_ms: u64,
+    allow_short: bool,
+) -> Result<(), String> {
+    let covers =
+        retention_ms < 0 || u64::try_from(retention_ms).is_ok_and(|kept| kept >= needed_ms);
+    if covers || allow_short {
+        return Ok(());
+    }
+    Err(format!(
+        "kafka topic {topic:?} keeps records for retention.ms = {retention_ms}, shorter than the          {needed_ms} ms a rebuild of the store needs (store.hour_ttl_ms plus          engine.dedup_horizon_ms): raise the topic's retention.ms (or -1), shorten          store.hour_ttl_ms, or set log.allow_short_retention = true to accept that the oldest          series the store keeps cannot be rebuilt from the log"
+    ))
+}
+
+/// Checks the topic's retention where the broker reports it; a broker that does not answer
+/// DescribeConfigs is let through with a warning, the retention then being the operator's to
+/// check.
+async fn check_log_retention(
+    config: &ServeConfig,
+    kafka: &adclick_io::kafka::KafkaConfig,
+) -> anyhow::Result<()> {
+    let Some(needed_ms) = retention_needed_ms(config) else {
+        return Ok(());
+    };
+    match adclick_io::kafka::topic_retention_ms(kafka).await {
+        Ok(Some(retention_ms)) => check_retention(
+            &kafka.topic,
+            retention_ms,
+            needed_ms,
+            kafka.allow_short_retention,
+        )
+        .map_err(anyhow::Error::msg),
+        Ok(None) => {
+            tracing::warn!(
+                topic = kafka.topic,
+                needed_ms,
+                "the broker reports no retention.ms; make sure the log keeps records that long"
+            );
+            Ok(())
+        }
+        Err(error) => {
+            tracing::warn!(%error, topic = kafka.topic, needed_ms, "cannot read the topic's retention.ms; make sure the log keeps records that long");
+            Ok(())
+        }
     }
 }
 
@@ -393,4 +465,41 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_must_keep_what_a_rebuild_of_the_store_replays() {
+        let mut config = ServeConfig::default();
+        assert_eq!(retention_needed_ms(&config), None, "the embedded store");
+        let redis = adclick_io::redis_store::RedisConfig::new("redis://127.0.0.1/");
+        let hour_ttl_ms = redis.hour_ttl_ms;
+        config.store = StoreConfig::Redis(redis);
+        let needed_ms = retention_needed_ms(&config).unwrap();
+        assert_eq!(needed_ms, hour_ttl_ms + config.engine.dedup_horizon_ms);
+
+        assert_eq!(check_retention("clicks", -1, needed_ms, false), Ok(()));
+        assert_eq!(
+            check_retention("clicks", needed_ms as i64, needed_ms, false),
+            Ok(())
+        );
+        let short = needed_ms as i64 - 1;
+        let error = check_retention("clicks", short, needed_ms, false).unwrap_err();
+        for named in [
+            &format!("retention.ms = {short}"),
+            &needed_ms.to_string(),
+            "store.hour_ttl_ms",
+            "engine.dedup_horizon_ms",
+            "log.allow_short_retention",
+        ] {
+            assert!(error.contains(named), "{named}: {error}");
+        }
+        assert_eq!(check_retention("clicks", short, needed_ms, true), Ok(()));
+        // Kafka's default, 7 days, is one dedup horizon short of the default store.
+        let seven_days_ms = 7 * 24 * 3_600_000;
+        assert!(check_retention("clicks", seven_days_ms, needed_ms, false).is_err());
+    }
 }

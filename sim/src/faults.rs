@@ -440,6 +440,21 @@ impl RealtimeStore for SimStore {
     async fn partition_status(&self) -> Result<Vec<PartitionStatus>, StoreError> {
         self.inner.partition_status().await
     }
+
+    async fn set_rebuilding(
+        &self,
+        partition: PartitionId,
+        rebuilder: adclick_engine::seams::Rebuilder,
+        rebuilding: bool,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .set_rebuilding(partition, rebuilder, rebuilding)
+            .await
+    }
+
+    async fn rebuilding_partitions(&self) -> Result<Vec<PartitionId>, StoreError> {
+        self.inner.rebuilding_partitions().await
+    }
 }
 
 /// The checkpoint store with errors.

@@ -242,6 +242,21 @@ impl RealtimeStore for RecordingStore {
     async fn partition_status(&self) -> Result<Vec<PartitionStatus>, StoreError> {
         self.inner.partition_status().await
     }
+
+    async fn set_rebuilding(
+        &self,
+        partition: PartitionId,
+        rebuilder: adclick_engine::seams::Rebuilder,
+        rebuilding: bool,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .set_rebuilding(partition, rebuilder, rebuilding)
+            .await
+    }
+
+    async fn rebuilding_partitions(&self) -> Result<Vec<PartitionId>, StoreError> {
+        self.inner.rebuilding_partitions().await
+    }
 }
 
 /// A log that tells a `StatusHistory` when each append became visible, for the idle-advance

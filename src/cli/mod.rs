@@ -6,6 +6,7 @@ pub mod billing_check;
 pub mod http_monitor;
 pub mod load;
 pub mod load_kafka;
+pub mod rebuild;
 pub mod report;
 pub mod run;
 pub mod search;

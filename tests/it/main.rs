@@ -6,3 +6,4 @@ mod bill_cli;
 mod epoch_protocol;
 mod kafka_two_workers;
 mod load_coordinated_omission;
+mod rebuild_cli;

@@ -1,6 +1,6 @@
 //! An in-memory real-time store with the same fencing rules as the Redis Lua script.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use adclick_core::ids::{Generation, PartitionId};
@@ -9,13 +9,16 @@ use adclick_core::window::Lane;
 use async_trait::async_trait;
 
 use crate::fencing::{self, Fence};
-use crate::seams::{ApplyOutcome, Claim, PartitionStatus, RealtimeStore, StoreError, StoredCounts};
+use crate::seams::{
+    ApplyOutcome, Claim, PartitionStatus, RealtimeStore, Rebuilder, StoreError, StoredCounts,
+};
 
 #[derive(Default)]
 struct State {
     series: BTreeMap<(Series, Lane), StoredCounts>,
     generations: BTreeMap<PartitionId, Generation>,
     status: BTreeMap<PartitionId, PartitionStatus>,
+    rebuilding: BTreeMap<PartitionId, BTreeSet<Rebuilder>>,
 }
 
 #[derive(Default)]
@@ -28,7 +31,7 @@ impl MemoryRealtimeStore {
         MemoryRealtimeStore::default()
     }
 
-    /// Forgets every series, generation and status: a Redis restart without persistence, for
+    /// Forgets every series, generation, status and mark: a Redis restart without persistence, for
     /// the simulator and tests.
     pub fn forget_everything(&self) {
         *self.state.lock().expect("store lock") = State::default();
@@ -123,5 +126,29 @@ impl RealtimeStore for MemoryRealtimeStore {
             .values()
             .copied()
             .collect())
+    }
+
+    async fn set_rebuilding(
+        &self,
+        partition: PartitionId,
+        rebuilder: Rebuilder,
+        rebuilding: bool,
+    ) -> Result<(), StoreError> {
+        let mut state = self.state.lock().expect("store lock");
+        let marks = state.rebuilding.entry(partition).or_default();
+        if rebuilding {
+            marks.insert(rebuilder);
+        } else {
+            marks.remove(&rebuilder);
+        }
+        if marks.is_empty() {
+            state.rebuilding.remove(&partition);
+        }
+        Ok(())
+    }
+
+    async fn rebuilding_partitions(&self) -> Result<Vec<PartitionId>, StoreError> {
+        let state = self.state.lock().expect("store lock");
+        Ok(state.rebuilding.keys().copied().collect())
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::Client;
 use rdkafka::error::RDKafkaErrorCode;
 
@@ -21,16 +21,30 @@ pub async fn create_topic(
     config: &KafkaConfig,
     replication_factor: i32,
 ) -> Result<(), KafkaSetupError> {
+    create_topic_retaining(config, replication_factor, None).await
+}
+
+/// `create_topic`, and a topic it creates keeps records for `retention_ms` (an existing topic
+/// is left as it is).
+pub async fn create_topic_retaining(
+    config: &KafkaConfig,
+    replication_factor: i32,
+    retention_ms: Option<u64>,
+) -> Result<(), KafkaSetupError> {
     config.validate()?;
     let admin: AdminClient<TracingContext> = config
         .client_config("admin")
         .create_with_context(TracingContext)
         .map_err(KafkaSetupError::client("create an admin client"))?;
-    let topic = NewTopic::new(
+    let retention_text = retention_ms.map(|ms| ms.to_string());
+    let mut topic = NewTopic::new(
         &config.topic,
         config.partitions as i32,
         TopicReplication::Fixed(replication_factor),
     );
+    if let Some(retention) = &retention_text {
+        topic = topic.set("retention.ms", retention);
+    }
     let options = AdminOptions::new().operation_timeout(Some(SETUP_TIMEOUT));
     let results =
         admin
@@ -52,6 +66,35 @@ pub async fn create_topic(
         }
     }
     Ok(())
+}
+
+/// The topic's `retention.ms` as the broker reports it (DescribeConfigs): -1 keeps records
+/// forever; `None` when the broker names no value (then nothing can be checked).
+pub async fn topic_retention_ms(config: &KafkaConfig) -> Result<Option<i64>, KafkaSetupError> {
+    let admin: AdminClient<TracingContext> = config
+        .client_config("admin")
+        .create_with_context(TracingContext)
+        .map_err(KafkaSetupError::client("create an admin client"))?;
+    let options = AdminOptions::new().request_timeout(Some(SETUP_TIMEOUT));
+    let action = || format!("describe the configs of topic {:?}", config.topic);
+    let results = admin
+        .describe_configs([&ResourceSpecifier::Topic(&config.topic)], &options)
+        .await
+        .map_err(KafkaSetupError::client(action()))?;
+    let resource = match results.into_iter().next() {
+        Some(Ok(resource)) => resource,
+        Some(Err(code)) => {
+            return Err(KafkaSetupError::Client {
+                action: action(),
+                source: rdkafka::error::KafkaError::AdminOp(code),
+            });
+        }
+        None => return Ok(None),
+    };
+    Ok(resource
+        .get("retention.ms")
+        .and_then(|entry| entry.value.as_deref())
+        .and_then(|value| value.trim().parse().ok()))
 }
 
 /// Checks that the topic exists with exactly the configured partitions: routing by

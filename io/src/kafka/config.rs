@@ -51,6 +51,11 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties (security, timeouts, fetch sizes), applied to every client.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// Start even if the topic's `retention.ms` is shorter than a rebuild of the store needs
+    /// (`adclick serve` checks it at start): the oldest series the store keeps then cannot be
+    /// rebuilt from the log.
+    #[serde(default)]
+    pub allow_short_retention: bool,
 }
 
 fn producer_buffer_messages_max_default() -> usize {
@@ -81,6 +86,7 @@ impl KafkaConfig {
             client_id: client_id_default(),
             read_wait_ms: READ_WAIT_MS_DEFAULT,
             properties: BTreeMap::new(),
+            allow_short_retention: false,
         }
     }
 

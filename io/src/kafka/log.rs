@@ -203,10 +203,22 @@ impl Log for KafkaLog {
     }
 
     async fn end_offset(&self, partition: PartitionId) -> Result<Offset, LogError> {
+        Ok(self.watermarks(partition).await?.1)
+    }
+
+    /// The low watermark: what retention has not deleted yet.
+    async fn start_offset(&self, partition: PartitionId) -> Result<Offset, LogError> {
+        Ok(self.watermarks(partition).await?.0)
+    }
+}
+
+impl KafkaLog {
+    /// The partition's (low, high) watermarks.
+    async fn watermarks(&self, partition: PartitionId) -> Result<(Offset, Offset), LogError> {
         self.check_partition(partition)?;
         let metadata = self.metadata.clone();
         let topic = self.config.topic.clone();
-        let (_low, high) = tokio::task::spawn_blocking(move || {
+        let (low, high) = tokio::task::spawn_blocking(move || {
             metadata.fetch_watermarks(&topic, partition.0 as i32, WATERMARK_TIMEOUT)
         })
         .await
@@ -220,7 +232,8 @@ impl Log for KafkaLog {
                 "kafka partition {partition}: cannot fetch watermarks: {error}"
             ))
         })?;
-        Ok(Offset(u64::try_from(high).unwrap_or(0)))
+        let offset = |watermark: i64| Offset(u64::try_from(watermark).unwrap_or(0));
+        Ok((offset(low), offset(high)))
     }
 }
 

@@ -15,7 +15,7 @@ mod log;
 mod producer;
 mod reader;
 
-pub use admin::create_topic;
+pub use admin::{create_topic, create_topic_retaining, topic_retention_ms};
 pub use config::{KafkaConfig, PARTITIONS_MAX, READ_WAIT_MS_DEFAULT};
 pub use group::{GroupWorkerConfig, KafkaGroup, run_group_worker};
 pub use log::KafkaLog;

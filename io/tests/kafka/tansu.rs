@@ -141,3 +141,19 @@ async fn a_group_of_two_splits_the_partitions_and_one_takes_all_when_the_other_l
     assert!(all.iter().all(|partition| second_assignment(*partition)));
     assert!(!all.iter().any(|partition| first_assignment(*partition)));
 }
+
+/// The retention `serve` checks at start is the one the broker reports for the topic, and a
+/// topic it creates keeps what it asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_created_with_a_retention_reports_it() {
+    let name = fresh_topic("retention");
+    let config = KafkaConfig::new(&real_brokers(), &name, 1, &name);
+    let retention_ms = 8 * 24 * 3_600_000;
+    adclick_io::kafka::create_topic_retaining(&config, 1, Some(retention_ms))
+        .await
+        .unwrap();
+    let reported = adclick_io::kafka::topic_retention_ms(&config)
+        .await
+        .unwrap();
+    assert_eq!(reported, Some(retention_ms as i64));
+}

@@ -4,10 +4,12 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use adclick_core::ids::{CampaignId, PartitionId};
+use adclick_core::ids::{CampaignId, PartitionId, Salt};
+use adclick_core::limits::SALTS_MAX;
 use adclick_core::operator::Series;
+use adclick_core::partition::partition_for_campaign;
 use adclick_core::window::{Counts, Lane};
-use adclick_engine::seams::{Granularity, PartitionStatus, StoredCounts};
+use adclick_engine::seams::{Granularity, PartitionStatus, StoreError, StoredCounts};
 use axum::Json;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
@@ -49,7 +51,7 @@ pub struct WindowCounts {
     pub is_final: bool,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CampaignClicks {
     pub campaign_id: u64,
     pub granularity: String,
@@ -57,6 +59,10 @@ pub struct CampaignClicks {
     pub to_ms: u64,
     pub windows: Vec<WindowCounts>,
     pub total: WindowCounts,
+    /// A partition holding this campaign's series (any salt) is being rebuilt: the counts may
+    /// be partial until it is done (README.md, "Rebuilding the store").
+    #[serde(default)]
+    pub rebuilding: bool,
 }
 
 pub async fn campaign_clicks(
@@ -111,6 +117,10 @@ pub async fn campaign_clicks(
         Ok(series) => series,
         Err(error) => return unavailable(error.to_string()),
     };
+    let rebuilding = match campaign_rebuilding(&state, CampaignId(campaign_id)).await {
+        Ok(rebuilding) => rebuilding,
+        Err(error) => return unavailable(error.to_string()),
+    };
     let windows = merge_windows(&series, step_ms);
     let mut total = WindowCounts {
         start_ms: from_ms,
@@ -137,8 +147,18 @@ pub async fn campaign_clicks(
         to_ms,
         windows,
         total,
+        rebuilding,
     })
     .into_response()
+}
+
+/// Whether a partition that holds some salt of the campaign carries a rebuilding mark. Read
+/// after the series, so a rebuild that ends in between still reads as rebuilding.
+async fn campaign_rebuilding(state: &AppState, campaign: CampaignId) -> Result<bool, StoreError> {
+    let rebuilding = state.store.rebuilding_partitions().await?;
+    let partitions = state.log.partitions();
+    Ok((0..SALTS_MAX)
+        .any(|salt| rebuilding.contains(&partition_for_campaign(campaign, Salt(salt), partitions))))
 }
 
 fn start_of(series: &Series) -> u64 {
@@ -199,6 +219,9 @@ pub struct TopAds {
     pub window_start_ms: u64,
     pub window_end_ms: u64,
     pub ads: Vec<TopAd>,
+    /// Some partition is being rebuilt: the ranking may rest on partial counts.
+    #[serde(default)]
+    pub rebuilding: bool,
 }
 
 /// `GET /v1/top?window=last|current|START_MS&n=10`: the ads with the most unique clicks in a
@@ -249,6 +272,10 @@ pub async fn top(
         Ok(series) => series,
         Err(error) => return unavailable(error.to_string()),
     };
+    let rebuilding = match state.store.rebuilding_partitions().await {
+        Ok(partitions) => !partitions.is_empty(),
+        Err(error) => return unavailable(error.to_string()),
+    };
     let mut ads: BTreeMap<(u64, u64), Counts> = BTreeMap::new();
     for (series, lane, stored) in &series {
         // Unverified clicks are not known unique: billing decides them, the ranking does not.
@@ -283,6 +310,7 @@ pub async fn top(
         window_start_ms,
         window_end_ms: window_start_ms + window_ms,
         ads,
+        rebuilding,
     })
     .into_response()
 }
@@ -301,12 +329,19 @@ pub struct PartitionFreshness {
     /// last error); absent where no worker of this node runs the partition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supervision: Option<adclick_engine::supervisor::PartitionSupervision>,
+    /// A rebuild (or a worker writing back what the store forgot) is rewriting the partition's
+    /// values: they may be partial until it is done.
+    #[serde(default)]
+    pub rebuilding: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Freshness {
     pub now_ms: u64,
     pub partitions: Vec<PartitionFreshness>,
+    /// Some partition is being rebuilt.
+    #[serde(default)]
+    pub rebuilding: bool,
 }
 
 pub async fn freshness(State(state): State<AppState>) -> Response {
@@ -330,6 +365,11 @@ pub(crate) async fn freshness_of(state: &AppState) -> Result<Freshness, String> 
         .into_iter()
         .map(|status| (status.partition.0, status))
         .collect();
+    let rebuilding = state
+        .store
+        .rebuilding_partitions()
+        .await
+        .map_err(|error| error.to_string())?;
     let now_ms = state.clock.now_ms();
     let mut partitions = Vec::new();
     for partition in 0..state.log.partitions() {
@@ -352,9 +392,14 @@ pub(crate) async fn freshness_of(state: &AppState) -> Result<Freshness, String> 
                 .supervision
                 .as_ref()
                 .and_then(|supervision| supervision.get(PartitionId(partition))),
+            rebuilding: rebuilding.contains(&PartitionId(partition)),
         });
     }
-    Ok(Freshness { now_ms, partitions })
+    Ok(Freshness {
+        now_ms,
+        rebuilding: !rebuilding.is_empty(),
+        partitions,
+    })
 }
 
 fn bad_request(error: String) -> Response {

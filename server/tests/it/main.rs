@@ -6,5 +6,6 @@ mod dashboard;
 mod envelope;
 mod http_api;
 mod operations;
+mod rebuild;
 mod restart;
 mod security;

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 
 use crate::http_api::{campaign_total, click, get, now_ms, post_ok, serve, wait_for_campaign};
 
-fn config(dir: &Path, redis: &adclick_io::redis_store::RedisConfig) -> ServeConfig {
+pub(crate) fn config(dir: &Path, redis: &adclick_io::redis_store::RedisConfig) -> ServeConfig {
     let text = format!(
         r#"
 [security]
@@ -44,7 +44,7 @@ reload_interval_ms = 100
     config
 }
 
-fn list_path(dir: &Path) -> PathBuf {
+pub(crate) fn list_path(dir: &Path) -> PathBuf {
     dir.join("fraud.list")
 }
 
@@ -177,7 +177,7 @@ async fn a_fraud_list_rotation_with_and_without_a_restart_never_bricks_recovery(
 
 /// Deletes every key under the store's prefix: what a Redis restart without persistence, an
 /// eviction policy or an asynchronous failover does to a partition.
-async fn forget_everything(redis: &adclick_io::redis_store::RedisConfig) -> usize {
+pub(crate) async fn forget_everything(redis: &adclick_io::redis_store::RedisConfig) -> usize {
     let client = redis::Client::open(redis.url.as_str()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
