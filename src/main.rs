@@ -99,6 +99,10 @@ enum Command {
         /// Write only series that start before this, ms since the epoch (default: no end).
         #[arg(long)]
         to: Option<u64>,
+        /// Judge every click with the config's current `[fraud] list` (to apply today's list to
+        /// history), instead of the version the workers' checkpoints name for its offset.
+        #[arg(long)]
+        current_fraud_list: bool,
     },
     /// Aggregates a file of JSON clicks (one per line) through the same operator chain and prints
     /// per-window counts as CSV. Event time comes from the file; the end of input closes every window.
@@ -189,7 +193,12 @@ fn main() -> ExitCode {
                 )
             }
         }
-        Command::Rebuild { config, from, to } => cli::rebuild::main(&config, from, to),
+        Command::Rebuild {
+            config,
+            from,
+            to,
+            current_fraud_list,
+        } => cli::rebuild::main(&config, from, to, current_fraud_list),
         Command::Aggregate {
             input,
             format,

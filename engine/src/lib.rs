@@ -15,6 +15,7 @@ pub mod embedded;
 pub mod fencing;
 pub mod fraud_lists;
 pub mod ingest;
+pub mod judged_lists;
 pub mod limits;
 pub mod rebuild;
 pub mod salt_plans;

@@ -6,7 +6,8 @@
 //!
 //! - **Replay.** Every record from the log's first retained offset to the end offset read at
 //!   start goes through `PartitionAggregator` (barriers every `REBUILD_RECORDS_PER_BARRIER`
-//!   records, as a worker takes epochs), judged by one fraud list (the config's). The replay
+//!   records, as a worker takes epochs), each click judged by the fraud list `RebuildEnv::fraud`
+//!   gives its offset, swapped in at a barrier where the workers swapped theirs. The replay
 //!   keeps the last value of every series whose window or hour starts in the range; nothing is
 //!   written yet. Starting at the log's start keeps the dedup warm: a full horizon of ids lies
 //!   before the range whenever the log reaches one horizon before `from` (`dedup_warm`).
@@ -44,8 +45,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use adclick_core::billing::FraudSchedule;
 use adclick_core::codec;
-use adclick_core::fraud::FraudList;
 use adclick_core::ids::*;
 use adclick_core::operator::{AggregatorConfig, PartitionAggregator, Series, SeriesUpdate};
 use adclick_core::snapshot::PartitionStats;
@@ -82,9 +83,11 @@ pub struct RebuildEnv {
     pub store: Arc<dyn RealtimeStore>,
     pub checkpoints: CheckpointStore,
     pub clock: Arc<dyn Clock>,
-    /// The list every replayed click is judged by (not the versions the checkpoints name: a
-    /// rebuild applies today's rules to history).
-    pub fraud_list: Arc<FraudList>,
+    /// The list each replayed click is judged by: by default the version the workers' checkpoints
+    /// name for its offset (`judged_lists::workers_schedule`), so the rebuild recounts history
+    /// as it was judged and agrees with billing; or one list for all of history
+    /// (`FraudSchedule::single`), to apply today's list.
+    pub fraud: FraudSchedule,
 }
 
 /// What a rebuild did to one partition.
@@ -278,7 +281,8 @@ async fn replay(
         full_checkpoint_every_epochs: u64::MAX,
         ..config
     };
-    let mut aggregator = PartitionAggregator::new(config, partition, env.fraud_list.clone());
+    let first_list = env.fraud.list_for(partition, first_offset).clone();
+    let mut aggregator = PartitionAggregator::new(config, partition, first_list);
     let mut kept = BTreeMap::new();
     let mut clock = ReplayClock::default();
     let mut offset = first_offset;
@@ -312,10 +316,20 @@ async fn replay(
             let Some(&(last, _)) = records.last() else {
                 continue;
             };
-            let processing_ms = clock.observe(&records);
             since_barrier += records.len();
-            // Problems are counted in the stats the status carries; the workers logged them.
-            aggregator.on_batch(records, processing_ms);
+            let mut start = 0;
+            for (index, (record_offset, _)) in records.iter().enumerate() {
+                let list = env.fraud.list_for(partition, *record_offset);
+                if list.version() != aggregator.fraud_list_version() {
+                    // The workers swapped lists here: so does the replay, at a barrier.
+                    feed(&mut aggregator, &mut clock, &records[start..index]);
+                    aggregator.stage_fraud_list(list.clone());
+                    barrier(&mut aggregator, range, &mut kept);
+                    since_barrier = records.len() - index;
+                    start = index;
+                }
+            }
+            feed(&mut aggregator, &mut clock, &records[start..]);
             offset = Offset(last.0 + 1);
         }
         if since_barrier >= limits::REBUILD_RECORDS_PER_BARRIER {
@@ -338,6 +352,20 @@ async fn replay(
         end_offset,
         dedup_warm,
     })
+}
+
+/// Records to the aggregator, at the replay clock's reading for them.
+fn feed(
+    aggregator: &mut PartitionAggregator,
+    clock: &mut ReplayClock,
+    records: &[(Offset, &[u8])],
+) {
+    if records.is_empty() {
+        return;
+    }
+    let processing_ms = clock.observe(records);
+    // Problems are counted in the stats the status carries; the workers logged them.
+    aggregator.on_batch(records.iter().copied(), processing_ms);
 }
 
 /// One epoch of the replay: the changed series of the range are kept (the last value wins),

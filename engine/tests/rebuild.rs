@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
+use adclick_core::billing::FraudSchedule;
 use adclick_core::event::ClickEvent;
 use adclick_core::fraud::{FraudList, FraudRegistry};
 use adclick_core::ids::{CampaignId, PartitionId};
@@ -13,8 +14,10 @@ use adclick_core::window::{Counts, Lane};
 use adclick_engine::checkpoint::CheckpointStore;
 use adclick_engine::clock::ManualClock;
 use adclick_engine::embedded::{MemoryBlobStore, MemoryLog, MemoryRealtimeStore};
+use adclick_engine::fraud_lists::FraudListStore;
+use adclick_engine::judged_lists::workers_schedule;
 use adclick_engine::rebuild::{RebuildEnv, RebuildRange, rebuild};
-use adclick_engine::seams::{AppendBatch, Log, RealtimeStore, RecordBlock, StoreError};
+use adclick_engine::seams::{AppendBatch, BlobStore, Log, RealtimeStore, RecordBlock, StoreError};
 use adclick_engine::worker::{PartitionWorker, WorkerConfig, WorkerEnv, WorkerError};
 
 mod common;
@@ -27,17 +30,23 @@ const MINUTE_MS: u64 = 60_000;
 struct Deployment {
     log: Arc<MemoryLog>,
     store: Arc<MemoryRealtimeStore>,
+    blobs: Arc<dyn BlobStore>,
     checkpoints: CheckpointStore,
     clock: Arc<ManualClock>,
+    /// Every worker's fraud lists, as one `adclick serve` node holds them.
+    registry: Arc<RwLock<FraudRegistry>>,
 }
 
 impl Deployment {
     fn new() -> Deployment {
+        let blobs: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::new());
         Deployment {
             log: Arc::new(MemoryLog::new(PARTITIONS)),
             store: Arc::new(MemoryRealtimeStore::new()),
-            checkpoints: CheckpointStore::new(Arc::new(MemoryBlobStore::new())),
+            checkpoints: CheckpointStore::new(blobs.clone()),
+            blobs,
             clock: Arc::new(ManualClock::new(START_MS)),
+            registry: Arc::new(RwLock::new(FraudRegistry::new())),
         }
     }
 
@@ -47,23 +56,38 @@ impl Deployment {
             self.store.clone(),
             self.checkpoints.clone(),
             self.clock.clone(),
-            Arc::new(RwLock::new(FraudRegistry::new())),
-        );
+            self.registry.clone(),
+        )
+        .with_fraud_lists(FraudListStore::new(self.blobs.clone()));
         let config = WorkerConfig::default();
         PartitionWorker::new(partition, config, AggregatorConfig::default(), env)
     }
 
     fn rebuild_env(&self, fraud_list: FraudList) -> RebuildEnv {
+        self.rebuild_env_judging(FraudSchedule::single(Arc::new(fraud_list)))
+    }
+
+    fn rebuild_env_judging(&self, fraud: FraudSchedule) -> RebuildEnv {
         RebuildEnv {
             log: self.log.clone(),
             store: self.store.clone(),
             checkpoints: self.checkpoints.clone(),
             clock: self.clock.clone(),
-            fraud_list: Arc::new(fraud_list),
+            fraud,
         }
     }
 
+    async fn publish(&self, list: &str) {
+        let lists = FraudListStore::new(self.blobs.clone());
+        lists.publish(list, &self.registry).await.unwrap();
+    }
+
     async fn append(&self, clicks: &[ClickEvent]) {
+        self.append_as(clicks, 1).await;
+    }
+
+    /// Appends under producer ids from `producer_base` on (one per partition).
+    async fn append_as(&self, clicks: &[ClickEvent], producer_base: u64) {
         for (partition, records) in RecordBlock::route(clicks, PARTITIONS)
             .into_iter()
             .enumerate()
@@ -72,7 +96,7 @@ impl Deployment {
                 continue;
             }
             let batch = AppendBatch {
-                producer_id: partition as u64 + 1,
+                producer_id: producer_base + partition as u64,
                 first_sequence: 0,
                 records,
             };
@@ -232,4 +256,84 @@ async fn a_rebuild_applies_a_fix_to_the_range_only() {
         }
     }
     assert!(windows_fixed > 0);
+}
+
+/// A rotation mid-log: the workers judged the first half with version 1 (nothing listed) and the
+/// rest with version 2 (10.6.6.6 listed). A rebuild after the store forgot everything, judging
+/// as the workers did (their list history), gives back every closed window exactly; one judging
+/// all of history with today's list would flag the first half's clicks from that IP too.
+#[tokio::test]
+async fn a_rebuild_judges_each_click_with_the_list_the_workers_used() {
+    let deployment = Deployment::new();
+    deployment.publish("version 1\n").await;
+    let clicks = traffic();
+    let (first, second) = clicks.split_at(clicks.len() / 2);
+    deployment.append_as(first, 1).await;
+    deployment.clock.set(START_MS + 5 * MINUTE_MS);
+    let mut workers = Vec::new();
+    for partition in (0..PARTITIONS).map(PartitionId) {
+        let mut worker = deployment.worker(partition);
+        worker.recover().await.unwrap();
+        while worker.poll().await.unwrap() > 0 {}
+        worker.barrier().await.unwrap();
+        workers.push(worker);
+    }
+    deployment.publish("version 2\nip 10.6.6.6\n").await;
+    deployment.append_as(second, 100).await;
+    for worker in &mut workers {
+        worker.barrier().await.unwrap();
+        while worker.poll().await.unwrap() > 0 {}
+        worker.barrier().await.unwrap();
+    }
+    // Caught up and idle: the watermark follows the clock and closes every window.
+    deployment.clock.advance(10 * MINUTE_MS);
+    for worker in &mut workers {
+        worker.poll().await.unwrap();
+        worker.barrier().await.unwrap();
+    }
+    drop(workers);
+    let before = closed_values(deployment.store.as_ref()).await;
+
+    deployment.store.forget_everything();
+    let fallback = deployment.registry.read().unwrap().current();
+    let (as_judged, _) = workers_schedule(deployment.blobs.clone(), PARTITIONS, fallback)
+        .await
+        .unwrap();
+    let everything = RebuildRange {
+        from_ms: 0,
+        to_ms: u64::MAX,
+    };
+    let env = deployment.rebuild_env_judging(as_judged);
+    rebuild(&env, AggregatorConfig::default(), everything)
+        .await
+        .unwrap();
+    let rebuilt = closed_values(deployment.store.as_ref()).await;
+    let differing: Vec<_> = before
+        .iter()
+        .filter(|(key, value)| rebuilt.get(key) != Some(value))
+        .map(|(key, value)| (key, value, rebuilt.get(key)))
+        .collect();
+    assert!(differing.is_empty(), "before, rebuilt: {differing:?}");
+    assert_eq!(rebuilt.len(), before.len());
+
+    let today = FraudList::parse("version 2\nip 10.6.6.6\n").unwrap();
+    rebuild(
+        &deployment.rebuild_env(today),
+        AggregatorConfig::default(),
+        everything,
+    )
+    .await
+    .unwrap();
+    let fraud = |values: &Values| -> u64 {
+        values
+            .iter()
+            .filter(|((series, _), _)| matches!(series, Series::Window(_)))
+            .map(|(_, (counts, _))| counts.fraud)
+            .sum()
+    };
+    let recounted = closed_values(deployment.store.as_ref()).await;
+    assert!(
+        fraud(&recounted) > fraud(&before),
+        "today's list flags the first half's clicks from the IP too"
+    );
 }

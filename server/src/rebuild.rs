@@ -4,18 +4,32 @@
 
 use std::sync::Arc;
 
+use adclick_core::billing::FraudSchedule;
 use adclick_core::fraud::FraudList;
 use adclick_engine::checkpoint::CheckpointStore;
+use adclick_engine::judged_lists::workers_schedule;
 use adclick_engine::rebuild::{PartitionRebuild, RebuildEnv, RebuildRange, rebuild};
 use anyhow::Context;
 
 use crate::config::{LogConfig, ServeConfig, StoreConfig};
 use crate::serve::Seams;
 
+/// Which fraud list judges the replayed clicks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Judging {
+    /// The version the workers' checkpoints name for each click's offset (the config's list
+    /// where a partition has none): history recounted as it was judged, so it agrees with
+    /// billing.
+    AsTheWorkersDid,
+    /// The config's `[fraud] list` for all of history.
+    CurrentList,
+}
+
 /// Rebuilds every partition's series starting in `range` from the configured log.
 pub async fn run(
     config: &ServeConfig,
     range: RebuildRange,
+    judging: Judging,
 ) -> anyhow::Result<Vec<PartitionRebuild>> {
     anyhow::ensure!(
         range.from_ms < range.to_ms,
@@ -43,12 +57,22 @@ pub async fn run(
         None => FraudList::empty(),
     };
     let seams = Seams::from_config(config).await?;
+    let fraud_list = Arc::new(fraud_list);
+    let fraud = match judging {
+        Judging::CurrentList => FraudSchedule::single(fraud_list),
+        Judging::AsTheWorkersDid => {
+            let partitions = config.engine.partitions;
+            workers_schedule(seams.blobs.clone(), partitions, fraud_list)
+                .await?
+                .0
+        }
+    };
     let env = RebuildEnv {
         log: seams.log,
         store: seams.store,
         checkpoints: CheckpointStore::new(seams.blobs),
         clock: seams.clock,
-        fraud_list: Arc::new(fraud_list),
+        fraud,
     };
     Ok(rebuild(&env, config.aggregator_config(), range).await?)
 }

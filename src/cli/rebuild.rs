@@ -6,8 +6,14 @@ use std::process::ExitCode;
 
 use adclick_engine::rebuild::RebuildRange;
 use adclick_server::config::ServeConfig;
+use adclick_server::rebuild::Judging;
 
-pub fn main(config_path: &Path, from_ms: u64, to_ms: Option<u64>) -> anyhow::Result<ExitCode> {
+pub fn main(
+    config_path: &Path,
+    from_ms: u64,
+    to_ms: Option<u64>,
+    current_fraud_list: bool,
+) -> anyhow::Result<ExitCode> {
     let config = ServeConfig::load(config_path)?;
     let range = RebuildRange {
         from_ms,
@@ -16,7 +22,11 @@ pub fn main(config_path: &Path, from_ms: u64, to_ms: Option<u64>) -> anyhow::Res
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let rebuilt = runtime.block_on(adclick_server::rebuild::run(&config, range))?;
+    let rebuilt = runtime.block_on(adclick_server::rebuild::run(
+        &config,
+        range,
+        judging(current_fraud_list),
+    ))?;
     for partition in &rebuilt {
         println!(
             "partition {}: offsets {}..{}, {} records, {} series written, {} restored from \
@@ -37,4 +47,12 @@ pub fn main(config_path: &Path, from_ms: u64, to_ms: Option<u64>) -> anyhow::Res
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn judging(current_fraud_list: bool) -> Judging {
+    if current_fraud_list {
+        Judging::CurrentList
+    } else {
+        Judging::AsTheWorkersDid
+    }
 }

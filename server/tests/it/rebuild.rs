@@ -91,7 +91,13 @@ async fn a_rebuild_after_redis_lost_every_key_gives_back_every_closed_window() {
         from_ms,
         to_ms: u64::MAX,
     };
-    let rebuilt = adclick_server::rebuild::run(&config, range).await.unwrap();
+    let rebuilt = adclick_server::rebuild::run(
+        &config,
+        range,
+        adclick_server::rebuild::Judging::AsTheWorkersDid,
+    )
+    .await
+    .unwrap();
     let written: usize = rebuilt
         .iter()
         .map(|partition| partition.series_written)
