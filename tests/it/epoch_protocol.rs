@@ -144,6 +144,19 @@ async fn run(crash_at: Vec<(EpochStep, Epoch)>) -> (oracle::Verdict, oracle::Ver
     run_variant(crash_at, None, Arc::new(MemoryRealtimeStore::new())).await
 }
 
+/// A new worker for `partition`, recovered; each crash injected while it recovers counts, and
+/// another one takes over.
+async fn recovered(harness: &Harness, partition: u32, crashes: &mut u32) -> PartitionWorker {
+    loop {
+        let mut worker = harness.worker(partition);
+        match worker.recover().await {
+            Ok(()) => return worker,
+            Err(WorkerError::InjectedCrash { .. }) => *crashes += 1,
+            Err(error) => panic!("unexpected recovery error: {error}"),
+        }
+    }
+}
+
 async fn run_variant(
     crash_at: Vec<(EpochStep, Epoch)>,
     canary: Option<adclick_engine::worker::Canary>,
@@ -153,10 +166,10 @@ async fn run_variant(
     harness.env.canary = canary;
     let mut workers = Vec::new();
     let mut crashes = 0;
+    // A fresh partition checkpoints before its first read, so a crash planned for epoch 1 can
+    // strike during the first recovery too.
     for partition in 0..PARTITIONS {
-        let mut worker = harness.worker(partition);
-        worker.recover().await.unwrap();
-        workers.push(worker);
+        workers.push(recovered(&harness, partition, &mut crashes).await);
     }
     for round in 0..14 {
         if round < 8 {
@@ -174,14 +187,7 @@ async fn run_variant(
                     Ok(_) => break,
                     Err(WorkerError::InjectedCrash { .. }) => {
                         crashes += 1;
-                        let mut replacement = harness.worker(partition as u32);
-                        while let Err(WorkerError::InjectedCrash { .. }) =
-                            replacement.recover().await
-                        {
-                            crashes += 1;
-                            replacement = harness.worker(partition as u32);
-                        }
-                        *worker = replacement;
+                        *worker = recovered(&harness, partition as u32, &mut crashes).await;
                     }
                     Err(error) => panic!("unexpected worker error: {error}"),
                 }
