@@ -4,7 +4,9 @@
 //! the previous checkpoint: the series whose counts changed (absolute values), the click ids
 //! added to dedup, and the scalars (offset, watermark, fraud-list version, stats). Removals are
 //! never written: they follow from the watermark, so a restore re-derives them. This keeps the
-//! per-epoch checkpoint proportional to the epoch's traffic, not to the dedup horizon.
+//! per-epoch checkpoint proportional to the epoch's traffic, not to the dedup horizon. A full
+//! checkpoint comes every `full_checkpoint_every_epochs`, and always first after a restore: a
+//! new owner's chain never builds on the old owner's records.
 //!
 //! Envelope: `b"ADCK"`, format version (u16 LE), CRC-32 of the body (u32 LE), body length
 //! (u64 LE), then the body. Every field is checked before and after reading.

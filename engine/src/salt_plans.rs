@@ -12,6 +12,18 @@
 //! timestamp, for every reader, whatever its own config). One blob
 //! per campaign because plans are only ever added, never changed: a put never rewrites another
 //! campaign's plan, and a lost race between two writers of the same plan is harmless.
+//!
+//! A shared plan starts at `max(proposed start, store stamp rounded up to the second +
+//! SHARED_PLAN_START_AFTER_STORE_MS)`, which every reader computes from the blob's
+//! `BlobStore::modified_ms` (S3's Last-Modified, a file's mtime). So a put that took long (store
+//! down, slow network) still starts after every event time a node accepted while it could not
+//! see the plan. The delay is `EVENT_TIME_FUTURE_MS_MAX` (the most a node accepts ahead of its
+//! clock), plus `SALT_PLAN_SHARED_DELAY_MS` (time for every node to read the plan), plus
+//! `BLOB_VISIBLE_AFTER_STAMP_MS_MAX` (a store that stamps a blob before readers see it). The
+//! first reader keeps the computed start in a create-only `salt-plans/campaign-<id>.start` blob
+//! that every reader then takes, so a copy of the store (new timestamps) never moves a plan.
+//! The rule assumes node and store clocks within `NODE_CLOCK_SKEW_MS_MAX` of each other and a
+//! store that honours create-only puts (S3 and local directories do).
 
 use std::sync::Arc;
 

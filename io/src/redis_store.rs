@@ -1,7 +1,7 @@
 //! The real-time store on Redis: absolute window counts, fenced by (generation, epoch) in a Lua
 //! script, so a replayed epoch is harmless and a zombie worker is rejected.
 //!
-//! ## Key schema (ARCHITECTURE.md has the same table)
+//! ## Key schema
 //!
 //! Every key of a partition carries the hash tag `{pN}`, so all of them live in one Redis Cluster
 //! slot and one script call can check the partition's generation *and* write its series
@@ -10,7 +10,7 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `prefix:{pN}:gen` | string | the partition's current owner generation (`INCR` on claim) |
-//! | `prefix:{pN}:status` | string | JSON `PartitionStatus`: offset, watermark, stats |
+//! | `prefix:{pN}:status` | string | JSON `PartitionStatus`: offset, watermark, stats, health |
 //! | `prefix:{pN}:w:CAMPAIGN:SALT:WINDOW_START` | hash | field `AD:LANE` → `GEN:EPOCH:CLICKS:UNIQUE:FRAUD:FINAL` |
 //! | `prefix:{pN}:h:CAMPAIGN:SALT:HOUR_START` | hash | field `LANE` → the same value |
 //! | `prefix:{pN}:ix:WINDOW_START` | set | `CAMPAIGN:SALT` members with data in that window (top-N) |
@@ -24,7 +24,8 @@
 //! Deviation from the "one key per script call": a call touches several keys, but all
 //! of one partition's slot, which Redis Cluster allows. That lets the script check the partition
 //! generation atomically with the write, so a zombie cannot write even a key the new owner has
-//! not written yet, and it batches hundreds of series per round trip.
+//! not written yet, and it batches `ENTRIES_PER_CALL` series per call, every call of an epoch's
+//! apply in one pipeline (one round trip).
 
 use std::time::Duration;
 

@@ -13,6 +13,15 @@
 //! rises, the effective horizon shrinks and `early_evictions` counts it); when one bucket holds
 //! every id, that bucket goes too (`unremembered`).
 //!
+//! Tags span `TAG_SPAN` (255) buckets. When an id's bucket falls outside the span, the tags are
+//! rebased inside the insert that needs it: one pass over the table that empties dead slots and
+//! retags live ones. A horizon holds at most `DEDUP_BUCKETS_PER_HORIZON_MAX` buckets, so live
+//! ids always fit the span. The nil id (the table's empty marker) and ids too far from the
+//! table's live buckets (an event-time jump of hours within one epoch) wait in a small ordered
+//! map, `aside`, so the rule stays exactly "remembered until its bucket is below the cutoff".
+//! The table must hold the most ids the set holds, just before a bucket expires, so the bucket
+//! size (`DEDUP_BUCKET_MS_DEFAULT`) sets the sawtooth of bytes per retained id.
+//!
 //! The set never answers `New` for an id it could not have seen: an id whose bucket is below the
 //! cutoff, expired or evicted, is `Unverifiable`, and the aggregator counts it in the unverified
 //! lane for billing (which dedupes over its whole period) to decide. So a resend that comes back

@@ -30,6 +30,12 @@
 //! time. A slot whose tag is below it is dead: lookups pass over it and any insert into its
 //! bucket takes it over.
 //!
+//! Growth: the table grows to 1.5 times its slots when live ids would pass `LIVE_LOAD_MAX` of
+//! them, or when a displacement walk (a fixed-seed sequence, so a replay displaces alike) runs
+//! past `DISPLACEMENTS_PER_INSERT_MAX` moves. Pre-sized at `LOAD_TARGET`, it grows only when the
+//! set outgrows its pre-size. Both arrays are advised for transparent huge pages: hints only,
+//! no result depends on them.
+//!
 //! **Invariant:** every stored id, live or dead, is in one of its two buckets, and a live id is
 //! stored once.
 

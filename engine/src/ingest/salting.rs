@@ -17,6 +17,22 @@
 //!   for about `SALT_PLAN_SHARED_DELAY_MS - NODE_CLOCK_SKEW_MS_MAX`, for clicks at the future
 //!   edge). Both rules live in `salt_plans`. Two nodes that plan the same campaign at once agree
 //!   on the first stored plan (a create-only put).
+//!
+//! A restarted node keeps the table (durable state) and plans only past
+//! `SaltingStart::accepted_event_time_floor_ms`: its start plus `EVENT_TIME_FUTURE_MS_MAX`, the
+//! most its predecessor can have accepted (`adclick serve` uses 0 when every partition of the
+//! log is empty). The detector sees every click under the lock that routes it, so a plan's start
+//! is past every event time routed before it. Plans route even with detection off: a plan never
+//! goes away.
+//!
+//! Refusals are whole requests, answered busy with a retry hint (503 with Retry-After over
+//! HTTP): `SaltPlanPending` while a plan that covers a click of the request is not stored yet,
+//! `SaltPlansUnread` (shared plans) for a click a plan made since the last good read could
+//! cover. The plan writer retries each put with back-off until the store has it. It is a task
+//! of this node and dies with it, so a crashed node stops retrying; only a put already in flight
+//! can land after the successor loaded the plans. Shared plans make that harmless (the start
+//! counts from the store's stamp); with one node such a late plan goes unnoticed until the next
+//! restart routes by it (ARCHITECTURE.md, "Known gaps").
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
