@@ -585,6 +585,50 @@ impl WorkerClock {
     }
 }
 
+/// What a drained run is judged on, by both runners (the simulator and `adclick run`).
+pub struct Evidence<'a> {
+    pub expected: &'a Expected,
+    pub scan: &'a [(Series, Lane, StoredCounts)],
+    /// The partition statuses once drained.
+    pub drained: &'a [PartitionStatus],
+    pub config: &'a AggregatorConfig,
+    /// The clock reading the statuses are as of.
+    pub drained_clock: WorkerClock,
+    pub drain_ms: u64,
+}
+
+/// The verdict of every invariant a scenario expects, in its order. The shared ones are judged
+/// here; no loss, determinism and billing equality depend on what the runner recorded, so
+/// `specific` gives them.
+pub fn verdicts(
+    invariants: &[adclick_engine::scenario::Invariant],
+    evidence: &Evidence<'_>,
+    mut specific: impl FnMut(adclick_engine::scenario::Invariant) -> Verdict,
+) -> Vec<Verdict> {
+    use adclick_engine::scenario::Invariant;
+    let mut verdicts = Vec::with_capacity(invariants.len());
+    for invariant in invariants {
+        verdicts.push(match invariant {
+            Invariant::ExactlyOnce => check_exactly_once(evidence.expected, evidence.scan),
+            Invariant::Liveness => {
+                let mut verdict = check_liveness(
+                    evidence.expected,
+                    evidence.drained,
+                    evidence.scan,
+                    evidence.config,
+                    Some(evidence.drained_clock),
+                    evidence.drain_ms,
+                );
+                // A run that logged clicks and left no status never processed them.
+                verdict.holds &= !evidence.drained.is_empty() || evidence.expected.log.count == 0;
+                verdict
+            }
+            other => specific(*other),
+        });
+    }
+    verdicts
+}
+
 /// Liveness: every partition consumed to the end of the log, its watermark following the
 /// workers' clock (when given), and every due window final: without the clock check, a stalled
 /// watermark would make every window "not yet due".

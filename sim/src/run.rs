@@ -184,141 +184,318 @@ fn crash_schedule(scenario: &Scenario) -> Vec<(u64, PartitionId)> {
 }
 
 pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::Result<RunReport> {
-    let partitions = scenario.engine.partitions;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let log: Arc<dyn Log> = match &options.log_dir {
-        Some(dir) => Arc::new(FileLog::open(dir, partitions, FileLogConfig::default())?),
-        None => Arc::new(MemoryLog::new(partitions)),
-    };
-    let memory_store: Arc<dyn RealtimeStore> = Arc::new(MemoryRealtimeStore::new());
-    // Every status the store takes goes into the history, which the exactly-once check reads.
-    let history = Arc::new(StatusHistory::default());
-    let recording_store: Arc<dyn RealtimeStore> = Arc::new(RecordingStore {
-        inner: memory_store.clone(),
-        history: history.clone(),
-        config: scenario.aggregator_config(),
-    });
-    // Real-time runs inject store errors and empty log reads only; the other faults are the
-    // simulator's.
-    let rates = FaultRates {
-        store_error_rate: scenario.faults.store_error_rate,
-        log_empty_read_rate: scenario.faults.log_empty_read_rate,
-        ..FaultRates::default()
-    };
-    let faults = (rates.store_error_rate > 0.0 || rates.log_empty_read_rate > 0.0)
-        .then(|| Arc::new(Faults::new(rates, scenario.seed)));
-    let store: Arc<dyn RealtimeStore> = match &faults {
-        Some(faults) if rates.store_error_rate > 0.0 => Arc::new(SimStore {
-            inner: recording_store.clone(),
-            faults: faults.clone(),
-        }),
-        _ => recording_store.clone(),
-    };
-    // Only the workers' reads come back empty: ingest, the sampler and the checks see the log.
-    let worker_log: Arc<dyn Log> = match &faults {
-        Some(faults) if rates.log_empty_read_rate > 0.0 => Arc::new(EmptyReadLog {
-            inner: log.clone(),
-            faults: faults.clone(),
-        }),
-        _ => log.clone(),
-    };
     let mut generator = Generator::new(scenario);
-    // The list is stored where the workers checkpoint, as `adclick serve` stores it, so the
-    // billing check reads back every version the workers judged with.
-    let checkpoint_blobs: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::new());
-    let registry = Arc::new(RwLock::new(FraudRegistry::new()));
-    FraudListStore::new(checkpoint_blobs.clone())
-        .publish(&generator.fraud_list_text(), &registry)
-        .await?;
-    let env = WorkerEnv::new(
-        worker_log,
-        store.clone(),
-        CheckpointStore::new(checkpoint_blobs.clone()),
-        clock.clone(),
-        registry.clone(),
+    let seams = RunSeams::build(scenario, &options, &generator.fraud_list_text()).await?;
+    let mut workers = RunWorkers::start(scenario, &seams);
+    let monitor = Monitor::start(&seams);
+    let traffic = drive(
+        scenario,
+        &seams,
+        &mut workers,
+        &monitor,
+        &mut generator,
+        options.progress,
     )
-    .with_fraud_lists(FraudListStore::new(checkpoint_blobs.clone()));
-    #[allow(unused_mut)]
-    let mut env = env;
-    #[cfg(feature = "canaries")]
-    {
-        env.canary = options.canary;
+    .await?;
+    let log_sealed_at_ms = seams.clock.now_ms();
+    let drained = drain(scenario, &seams, workers).await?;
+    let measurements = monitor.finish(&seams, &drained.statuses).await?;
+    judge(
+        scenario,
+        &seams,
+        traffic,
+        drained,
+        generator.generated(),
+        log_sealed_at_ms,
+        measurements,
+    )
+    .await
+}
+
+/// Everything a run counts on, wired as `adclick serve` wires it, with the real-time faults
+/// (store errors, empty reads) around the seams they strike.
+struct RunSeams {
+    clock: Arc<dyn Clock>,
+    log: Arc<dyn Log>,
+    memory_store: Arc<dyn RealtimeStore>,
+    /// Every status the store takes, which the exactly-once check reads.
+    history: Arc<StatusHistory>,
+    faults: Option<Arc<Faults>>,
+    rates: FaultRates,
+    checkpoint_blobs: Arc<dyn BlobStore>,
+    registry: Arc<RwLock<FraudRegistry>>,
+    env: WorkerEnv,
+}
+
+impl RunSeams {
+    async fn build(
+        scenario: &Scenario,
+        options: &RunOptions,
+        fraud_list_text: &str,
+    ) -> anyhow::Result<RunSeams> {
+        let partitions = scenario.engine.partitions;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let log: Arc<dyn Log> = match &options.log_dir {
+            Some(dir) => Arc::new(FileLog::open(dir, partitions, FileLogConfig::default())?),
+            None => Arc::new(MemoryLog::new(partitions)),
+        };
+        let memory_store: Arc<dyn RealtimeStore> = Arc::new(MemoryRealtimeStore::new());
+        let history = Arc::new(StatusHistory::default());
+        let recording_store: Arc<dyn RealtimeStore> = Arc::new(RecordingStore {
+            inner: memory_store.clone(),
+            history: history.clone(),
+            config: scenario.aggregator_config(),
+        });
+        // Real-time runs inject store errors and empty log reads only; the other faults are the
+        // simulator's.
+        let rates = FaultRates {
+            store_error_rate: scenario.faults.store_error_rate,
+            log_empty_read_rate: scenario.faults.log_empty_read_rate,
+            ..FaultRates::default()
+        };
+        let faults = (rates.store_error_rate > 0.0 || rates.log_empty_read_rate > 0.0)
+            .then(|| Arc::new(Faults::new(rates, scenario.seed)));
+        let store: Arc<dyn RealtimeStore> = match &faults {
+            Some(faults) if rates.store_error_rate > 0.0 => Arc::new(SimStore {
+                inner: recording_store.clone(),
+                faults: faults.clone(),
+            }),
+            _ => recording_store,
+        };
+        // Only the workers' reads come back empty: ingest, the sampler and the checks see the log.
+        let worker_log: Arc<dyn Log> = match &faults {
+            Some(faults) if rates.log_empty_read_rate > 0.0 => Arc::new(EmptyReadLog {
+                inner: log.clone(),
+                faults: faults.clone(),
+            }),
+            _ => log.clone(),
+        };
+        // The list is stored where the workers checkpoint, as `adclick serve` stores it, so the
+        // billing check reads back every version the workers judged with.
+        let checkpoint_blobs: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::new());
+        let registry = Arc::new(RwLock::new(FraudRegistry::new()));
+        let lists = FraudListStore::new(checkpoint_blobs.clone());
+        lists.publish(fraud_list_text, &registry).await?;
+        #[allow(unused_mut)]
+        let mut env = WorkerEnv::new(
+            worker_log,
+            store,
+            CheckpointStore::new(checkpoint_blobs.clone()),
+            clock.clone(),
+            registry.clone(),
+        )
+        .with_fraud_lists(lists);
+        #[cfg(feature = "canaries")]
+        {
+            env.canary = options.canary;
+        }
+        Ok(RunSeams {
+            clock,
+            log,
+            memory_store,
+            history,
+            faults,
+            rates,
+            checkpoint_blobs,
+            registry,
+            env,
+        })
     }
-    let (stop_sender, stop) = tokio::sync::watch::channel(false);
-    let restarts = adclick_engine::supervisor::Supervision::new();
-    let spawn_worker = |partition: PartitionId| {
+
+    /// Ingest appends through the history, which times each append for the idle-advance check.
+    fn ingest_log(&self) -> Arc<dyn Log> {
+        Arc::new(RecordingLog {
+            inner: self.log.clone(),
+            history: self.history.clone(),
+        })
+    }
+
+    fn injected(&self, count: impl Fn(&crate::faults::FaultCounts) -> u64) -> u64 {
+        self.faults.as_ref().map_or(0, |faults| {
+            count(&faults.counts.lock().expect("counts lock"))
+        })
+    }
+}
+
+/// One supervised worker per partition, each killed and restarted on the crash schedule.
+struct RunWorkers {
+    handles: Vec<tokio::task::JoinHandle<adclick_engine::supervisor::SupervisorExit>>,
+    worker_config: adclick_engine::worker::WorkerConfig,
+    aggregator_config: adclick_core::operator::AggregatorConfig,
+    env: WorkerEnv,
+    stop: tokio::sync::watch::Receiver<bool>,
+    stop_sender: tokio::sync::watch::Sender<bool>,
+    supervision: Arc<adclick_engine::supervisor::Supervision>,
+}
+
+impl RunWorkers {
+    fn start(scenario: &Scenario, seams: &RunSeams) -> RunWorkers {
+        let (stop_sender, stop) = tokio::sync::watch::channel(false);
+        let mut workers = RunWorkers {
+            handles: Vec::new(),
+            worker_config: scenario.worker_config(),
+            aggregator_config: scenario.aggregator_config(),
+            env: seams.env.clone(),
+            stop,
+            stop_sender,
+            supervision: adclick_engine::supervisor::Supervision::new(),
+        };
+        workers.handles = (0..scenario.engine.partitions)
+            .map(|partition| workers.spawn(PartitionId(partition)))
+            .collect();
+        workers
+    }
+
+    fn spawn(
+        &self,
+        partition: PartitionId,
+    ) -> tokio::task::JoinHandle<adclick_engine::supervisor::SupervisorExit> {
         tokio::spawn(supervise(
             partition,
-            scenario.worker_config(),
-            scenario.aggregator_config(),
-            env.clone(),
-            stop.clone(),
-            restarts.clone(),
+            self.worker_config,
+            self.aggregator_config,
+            self.env.clone(),
+            self.stop.clone(),
+            self.supervision.clone(),
             adclick_engine::worker::assigned_forever(),
         ))
-    };
-    let mut workers: Vec<_> = (0..partitions)
-        .map(|p| spawn_worker(PartitionId(p)))
-        .collect();
-    // Ingest appends through the history, which times each append for the idle-advance check.
-    let ingest_log: Arc<dyn Log> = Arc::new(RecordingLog {
-        inner: log.clone(),
-        history: history.clone(),
-    });
-    let (ingest, flusher) =
-        IngestCore::start(ingest_log.clone(), clock.clone(), scenario.ingest_config());
+    }
 
-    let progress = progress_bar(scenario, options.progress);
-    let started = Instant::now();
-    let recorder = Arc::new(Recorder::new(started));
-    let accepted = Arc::new(AtomicU64::new(0));
-    let (sampler_stop, sampler_stopped) = tokio::sync::watch::channel(false);
-    let sampler = tokio::spawn(run_sampler(
-        recorder.clone(),
-        log.clone(),
-        memory_store.clone(),
-        accepted.clone(),
-        sampler_stopped,
-    ));
+    async fn kill_and_restart(&mut self, partition: PartitionId) {
+        let index = partition.0 as usize;
+        self.handles[index].abort();
+        let _ = (&mut self.handles[index]).await;
+        self.handles[index] = self.spawn(partition);
+    }
+
+    /// Asks every worker to stop, and waits up to 10 s for each.
+    async fn stop(self) -> u64 {
+        let _ = self.stop_sender.send(true);
+        for worker in self.handles {
+            let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+        }
+        self.supervision.restarts()
+    }
+}
+
+/// The ack latencies, freshness samples and timeline of a run.
+struct Monitor {
+    recorder: Arc<Recorder>,
+    accepted: Arc<AtomicU64>,
+    started: Instant,
+    sampler: tokio::task::JoinHandle<()>,
+    sampler_stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Monitor {
+    fn start(seams: &RunSeams) -> Monitor {
+        let started = Instant::now();
+        let recorder = Arc::new(Recorder::new(started));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (sampler_stop, sampler_stopped) = tokio::sync::watch::channel(false);
+        let sampler = tokio::spawn(run_sampler(
+            recorder.clone(),
+            seams.log.clone(),
+            seams.memory_store.clone(),
+            accepted.clone(),
+            sampler_stopped,
+        ));
+        Monitor {
+            recorder,
+            accepted,
+            started,
+            sampler,
+            sampler_stop,
+        }
+    }
+
+    async fn finish(
+        self,
+        seams: &RunSeams,
+        statuses: &[adclick_engine::seams::PartitionStatus],
+    ) -> anyhow::Result<Measurements> {
+        let _ = self.sampler_stop.send(true);
+        let _ = self.sampler.await;
+        let mut partition_records = vec![0u64; seams.log.partitions() as usize];
+        for status in statuses {
+            partition_records[status.partition.0 as usize] = status.stats.records;
+        }
+        if seams.rates.log_empty_read_rate > 0.0 {
+            let empty_reads = seams.injected(|counts| counts.empty_reads);
+            self.recorder
+                .fault(format!("{empty_reads} empty log reads injected"));
+        }
+        Ok(self.recorder.finish(partition_records))
+    }
+}
+
+/// What the traffic phase sent and got back.
+struct Traffic {
+    ledger: Ledger,
+    sent: u64,
+    rejected: u64,
+    busy_answers: u64,
+    crashes_injected: u64,
+    elapsed: Duration,
+}
+
+/// Sends the scenario's traffic open-loop through ingest, killing workers on schedule, then
+/// closes ingest (its buffer drained into the log).
+async fn drive(
+    scenario: &Scenario,
+    seams: &RunSeams,
+    workers: &mut RunWorkers,
+    monitor: &Monitor,
+    generator: &mut Generator,
+    progress: bool,
+) -> anyhow::Result<Traffic> {
+    let partitions = scenario.engine.partitions;
+    let (ingest, flusher) = IngestCore::start(
+        seams.ingest_log(),
+        seams.clock.clone(),
+        scenario.ingest_config(),
+    );
+    let progress = progress_bar(scenario, progress);
+    let started = monitor.started;
     let salting = scenario.engine.hot_campaigns().is_some();
     let mut samples = Vec::new();
     let mut next_sample = started;
     let mut next_progress_note = started;
     let mut crashes = crash_schedule(scenario).into_iter().peekable();
-    let mut crashes_injected = 0;
-    let mut ledger = Ledger::default();
-    let mut rejected = 0u64;
-    let mut busy_answers = 0u64;
+    let mut traffic = Traffic {
+        ledger: Ledger::default(),
+        sent: 0,
+        rejected: 0,
+        busy_answers: 0,
+        crashes_injected: 0,
+        elapsed: Duration::ZERO,
+    };
     let mut batch = adclick_loadgen::GeneratedBatch::default();
-    let duration = Duration::from_secs_f64(scenario.traffic.duration_s);
-    let total_events = (scenario.traffic.rate_per_s as f64 * scenario.traffic.duration_s) as u64;
-    let mut sent = 0u64;
-    while sent < total_events {
+    let rate_per_s = scenario.traffic.rate_per_s;
+    let total_events = (rate_per_s as f64 * scenario.traffic.duration_s) as u64;
+    while traffic.sent < total_events {
         let elapsed = started.elapsed();
         while let Some((at_ms, partition)) =
             crashes.next_if(|(at_ms, _)| *at_ms <= elapsed.as_millis() as u64)
         {
             tracing::info!(partition = partition.0, at_ms, "killing worker");
-            let worker = &mut workers[partition.0 as usize];
-            worker.abort();
-            let _ = (&mut *worker).await;
-            *worker = spawn_worker(partition);
-            crashes_injected += 1;
-            recorder.fault(format!("worker {} killed", partition.0));
+            workers.kill_and_restart(partition).await;
+            traffic.crashes_injected += 1;
+            monitor
+                .recorder
+                .fault(format!("worker {} killed", partition.0));
         }
-        let due =
-            ((scenario.traffic.rate_per_s as f64 * elapsed.as_secs_f64()) as u64).min(total_events);
-        if sent >= due {
+        let due = ((rate_per_s as f64 * elapsed.as_secs_f64()) as u64).min(total_events);
+        if traffic.sent >= due {
             tokio::time::sleep(Duration::from_millis(2)).await;
             continue;
         }
-        let count = ((due - sent) as usize).min(scenario.traffic.batch_events);
+        let count = ((due - traffic.sent) as usize).min(scenario.traffic.batch_events);
         batch.clear();
-        let now_ms = clock.now_ms();
+        let now_ms = seams.clock.now_ms();
         generator.next_batch(now_ms, elapsed.as_millis() as u64, count, &mut batch);
         // The ack latency of this request runs from when its first click was due.
-        let intended =
-            started + Duration::from_secs_f64(sent as f64 / scenario.traffic.rate_per_s as f64);
+        let intended = started + Duration::from_secs_f64(traffic.sent as f64 / rate_per_s as f64);
         if Instant::now() >= next_sample && batch.events.len() > 1 {
             // A tagged sample for freshness: sent alone with a durable ack, off this loop.
             next_sample += SAMPLE_EVERY;
@@ -326,127 +503,152 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
             batch.kinds.pop();
             samples.push(tokio::spawn(send_sample(
                 ingest.clone(),
-                log.clone(),
-                recorder.clone(),
+                seams.log.clone(),
+                monitor.recorder.clone(),
                 event,
                 (!salting).then_some(partitions),
             )));
         }
-        let submitted = Instant::now();
-        let outcome = loop {
-            match ingest.submit(&batch.events, Ack::Buffered).await {
-                Ok(outcome) => break outcome,
-                Err(error) if error.retry_after_ms().is_some() => {
-                    let retry_after_ms = error.retry_after_ms().expect("checked");
-                    busy_answers += 1;
-                    tokio::time::sleep(Duration::from_millis(retry_after_ms.min(10))).await;
-                }
-                Err(error) => anyhow::bail!("ingest failed: {error}"),
-            }
-        };
-        recorder.ack(intended, submitted);
-        accepted.fetch_add(
-            (batch.events.len() - outcome.rejected.len()) as u64,
-            Ordering::Relaxed,
-        );
-        rejected += outcome.rejected.len() as u64;
-        let mut rejected_indexes = outcome.rejected.iter().map(|(index, _)| *index).peekable();
-        for (index, event) in batch.events.iter().enumerate() {
-            if rejected_indexes.next_if_eq(&index).is_none() {
-                ledger.add(&event.view(adclick_core::ids::Salt(0)));
-            }
-        }
-        sent += count as u64;
-        progress.set_position(sent);
+        send_batch(&ingest, &batch.events, intended, monitor, &mut traffic).await?;
+        traffic.sent += count as u64;
+        progress.set_position(traffic.sent);
         if Instant::now() >= next_progress_note {
             next_progress_note += Duration::from_millis(500);
-            progress.set_message(format!("ack p99 {:.1} ms", recorder.ack_p99_ms()));
+            let ack_p99_ms = monitor.recorder.ack_p99_ms();
+            progress.set_message(format!("ack p99 {ack_p99_ms:.1} ms"));
         }
     }
-    let traffic_elapsed = started.elapsed().max(duration.min(started.elapsed()));
+    let duration = Duration::from_secs_f64(scenario.traffic.duration_s);
+    traffic.elapsed = started.elapsed().max(duration.min(started.elapsed()));
     progress.finish_and_clear();
     for sample in samples {
         if let Ok(Some(event)) = sample.await {
-            ledger.add(&event.view(adclick_core::ids::Salt(0)));
+            traffic.ledger.add(&event.view(adclick_core::ids::Salt(0)));
         }
     }
     ingest.close(flusher).await;
-    let log_sealed_at_ms = clock.now_ms();
+    Ok(traffic)
+}
 
+/// One batch with a buffered ack, retried while ingest answers busy; the accepted clicks go
+/// into the ledger.
+async fn send_batch(
+    ingest: &IngestCore,
+    events: &[adclick_core::event::ClickEvent],
+    intended: Instant,
+    monitor: &Monitor,
+    traffic: &mut Traffic,
+) -> anyhow::Result<()> {
+    let submitted = Instant::now();
+    let outcome = loop {
+        match ingest.submit(events, Ack::Buffered).await {
+            Ok(outcome) => break outcome,
+            Err(error) if error.retry_after_ms().is_some() => {
+                let retry_after_ms = error.retry_after_ms().expect("checked");
+                traffic.busy_answers += 1;
+                tokio::time::sleep(Duration::from_millis(retry_after_ms.min(10))).await;
+            }
+            Err(error) => anyhow::bail!("ingest failed: {error}"),
+        }
+    };
+    monitor.recorder.ack(intended, submitted);
+    let accepted = (events.len() - outcome.rejected.len()) as u64;
+    monitor.accepted.fetch_add(accepted, Ordering::Relaxed);
+    traffic.rejected += outcome.rejected.len() as u64;
+    let mut rejected_indexes = outcome.rejected.iter().map(|(index, _)| *index).peekable();
+    for (index, event) in events.iter().enumerate() {
+        if rejected_indexes.next_if_eq(&index).is_none() {
+            traffic.ledger.add(&event.view(adclick_core::ids::Salt(0)));
+        }
+    }
+    Ok(())
+}
+
+/// The drain: every partition caught up and every window closed (or the liveness timeout),
+/// then the workers stop.
+struct Drained {
+    statuses: Vec<adclick_engine::seams::PartitionStatus>,
+    /// The clock reading the statuses are as of: liveness judges their watermarks against it.
+    clock: oracle::WorkerClock,
+    drain_ms: u64,
+    worker_restarts: u64,
+}
+
+async fn drain(
+    scenario: &Scenario,
+    seams: &RunSeams,
+    workers: RunWorkers,
+) -> anyhow::Result<Drained> {
     let drain_started = Instant::now();
     let liveness_timeout = Duration::from_secs_f64(scenario.expect.liveness_timeout_s);
-    let drained = oracle::wait_until_drained(
-        log.as_ref(),
-        memory_store.as_ref(),
+    let statuses = oracle::wait_until_drained(
+        seams.log.as_ref(),
+        seams.memory_store.as_ref(),
         &scenario.aggregator_config(),
         scenario.engine.epoch_ms,
         liveness_timeout,
     )
     .await?;
-    // The statuses are as of now: liveness judges their watermarks against this clock reading.
-    let drained_clock = oracle::WorkerClock::system(scenario.engine.epoch_ms);
+    let clock = oracle::WorkerClock::system(scenario.engine.epoch_ms);
     let drain_ms = drain_started.elapsed().as_millis() as u64;
-    let _ = stop_sender.send(true);
-    for worker in workers {
-        let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
-    }
+    let worker_restarts = workers.stop().await;
+    Ok(Drained {
+        statuses,
+        clock,
+        drain_ms,
+        worker_restarts,
+    })
+}
 
-    let _ = sampler_stop.send(true);
-    let _ = sampler.await;
-    let scan = memory_store.scan().await?;
-    let statuses = memory_store.partition_status().await?;
-    let mut partition_records = vec![0u64; partitions as usize];
-    for status in &statuses {
-        partition_records[status.partition.0 as usize] = status.stats.records;
-    }
-    if let Some(faults) = faults.as_ref().filter(|_| rates.log_empty_read_rate > 0.0) {
-        let empty_reads = faults.counts.lock().expect("counts lock").empty_reads;
-        recorder.fault(format!("{empty_reads} empty log reads injected"));
-    }
-    let measurements = recorder.finish(partition_records);
-    let published = registry.read().expect("fraud registry lock").clone();
-    let fraud = oracle::workers_schedule(
-        &CheckpointStore::new(checkpoint_blobs.clone()),
-        partitions,
-        &published,
-    )
-    .await?;
-    let expected = oracle::expected_from_log_with(
-        log.as_ref(),
-        &fraud,
-        &scenario.aggregator_config(),
-        false,
-        Some(&history),
-    )
-    .await?;
-    let mut verdicts = Vec::new();
-    for invariant in &scenario.expect.invariants {
-        verdicts.push(match invariant {
-            Invariant::ExactlyOnce => oracle::check_exactly_once(&expected, &scan),
-            Invariant::NoLoss => oracle::check_no_loss(ledger, &expected),
-            Invariant::Liveness => {
-                let mut verdict = oracle::check_liveness(
-                    &expected,
-                    &drained,
-                    &scan,
-                    &scenario.aggregator_config(),
-                    Some(drained_clock),
-                    drain_ms,
-                );
-                verdict.holds &= !drained.is_empty() || expected.log.count == 0;
-                verdict
-            }
-            Invariant::Determinism => Verdict::skipped(
-                "determinism",
-                "checked by the simulator, not by real-time runs",
-            ),
-            Invariant::BillingEquality => Verdict::skipped(
-                "billing_equality",
-                "checked by `adclick run` after the run (archive, billing, reconciliation)",
-            ),
-        });
-    }
-    let achieved_rate_per_s = sent as f64 / traffic_elapsed.as_secs_f64().max(1e-9);
+/// Judges the drained run against the oracle and writes the report.
+async fn judge(
+    scenario: &Scenario,
+    seams: &RunSeams,
+    traffic: Traffic,
+    drained: Drained,
+    generated: u64,
+    log_sealed_at_ms: u64,
+    measurements: Measurements,
+) -> anyhow::Result<RunReport> {
+    let partitions = scenario.engine.partitions;
+    let scan = seams.memory_store.scan().await?;
+    let statuses = seams.memory_store.partition_status().await?;
+    let published = seams.registry.read().expect("fraud registry lock").clone();
+    let checkpoints = CheckpointStore::new(seams.checkpoint_blobs.clone());
+    let fraud = oracle::workers_schedule(&checkpoints, partitions, &published).await?;
+    let config = scenario.aggregator_config();
+    let history = Some(seams.history.as_ref());
+    let expected =
+        oracle::expected_from_log_with(seams.log.as_ref(), &fraud, &config, false, history).await?;
+    let evidence = oracle::Evidence {
+        expected: &expected,
+        scan: &scan,
+        drained: &drained.statuses,
+        config: &config,
+        drained_clock: drained.clock,
+        drain_ms: drained.drain_ms,
+    };
+    let accepted = traffic.ledger.count;
+    let mut ledger = Some(traffic.ledger);
+    let mut verdicts =
+        oracle::verdicts(
+            &scenario.expect.invariants,
+            &evidence,
+            |invariant| match invariant {
+                Invariant::NoLoss => {
+                    oracle::check_no_loss(ledger.take().expect("no_loss is judged once"), &expected)
+                }
+                Invariant::Determinism => Verdict::skipped(
+                    "determinism",
+                    "checked by the simulator, not by real-time runs",
+                ),
+                _ => Verdict::skipped(
+                    "billing_equality",
+                    "checked by `adclick run` after the run (archive, billing, reconciliation)",
+                ),
+            },
+        );
+    let achieved_rate_per_s = traffic.sent as f64 / traffic.elapsed.as_secs_f64().max(1e-9);
     if scenario.expect.min_rate_fraction > 0.0 {
         let needed = scenario.expect.min_rate_fraction * scenario.traffic.rate_per_s as f64;
         verdicts.push(Verdict {
@@ -456,29 +658,18 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
             detail: format!("sustained {achieved_rate_per_s:.0}/s, needed {needed:.0}/s"),
         });
     }
-    let stats = statuses.iter().fold(
-        adclick_core::snapshot::PartitionStats::default(),
-        |mut sum, status| {
-            sum.duplicates += status.stats.duplicates;
-            sum.late += status.stats.late;
-            sum.fraud_known_ip += status.stats.fraud_known_ip
-                + status.stats.fraud_known_user_agent
-                + status.stats.fraud_rate;
-            sum
-        },
-    );
-    let totals = oracle::store_totals(&scan);
-    let unique_billable_clicks = totals
+    let stats = summed_stats(&statuses);
+    let unique_billable_clicks = oracle::store_totals(&scan)
         .iter()
         .filter(|(series, _)| matches!(series, adclick_core::operator::Series::Window(_)))
         .map(|(_, counts)| counts.unique)
         .sum();
     let passed = verdicts.iter().all(|verdict| verdict.holds);
     let artifacts = Some(RunArtifacts {
-        log: log.clone(),
+        log: seams.log.clone(),
         scan: scan.clone(),
-        fraud_list: registry.read().expect("fraud registry lock").current(),
-        checkpoints: checkpoint_blobs.clone(),
+        fraud_list: published.current(),
+        checkpoints: seams.checkpoint_blobs.clone(),
         expected_hours: expected.unique_by_campaign_hour(),
         log_sealed_at_ms,
     });
@@ -487,27 +678,40 @@ pub async fn run_scenario(scenario: &Scenario, options: RunOptions) -> anyhow::R
         seed: scenario.seed,
         partitions,
         target_rate_per_s: scenario.traffic.rate_per_s,
-        traffic_s: traffic_elapsed.as_secs_f64(),
-        generated: generator.generated(),
-        accepted: ledger.count,
-        rejected,
-        busy_answers,
+        traffic_s: traffic.elapsed.as_secs_f64(),
+        generated,
+        accepted,
+        rejected: traffic.rejected,
+        busy_answers: traffic.busy_answers,
         achieved_rate_per_s,
         duplicates_dropped: stats.duplicates,
         late_clicks: stats.late,
         fraud_clicks: stats.fraud_known_ip,
         unique_billable_clicks,
-        worker_crashes_injected: crashes_injected,
-        worker_restarts: restarts.restarts(),
-        store_errors_injected: faults.map_or(0, |faults| {
-            faults.counts.lock().expect("counts lock").store_errors
-        }),
-        drain_ms,
+        worker_crashes_injected: traffic.crashes_injected,
+        worker_restarts: drained.worker_restarts,
+        store_errors_injected: seams.injected(|counts| counts.store_errors),
+        drain_ms: drained.drain_ms,
         verdicts,
         passed,
         measurements,
         artifacts,
     })
+}
+
+/// Duplicates, late and fraud clicks over every partition (fraud of every kind in one field).
+fn summed_stats(
+    statuses: &[adclick_engine::seams::PartitionStatus],
+) -> adclick_core::snapshot::PartitionStats {
+    let mut sum = adclick_core::snapshot::PartitionStats::default();
+    for status in statuses {
+        sum.duplicates += status.stats.duplicates;
+        sum.late += status.stats.late;
+        sum.fraud_known_ip += status.stats.fraud_known_ip
+            + status.stats.fraud_known_user_agent
+            + status.stats.fraud_rate;
+    }
+    sum
 }
 
 fn progress_bar(scenario: &Scenario, enabled: bool) -> indicatif::ProgressBar {

@@ -79,110 +79,37 @@ struct Cluster {
 const WORKER_NODES_MAX: u32 = 3;
 
 /// Runs one seed of a scenario. Call inside a madsim runtime seeded with `options.seed`.
+///
+/// Build the seams, start the workers and ingest nodes, drive traffic under the faults, heal
+/// and drain, judge. The seed's random draws happen in one order, so a seed replays exactly.
 pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Result<SimReport> {
     let mut rng = Pcg64Mcg::seed_from_u64(options.seed);
     let rates = FaultRates::draw(scenario, &mut rng);
     let faults = Arc::new(Faults::new(rates, rng.random()));
-    let mut traffic_scenario = scenario.clone();
-    traffic_scenario.seed = options.seed;
-    traffic_scenario.traffic.rate_per_s = scenario.sim.rate_per_s;
-    traffic_scenario.traffic.duration_s = scenario.sim.duration_s;
-    traffic_scenario.anomalies = crate::faults::draw_swarm_anomalies(scenario, &mut rng, &faults);
+    let traffic_scenario = traffic_scenario(scenario, options.seed, &mut rng, &faults);
     let mut generator = Generator::new(&traffic_scenario);
-    let mut registry = FraudRegistry::new();
-    registry.register(FraudList::parse(&generator.fraud_list_text())?)?;
-    let registry = Arc::new(RwLock::new(registry));
-
-    let partitions = scenario.engine.partitions;
-    let file_log_dir = scenario
-        .sim
-        .file_log
-        .then(|| file_log_faults::scratch_dir(&scenario.name, options.seed));
-    let base_log: Arc<dyn BaseLog> = match &file_log_dir {
-        Some(dir) => Arc::new(file_log_faults::open_faulty(
-            dir,
-            partitions,
-            faults.clone(),
-        )?),
-        None => Arc::new(MemoryLog::new(partitions)),
-    };
-    let log = Arc::new(SimLog {
-        inner: base_log.clone(),
-        faults: faults.clone(),
-        duplicates: Mutex::default(),
-    });
-    let memory_store = Arc::new(MemoryRealtimeStore::new());
-    // The history records what the store took, under the faults (which strike around it).
-    let history = Arc::new(StatusHistory::default());
-    let store = Arc::new(SimStore {
-        inner: Arc::new(RecordingStore {
-            inner: memory_store.clone(),
-            history: history.clone(),
-            config: scenario.aggregator_config(),
-        }),
-        faults: faults.clone(),
-    });
-    let blobs = Arc::new(SimBlobs {
-        inner: MemoryBlobStore::new(),
-        faults: faults.clone(),
-    });
-    #[allow(unused_mut)]
-    let mut env = WorkerEnv::new(
-        log.clone(),
-        store.clone(),
-        CheckpointStore::new(blobs.clone()),
-        Arc::new(SystemClock),
-        registry.clone(),
-    );
-    #[cfg(feature = "canaries")]
-    {
-        env.canary = options.canary;
-    }
+    let seams = SimSeams::build(scenario, &options, &faults, &generator.fraud_list_text())?;
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let restarts = Supervision::new();
-    let cluster = start_workers(scenario, &env, &stop, &restarts);
-
+    let cluster = start_workers(scenario, &seams.env, &stop, &restarts);
     let ingest_config = traffic_scenario.ingest_config();
-    // Ingest appends through the history, which times each append for the idle-advance check.
-    let ingest_log: Arc<dyn Log> = Arc::new(RecordingLog {
-        inner: log.clone(),
-        history: history.clone(),
-    });
-    // Salt plans live in the checkpoint blob store, with its faults, as in `adclick serve`.
-    let salt_plans = SaltPlanStore::new(blobs.clone(), scenario.engine.ingest_nodes);
-    let ingest_slots: Vec<IngestSlot> = (0..scenario.sim.ingest_nodes.max(1))
-        .map(|_| IngestSlot::default())
-        .collect();
-    let ingest_nodes: Vec<madsim::task::NodeId> = ingest_slots
-        .iter()
-        .enumerate()
-        .map(|(index, slot)| {
-            start_ingest(
-                index,
-                ingest_log.clone(),
-                ingest_config,
-                slot.clone(),
-                salt_plans.clone(),
-            )
-            .id()
-        })
-        .collect();
+    let (ingest_slots, ingest_nodes) = start_ingest_nodes(scenario, &seams, ingest_config);
     let started_ms = SystemClock.now_ms();
     let chaos = tokio::spawn(run_chaos(Chaos {
         faults: faults.clone(),
-        memory_store: memory_store.clone(),
+        memory_store: seams.memory_store.clone(),
         nodes: cluster.nodes.iter().map(|n| n.id()).collect(),
         owners: cluster.owners.clone(),
         ingest_nodes,
         ingest_slots: ingest_slots.clone(),
-        env: env.clone(),
+        env: seams.env.clone(),
         scenario: scenario.clone(),
         stop: stop.clone(),
         restarts: restarts.clone(),
         seed: rng.random(),
     }));
     let rotations = tokio::spawn(rotate_fraud_lists(
-        registry.clone(),
+        seams.registry.clone(),
         faults.clone(),
         scenario.sim.duration_s,
         options.seed ^ 0x0f1a_715e,
@@ -195,103 +122,280 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
         options.seed ^ 0x1a9e_57ed,
     )
     .await?;
-
     // Liveness phase: heal everything and demand a full drain.
     faults.heal();
     let _ = chaos.await;
     let _ = rotations.await;
+    let drained = drain(scenario, &seams, &cluster, &ingest_slots, stop_sender).await?;
+    let judged = Judged {
+        accepted,
+        drained,
+        buffer_events_max: ingest_config.producer_buffer_events_max,
+        started_ms,
+        worker_restarts: restarts.restarts(),
+        rates,
+    };
+    judge(scenario, options.seed, &seams, &faults, judged).await
+}
+
+/// The scenario as the simulator drives it: its `[sim]` rate and duration, this seed, and in
+/// swarm mode the traffic dimensions drawn for it.
+fn traffic_scenario(
+    scenario: &Scenario,
+    seed: u64,
+    rng: &mut Pcg64Mcg,
+    faults: &Faults,
+) -> Scenario {
+    let mut traffic_scenario = scenario.clone();
+    traffic_scenario.seed = seed;
+    traffic_scenario.traffic.rate_per_s = scenario.sim.rate_per_s;
+    traffic_scenario.traffic.duration_s = scenario.sim.duration_s;
+    traffic_scenario.anomalies = crate::faults::draw_swarm_anomalies(scenario, rng, faults);
+    traffic_scenario
+}
+
+/// The seams one seed runs on, each behind its fault wrapper, as `adclick serve` wires them.
+struct SimSeams {
+    registry: Arc<RwLock<FraudRegistry>>,
+    /// The log under the fault wrapper: in memory, or the file log in a scratch directory.
+    base_log: Arc<dyn BaseLog>,
+    file_log_dir: Option<std::path::PathBuf>,
+    log: Arc<SimLog>,
+    memory_store: Arc<MemoryRealtimeStore>,
+    /// What the store took, under the faults (which strike around it).
+    history: Arc<StatusHistory>,
+    blobs: Arc<SimBlobs>,
+    env: WorkerEnv,
+}
+
+impl SimSeams {
+    fn build(
+        scenario: &Scenario,
+        options: &SimOptions,
+        faults: &Arc<Faults>,
+        fraud_list_text: &str,
+    ) -> anyhow::Result<SimSeams> {
+        let mut registry = FraudRegistry::new();
+        registry.register(FraudList::parse(fraud_list_text)?)?;
+        let registry = Arc::new(RwLock::new(registry));
+        let partitions = scenario.engine.partitions;
+        let file_log_dir = scenario
+            .sim
+            .file_log
+            .then(|| file_log_faults::scratch_dir(&scenario.name, options.seed));
+        let base_log: Arc<dyn BaseLog> = match &file_log_dir {
+            Some(dir) => Arc::new(file_log_faults::open_faulty(
+                dir,
+                partitions,
+                faults.clone(),
+            )?),
+            None => Arc::new(MemoryLog::new(partitions)),
+        };
+        let log = Arc::new(SimLog {
+            inner: base_log.clone(),
+            faults: faults.clone(),
+            duplicates: Mutex::default(),
+        });
+        let memory_store = Arc::new(MemoryRealtimeStore::new());
+        let history = Arc::new(StatusHistory::default());
+        let store = Arc::new(SimStore {
+            inner: Arc::new(RecordingStore {
+                inner: memory_store.clone(),
+                history: history.clone(),
+                config: scenario.aggregator_config(),
+            }),
+            faults: faults.clone(),
+        });
+        let blobs = Arc::new(SimBlobs {
+            inner: MemoryBlobStore::new(),
+            faults: faults.clone(),
+        });
+        #[allow(unused_mut)]
+        let mut env = WorkerEnv::new(
+            log.clone(),
+            store,
+            CheckpointStore::new(blobs.clone()),
+            Arc::new(SystemClock),
+            registry.clone(),
+        );
+        #[cfg(feature = "canaries")]
+        {
+            env.canary = options.canary;
+        }
+        Ok(SimSeams {
+            registry,
+            base_log,
+            file_log_dir,
+            log,
+            memory_store,
+            history,
+            blobs,
+            env,
+        })
+    }
+}
+
+/// The ingest nodes, each appending through the history (which times each append for the
+/// idle-advance check), salt plans in the checkpoint blob store with its faults.
+fn start_ingest_nodes(
+    scenario: &Scenario,
+    seams: &SimSeams,
+    ingest_config: IngestConfig,
+) -> (Vec<IngestSlot>, Vec<madsim::task::NodeId>) {
+    let ingest_log: Arc<dyn Log> = Arc::new(RecordingLog {
+        inner: seams.log.clone(),
+        history: seams.history.clone(),
+    });
+    let salt_plans = SaltPlanStore::new(seams.blobs.clone(), scenario.engine.ingest_nodes);
+    let slots: Vec<IngestSlot> = (0..scenario.sim.ingest_nodes.max(1))
+        .map(|_| IngestSlot::default())
+        .collect();
+    let nodes = slots
+        .iter()
+        .enumerate()
+        .map(|(index, slot)| {
+            let config = ingest_config;
+            start_ingest(
+                index,
+                ingest_log.clone(),
+                config,
+                slot.clone(),
+                salt_plans.clone(),
+            )
+            .id()
+        })
+        .collect();
+    (slots, nodes)
+}
+
+/// The drained run: every node resumed, ingest closed, every partition caught up and every
+/// window closed (or the liveness timeout), then the workers asked to stop.
+struct Drained {
+    statuses: Vec<PartitionStatus>,
+    /// The clock reading the statuses are as of: liveness judges their watermarks against it.
+    clock: oracle::WorkerClock,
+    drain_ms: u64,
+}
+
+async fn drain(
+    scenario: &Scenario,
+    seams: &SimSeams,
+    cluster: &Cluster,
+    ingest_slots: &[IngestSlot],
+    stop_sender: tokio::sync::watch::Sender<bool>,
+) -> anyhow::Result<Drained> {
     let handle = madsim::runtime::Handle::current();
     for node in &cluster.nodes {
         handle.resume(node.id());
     }
-    for slot in &ingest_slots {
+    for slot in ingest_slots {
         let live_ingest = slot.lock().expect("ingest slot lock").take();
         if let Some((core, flusher)) = live_ingest {
             core.close(flusher).await;
         }
     }
-    let config = scenario.aggregator_config();
     let timeout = Duration::from_secs_f64(scenario.expect.liveness_timeout_s);
     let drain_started_ms = SystemClock.now_ms();
     let epoch_ms = scenario.engine.epoch_ms;
     let statuses = oracle::wait_until_drained(
-        base_log.as_ref(),
-        memory_store.as_ref(),
-        &config,
+        seams.base_log.as_ref(),
+        seams.memory_store.as_ref(),
+        &scenario.aggregator_config(),
         epoch_ms,
         timeout,
     )
     .await?;
-    // The statuses are as of now: liveness judges their watermarks against this clock reading.
-    let drained_clock = oracle::WorkerClock::system(epoch_ms);
+    let clock = oracle::WorkerClock::system(epoch_ms);
     let drain_ms = SystemClock.now_ms() - drain_started_ms;
     let _ = stop_sender.send(true);
     tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(Drained {
+        statuses,
+        clock,
+        drain_ms,
+    })
+}
 
-    let scan = memory_store.scan().await?;
-    // Judged as the workers judged: the list each partition's checkpoints name per offset.
-    let published = registry.read().expect("fraud registry lock").clone();
-    let fraud =
-        oracle::workers_schedule(&CheckpointStore::new(blobs.clone()), partitions, &published)
-            .await?;
+/// What the judge needs besides the seams.
+struct Judged {
+    accepted: Accepted,
+    drained: Drained,
+    buffer_events_max: usize,
+    started_ms: u64,
+    worker_restarts: u64,
+    /// The fault rates drawn for the seed (healing zeroes the live ones).
+    rates: FaultRates,
+}
+
+/// Judges the drained seed against the oracle, as the workers judged fraud (the list each
+/// partition's checkpoints name per offset), and writes the report.
+async fn judge(
+    scenario: &Scenario,
+    seed: u64,
+    seams: &SimSeams,
+    faults: &Faults,
+    judged: Judged,
+) -> anyhow::Result<SimReport> {
+    let Judged {
+        accepted,
+        drained,
+        buffer_events_max,
+        started_ms,
+        worker_restarts,
+        rates,
+    } = judged;
+    let partitions = scenario.engine.partitions;
+    let config = scenario.aggregator_config();
+    let scan = seams.memory_store.scan().await?;
+    let published = seams.registry.read().expect("fraud registry lock").clone();
+    let checkpoints = CheckpointStore::new(seams.blobs.clone());
+    let fraud = oracle::workers_schedule(&checkpoints, partitions, &published).await?;
     // A file log is judged as it is on disk: read back with no faults, it must hold what the
     // workers read, at the same offsets.
-    let judged_log: Arc<dyn Log> = match &file_log_dir {
+    let judged_log: Arc<dyn Log> = match &seams.file_log_dir {
         Some(dir) => Arc::new(file_log_faults::reopen(dir, partitions)?),
-        None => base_log.clone(),
+        None => seams.base_log.clone(),
     };
+    let history = Some(seams.history.as_ref());
     let expected =
-        oracle::expected_from_log_with(judged_log.as_ref(), &fraud, &config, true, Some(&history))
-            .await?;
+        oracle::expected_from_log_with(judged_log.as_ref(), &fraud, &config, true, history).await?;
     let counts = *faults.counts.lock().expect("counts lock");
-    let appended_again = log
-        .duplicates
-        .lock()
-        .expect("duplicates lock")
-        .clicks
-        .clone();
-    let mut verdicts = Vec::new();
-    for invariant in &scenario.expect.invariants {
-        verdicts.push(match invariant {
-            Invariant::ExactlyOnce => oracle::check_exactly_once(&expected, &scan),
-            Invariant::NoLoss => oracle::check_no_loss_exact(
-                &accepted.clicks,
-                &appended_again,
-                &expected,
-                counts.ingest_crashes,
-                ingest_config.producer_buffer_events_max,
-            ),
-            Invariant::Liveness => oracle::check_liveness(
-                &expected,
-                &statuses,
-                &scan,
-                &config,
-                Some(drained_clock),
-                drain_ms,
-            ),
-            Invariant::Determinism => Verdict::skipped(
-                "determinism",
-                "checked by running the seed twice (--check-determinism)",
-            ),
-            Invariant::BillingEquality => {
-                oracle::check_billing_equality(judged_log.as_ref(), &fraud, &config, &expected)
-                    .await?
-            }
-        });
-    }
-    if scenario.anomalies.forged_fraction > 0.0 {
-        verdicts.push(Verdict {
-            invariant: "forged_refused",
-            holds: accepted.forged_sent > 0 && accepted.forged_refused == accepted.forged_sent,
-            checked: true,
-            detail: format!(
-                "{} forged clicks sent, {} refused for their signature (none can reach the log: no_loss checks the log holds exactly what was accepted)",
-                accepted.forged_sent, accepted.forged_refused
-            ),
-        });
-    }
+    let duplicates = seams.log.duplicates.lock().expect("duplicates lock");
+    let appended_again = duplicates.clicks.clone();
+    drop(duplicates);
+    let invariants = &scenario.expect.invariants;
+    let mut billing = match invariants.contains(&Invariant::BillingEquality) {
+        true => Some(
+            oracle::check_billing_equality(judged_log.as_ref(), &fraud, &config, &expected).await?,
+        ),
+        false => None,
+    };
+    let evidence = oracle::Evidence {
+        expected: &expected,
+        scan: &scan,
+        drained: &drained.statuses,
+        config: &config,
+        drained_clock: drained.clock,
+        drain_ms: drained.drain_ms,
+    };
+    let mut verdicts = oracle::verdicts(invariants, &evidence, |invariant| match invariant {
+        Invariant::NoLoss => oracle::check_no_loss_exact(
+            &accepted.clicks,
+            &appended_again,
+            &expected,
+            counts.ingest_crashes,
+            buffer_events_max,
+        ),
+        Invariant::BillingEquality => billing.take().expect("billing_equality is judged once"),
+        _ => Verdict::skipped(
+            "determinism",
+            "checked by running the seed twice (--check-determinism)",
+        ),
+    });
+    verdicts.extend(forged_verdict(scenario, &accepted));
     let trace = std::mem::take(&mut *faults.trace.lock().expect("trace lock"));
-    let trace_hash = trace_hash(&scan, &statuses, &expected.log, &counts, &trace);
+    let statuses = &drained.statuses;
+    let trace_hash = trace_hash(&scan, statuses, &expected.log, &counts, &trace);
     let unique_billable_clicks = expected
         .series
         .iter()
@@ -299,13 +403,13 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
         .map(|(_, c)| c.unique)
         .sum();
     let passed = verdicts.iter().all(|verdict| verdict.holds);
-    if let Some(dir) = &file_log_dir {
+    if let Some(dir) = &seams.file_log_dir {
         // A replay of the seed writes the same segments again.
         let _ = std::fs::remove_dir_all(dir);
     }
     Ok(SimReport {
         scenario: scenario.name.clone(),
-        seed: options.seed,
+        seed,
         trace_hash: format!("{trace_hash:016x}"),
         virtual_s: (SystemClock.now_ms() - started_ms) as f64 / 1000.0,
         accepted: accepted.ledger.count,
@@ -313,10 +417,23 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
         unique_billable_clicks,
         rates,
         faults: counts,
-        worker_restarts: restarts.restarts(),
+        worker_restarts,
         verdicts,
         passed,
         trace,
+    })
+}
+
+/// With forged clicks in the traffic: every one was refused for its signature.
+fn forged_verdict(scenario: &Scenario, accepted: &Accepted) -> Option<Verdict> {
+    (scenario.anomalies.forged_fraction > 0.0).then(|| Verdict {
+        invariant: "forged_refused",
+        holds: accepted.forged_sent > 0 && accepted.forged_refused == accepted.forged_sent,
+        checked: true,
+        detail: format!(
+            "{} forged clicks sent, {} refused for their signature (none can reach the log: no_loss checks the log holds exactly what was accepted)",
+            accepted.forged_sent, accepted.forged_refused
+        ),
     })
 }
 
