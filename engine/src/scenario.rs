@@ -403,219 +403,44 @@ impl Scenario {
         Ok(scenario)
     }
 
+    /// Every table's rules, each failure naming the key, its value and the rule it broke.
     fn validate(&self, origin: &str) -> Result<(), ScenarioError> {
-        let invalid = |key: &'static str, value: String, rule: &str| ScenarioError::Invalid {
-            path: origin.to_owned(),
-            key,
-            value,
-            rule: rule.to_owned(),
-        };
-        let fraction = |key: &'static str, value: f64| {
-            if (0.0..=1.0).contains(&value) {
-                Ok(())
-            } else {
-                Err(invalid(key, value.to_string(), "must be between 0 and 1"))
-            }
-        };
+        self.validate_values()
+            .map_err(|error| ScenarioError::Invalid {
+                path: origin.to_owned(),
+                key: error.key,
+                value: error.value,
+                rule: error.rule,
+            })
+    }
+
+    fn validate_values(&self) -> Result<(), EngineInvalid> {
         if self.version != SCENARIO_FORMAT_VERSION {
-            return Err(invalid(
+            return invalid(
                 "version",
-                self.version.to_string(),
-                &format!("this build reads version {SCENARIO_FORMAT_VERSION}"),
-            ));
+                self.version,
+                format!("this build reads version {SCENARIO_FORMAT_VERSION}"),
+            );
         }
-        let traffic = &self.traffic;
-        if traffic.rate_per_s == 0 || traffic.rate_per_s > 100_000_000 {
-            return Err(invalid(
-                "traffic.rate_per_s",
-                traffic.rate_per_s.to_string(),
-                "must be between 1 and 100000000",
-            ));
-        }
-        if !(traffic.duration_s > 0.0 && traffic.duration_s <= 86_400.0) {
-            return Err(invalid(
-                "traffic.duration_s",
-                traffic.duration_s.to_string(),
-                "must be above 0 and at most 86400",
-            ));
-        }
-        if traffic.campaigns == 0 {
-            return Err(invalid(
-                "traffic.campaigns",
-                "0".into(),
-                "must be at least 1",
-            ));
-        }
-        if traffic.ads_per_campaign == 0 {
-            return Err(invalid(
-                "traffic.ads_per_campaign",
-                "0".into(),
-                "must be at least 1",
-            ));
-        }
-        if !(traffic.zipf_exponent >= 0.0 && traffic.zipf_exponent <= 5.0) {
-            return Err(invalid(
-                "traffic.zipf_exponent",
-                traffic.zipf_exponent.to_string(),
-                "must be between 0 and 5",
-            ));
-        }
-        if let Some(bad) = traffic
-            .countries
-            .iter()
-            .find(|c| adclick_core::ids::Country::parse(c).is_none())
-        {
-            return Err(invalid(
-                "traffic.countries",
-                format!("{bad:?}"),
-                "each must be two uppercase letters",
-            ));
-        }
-        if traffic.countries.is_empty() {
-            return Err(invalid(
-                "traffic.countries",
-                "[]".into(),
-                "must list at least one country",
-            ));
-        }
-        if traffic.users == 0 || traffic.ips == 0 {
-            return Err(invalid(
-                "traffic.ips",
-                traffic.ips.to_string(),
-                "users and ips must be at least 1",
-            ));
-        }
-        if traffic.batch_events == 0
-            || traffic.batch_events > limits::INGEST_RECORDS_PER_REQUEST_MAX
-        {
-            return Err(invalid(
-                "traffic.batch_events",
-                traffic.batch_events.to_string(),
-                &format!(
-                    "must be between 1 and {}",
-                    limits::INGEST_RECORDS_PER_REQUEST_MAX
-                ),
-            ));
-        }
-        let anomalies = &self.anomalies;
-        fraction("anomalies.duplicate_fraction", anomalies.duplicate_fraction)?;
-        fraction("anomalies.late_fraction", anomalies.late_fraction)?;
-        fraction("anomalies.bot_fraction", anomalies.bot_fraction)?;
-        fraction("anomalies.forged_fraction", anomalies.forged_fraction)?;
-        fraction(
-            "anomalies.high_rate_ip_fraction",
-            anomalies.high_rate_ip_fraction,
-        )?;
-        fraction(
-            "anomalies.viral_campaign_share",
-            anomalies.viral_campaign_share,
-        )?;
-        if anomalies.late_lag_ms > adclick_core::limits::EVENT_AGE_MS_MAX {
-            return Err(invalid(
-                "anomalies.late_lag_ms",
-                anomalies.late_lag_ms.to_string(),
-                &format!(
-                    "must be at most {} (older clicks are rejected at ingest)",
-                    adclick_core::limits::EVENT_AGE_MS_MAX
-                ),
-            ));
-        }
-        if anomalies.high_rate_ip_fraction > 0.0 && anomalies.high_rate_ips == 0 {
-            return Err(invalid(
-                "anomalies.high_rate_ips",
-                "0".into(),
-                "must be at least 1 when high_rate_ip_fraction is set",
-            ));
-        }
-        if anomalies.clock_skew_ms > adclick_core::limits::EVENT_TIME_FUTURE_MS_MAX {
-            return Err(invalid(
-                "anomalies.clock_skew_ms",
-                anomalies.clock_skew_ms.to_string(),
-                &format!(
-                    "must be at most {} (ingest refuses event times further in the future)",
-                    adclick_core::limits::EVENT_TIME_FUTURE_MS_MAX
-                ),
-            ));
-        }
-        let faults = &self.faults;
-        fraction("faults.store_error_rate", faults.store_error_rate)?;
-        fraction("faults.log_error_rate", faults.log_error_rate)?;
-        fraction("faults.log_io_error_rate", faults.log_io_error_rate)?;
-        fraction("faults.duplicate_append_rate", faults.duplicate_append_rate)?;
-        fraction("faults.checkpoint_error_rate", faults.checkpoint_error_rate)?;
-        fraction("faults.log_empty_read_rate", faults.log_empty_read_rate)?;
-        for (key, rate) in [
-            ("faults.node_pauses_per_min", faults.node_pauses_per_min),
-            ("faults.takeovers_per_min", faults.takeovers_per_min),
-            ("faults.store_losses_per_min", faults.store_losses_per_min),
-            (
-                "faults.fraud_rotations_per_min",
-                faults.fraud_rotations_per_min,
-            ),
-            (
-                "faults.ingest_crashes_per_min",
-                faults.ingest_crashes_per_min,
-            ),
-        ] {
-            if rate.is_nan() || !(0.0..=600.0).contains(&rate) {
-                return Err(invalid(key, rate.to_string(), "must be between 0 and 600"));
-            }
-        }
-        let sim = &self.sim;
-        if sim.rate_per_s == 0 || sim.rate_per_s > 1_000_000 {
-            return Err(invalid(
-                "sim.rate_per_s",
-                sim.rate_per_s.to_string(),
-                "must be between 1 and 1000000",
-            ));
-        }
-        if !(sim.duration_s > 0.0 && sim.duration_s <= 3_600.0) {
-            return Err(invalid(
-                "sim.duration_s",
-                sim.duration_s.to_string(),
-                "must be above 0 and at most 3600",
-            ));
-        }
-        if let Some(crash) = faults
-            .worker_crashes
-            .iter()
-            .find(|crash| crash.partition >= self.engine.partitions)
-        {
-            return Err(invalid(
-                "faults.worker_crashes.partition",
-                crash.partition.to_string(),
-                &format!(
-                    "must be below engine.partitions ({})",
-                    self.engine.partitions
-                ),
-            ));
-        }
-        if faults.worker_crashes_per_min.is_nan() || faults.worker_crashes_per_min < 0.0 {
-            return Err(invalid(
-                "faults.worker_crashes_per_min",
-                faults.worker_crashes_per_min.to_string(),
-                "must be at least 0",
-            ));
-        }
-        let engine = &self.engine;
-        engine
-            .validate()
-            .map_err(|error| invalid(error.key, error.value, &error.rule))?;
-        if engine.producer_buffer_events_max < traffic.batch_events {
-            return Err(invalid(
+        self.traffic.validate()?;
+        self.anomalies.validate()?;
+        self.faults.validate(self.engine.partitions)?;
+        self.sim.validate()?;
+        self.engine.validate()?;
+        if self.engine.producer_buffer_events_max < self.traffic.batch_events {
+            return invalid(
                 "engine.producer_buffer_events_max",
-                engine.producer_buffer_events_max.to_string(),
+                self.engine.producer_buffer_events_max,
                 "must hold at least one request (traffic.batch_events)",
-            ));
+            );
         }
-        self.aggregator_config().validate().map_err(|error| {
-            invalid(
-                "engine",
-                "(window and dedup settings)".into(),
-                &error.to_string(),
-            )
-        })?;
-        Ok(())
+        self.aggregator_config()
+            .validate()
+            .map_err(|error| EngineInvalid {
+                key: "engine",
+                value: "(window and dedup settings)".into(),
+                rule: error.to_string(),
+            })
     }
 
     pub fn aggregator_config(&self) -> AggregatorConfig {
@@ -649,6 +474,192 @@ impl Scenario {
 
     pub fn expects(&self, invariant: Invariant) -> bool {
         self.expect.invariants.contains(&invariant)
+    }
+}
+
+/// The error of a value that breaks a rule.
+fn invalid(
+    key: &'static str,
+    value: impl ToString,
+    rule: impl Into<String>,
+) -> Result<(), EngineInvalid> {
+    Err(EngineInvalid {
+        key,
+        value: value.to_string(),
+        rule: rule.into(),
+    })
+}
+
+fn fraction(key: &'static str, value: f64) -> Result<(), EngineInvalid> {
+    if (0.0..=1.0).contains(&value) {
+        Ok(())
+    } else {
+        invalid(key, value, "must be between 0 and 1")
+    }
+}
+
+fn at_least_one(key: &'static str, value: u64) -> Result<(), EngineInvalid> {
+    if value == 0 {
+        return invalid(key, 0, "must be at least 1");
+    }
+    Ok(())
+}
+
+impl Traffic {
+    fn validate(&self) -> Result<(), EngineInvalid> {
+        if self.rate_per_s == 0 || self.rate_per_s > 100_000_000 {
+            return invalid(
+                "traffic.rate_per_s",
+                self.rate_per_s,
+                "must be between 1 and 100000000",
+            );
+        }
+        if !(self.duration_s > 0.0 && self.duration_s <= 86_400.0) {
+            return invalid(
+                "traffic.duration_s",
+                self.duration_s,
+                "must be above 0 and at most 86400",
+            );
+        }
+        at_least_one("traffic.campaigns", self.campaigns)?;
+        at_least_one("traffic.ads_per_campaign", self.ads_per_campaign)?;
+        if !(self.zipf_exponent >= 0.0 && self.zipf_exponent <= 5.0) {
+            return invalid(
+                "traffic.zipf_exponent",
+                self.zipf_exponent,
+                "must be between 0 and 5",
+            );
+        }
+        let unparsable = self
+            .countries
+            .iter()
+            .find(|country| adclick_core::ids::Country::parse(country).is_none());
+        if let Some(bad) = unparsable {
+            return invalid(
+                "traffic.countries",
+                format!("{bad:?}"),
+                "each must be two uppercase letters",
+            );
+        }
+        if self.countries.is_empty() {
+            return invalid("traffic.countries", "[]", "must list at least one country");
+        }
+        if self.users == 0 || self.ips == 0 {
+            return invalid("traffic.ips", self.ips, "users and ips must be at least 1");
+        }
+        let batch_max = limits::INGEST_RECORDS_PER_REQUEST_MAX;
+        if self.batch_events == 0 || self.batch_events > batch_max {
+            return invalid(
+                "traffic.batch_events",
+                self.batch_events,
+                format!("must be between 1 and {batch_max}"),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Anomalies {
+    fn validate(&self) -> Result<(), EngineInvalid> {
+        fraction("anomalies.duplicate_fraction", self.duplicate_fraction)?;
+        fraction("anomalies.late_fraction", self.late_fraction)?;
+        fraction("anomalies.bot_fraction", self.bot_fraction)?;
+        fraction("anomalies.forged_fraction", self.forged_fraction)?;
+        fraction(
+            "anomalies.high_rate_ip_fraction",
+            self.high_rate_ip_fraction,
+        )?;
+        fraction("anomalies.viral_campaign_share", self.viral_campaign_share)?;
+        let age_max = adclick_core::limits::EVENT_AGE_MS_MAX;
+        if self.late_lag_ms > age_max {
+            return invalid(
+                "anomalies.late_lag_ms",
+                self.late_lag_ms,
+                format!("must be at most {age_max} (older clicks are rejected at ingest)"),
+            );
+        }
+        if self.high_rate_ip_fraction > 0.0 && self.high_rate_ips == 0 {
+            return invalid(
+                "anomalies.high_rate_ips",
+                0,
+                "must be at least 1 when high_rate_ip_fraction is set",
+            );
+        }
+        let future_max = adclick_core::limits::EVENT_TIME_FUTURE_MS_MAX;
+        if self.clock_skew_ms > future_max {
+            return invalid(
+                "anomalies.clock_skew_ms",
+                self.clock_skew_ms,
+                format!(
+                    "must be at most {future_max} (ingest refuses event times further in the future)"
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Faults {
+    fn validate(&self, partitions: u32) -> Result<(), EngineInvalid> {
+        fraction("faults.store_error_rate", self.store_error_rate)?;
+        fraction("faults.log_error_rate", self.log_error_rate)?;
+        fraction("faults.log_io_error_rate", self.log_io_error_rate)?;
+        fraction("faults.duplicate_append_rate", self.duplicate_append_rate)?;
+        fraction("faults.checkpoint_error_rate", self.checkpoint_error_rate)?;
+        fraction("faults.log_empty_read_rate", self.log_empty_read_rate)?;
+        for (key, rate) in [
+            ("faults.node_pauses_per_min", self.node_pauses_per_min),
+            ("faults.takeovers_per_min", self.takeovers_per_min),
+            ("faults.store_losses_per_min", self.store_losses_per_min),
+            (
+                "faults.fraud_rotations_per_min",
+                self.fraud_rotations_per_min,
+            ),
+            ("faults.ingest_crashes_per_min", self.ingest_crashes_per_min),
+        ] {
+            if rate.is_nan() || !(0.0..=600.0).contains(&rate) {
+                return invalid(key, rate, "must be between 0 and 600");
+            }
+        }
+        if let Some(crash) = self
+            .worker_crashes
+            .iter()
+            .find(|crash| crash.partition >= partitions)
+        {
+            return invalid(
+                "faults.worker_crashes.partition",
+                crash.partition,
+                format!("must be below engine.partitions ({partitions})"),
+            );
+        }
+        if self.worker_crashes_per_min.is_nan() || self.worker_crashes_per_min < 0.0 {
+            return invalid(
+                "faults.worker_crashes_per_min",
+                self.worker_crashes_per_min,
+                "must be at least 0",
+            );
+        }
+        Ok(())
+    }
+}
+
+impl SimSettings {
+    fn validate(&self) -> Result<(), EngineInvalid> {
+        if self.rate_per_s == 0 || self.rate_per_s > 1_000_000 {
+            return invalid(
+                "sim.rate_per_s",
+                self.rate_per_s,
+                "must be between 1 and 1000000",
+            );
+        }
+        if !(self.duration_s > 0.0 && self.duration_s <= 3_600.0) {
+            return invalid(
+                "sim.duration_s",
+                self.duration_s,
+                "must be above 0 and at most 3600",
+            );
+        }
+        Ok(())
     }
 }
 
