@@ -216,136 +216,21 @@ pub async fn start(config: ServeConfig, seams: Seams) -> anyhow::Result<RunningS
              restart recounts from the log's start and forgets which campaigns were split"
         );
     }
-    let (ingest, flusher) = if config.runs(Role::Ingest) {
-        let salting = salting_start(&config, &seams).await?;
-        // A producer id of this run's own: after a restart on a file log, the old id's
-        // sequence numbers would make the log take the first new batches for retries.
-        let ingest_config = IngestConfig {
-            producer_id: seams
-                .log
-                .new_producer_id()
-                .await
-                .context("asking the log for a producer id")?,
-            ..config.ingest_config()
-        };
-        let (core, flusher) = IngestCore::start_with(
-            seams.log.clone(),
-            seams.clock.clone(),
-            ingest_config,
-            salting,
-        );
-        (Some(core), Some(flusher))
-    } else {
-        (None, None)
+    let (ingest, flusher) = match config.runs(Role::Ingest) {
+        true => {
+            let (core, flusher) = start_ingest(&config, &seams).await?;
+            (Some(core), Some(flusher))
+        }
+        false => (None, None),
     };
     let mut workers = Vec::new();
     let supervision = config.runs(Role::Worker).then(Supervision::new);
     if let Some(supervision) = &supervision {
-        let fraud_lists = FraudListStore::new(seams.blobs.clone());
-        if let Some(path) = &config.fraud.list {
-            crate::fraud_watch::publish_file(path, &fraud_lists, &seams.fraud).await?;
-            workers.push(tokio::spawn(crate::fraud_watch::follow(
-                path.clone(),
-                fraud_lists.clone(),
-                seams.fraud.clone(),
-                std::time::Duration::from_millis(config.fraud.reload_interval_ms),
-                worker_stop_receiver.clone(),
-            )));
-        }
-        let env = WorkerEnv::new(
-            seams.log.clone(),
-            seams.store.clone(),
-            CheckpointStore::new(seams.blobs.clone()),
-            seams.clock.clone(),
-            seams.fraud.clone(),
-        )
-        .with_fraud_lists(fraud_lists);
-        let supervision = supervision.clone();
-        if let LogConfig::Kafka(kafka) = &config.log {
-            // Partitions come and go with the consumer group's assignment.
-            let group_config = GroupWorkerConfig {
-                worker: config.worker_config(),
-                aggregator: config.aggregator_config(),
-            };
-            let (kafka, stop) = (kafka.clone(), worker_stop_receiver.clone());
-            workers.push(tokio::spawn(async move {
-                if let Err(error) =
-                    run_group_worker(&kafka, group_config, env, stop, supervision).await
-                {
-                    tracing::error!(%error, "the consumer group worker stopped");
-                }
-            }));
-        } else {
-            for partition in 0..config.engine.partitions {
-                let supervisor = supervise(
-                    PartitionId(partition),
-                    config.worker_config(),
-                    config.aggregator_config(),
-                    env.clone(),
-                    worker_stop_receiver.clone(),
-                    supervision.clone(),
-                    assigned_forever(),
-                );
-                workers.push(tokio::spawn(async move {
-                    supervisor.await;
-                }));
-            }
-        }
+        let stop = &worker_stop_receiver;
+        workers.extend(start_workers(&config, &seams, supervision, stop).await?);
     }
     if config.runs(Role::Archiver) {
-        let archive = &config.archive;
-        let blobs: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::open(&BlobConfig {
-            url: archive.url.clone().expect("runs(Archiver) checked the url"),
-            options: archive.options.clone(),
-        })?);
-        let archiver_config = ArchiverConfig {
-            roll_bytes: archive.roll_bytes,
-            roll_interval_ms: archive.roll_interval_ms,
-            ..ArchiverConfig::default()
-        };
-        for partition in (0..config.engine.partitions).map(PartitionId) {
-            let archiver = Archiver::open(
-                partition,
-                seams.log.clone(),
-                blobs.clone(),
-                seams.clock.clone(),
-                archiver_config,
-            )
-            .await
-            .with_context(|| format!("archiver of partition {partition}"))?;
-            let stop = worker_stop_receiver.clone();
-            workers.push(tokio::spawn(async move {
-                if let Err(error) = archiver.run(stop).await {
-                    tracing::error!(%error, partition = partition.0, "archiver stopped");
-                }
-            }));
-        }
-    }
-    let signing_keys = if config.security.allow_unsigned {
-        None
-    } else {
-        let keys = crate::security::load_signing_keys(&config.security)?;
-        anyhow::ensure!(
-            !keys.is_empty() || !config.runs(Role::Ingest),
-            "security: no signing keys were loaded (security.signing_keys_file, {}), and unsigned clicks are not allowed",
-            crate::security::SIGNING_KEYS_ENV
-        );
-        Some(Arc::new(keys))
-    };
-    if config.runs(Role::Ingest) {
-        match &signing_keys {
-            None => tracing::warn!(
-                "SECURITY: accepting UNSIGNED clicks (security.allow_unsigned): anyone who can reach \
-                 this port can add clicks that advertisers pay for. For demos only."
-            ),
-            Some(keys) => {
-                tracing::info!(key_ids = ?keys.key_ids().collect::<Vec<_>>(), "verifying signed clicks")
-            }
-        }
-    }
-    let tokens = crate::security::load_tokens(&config.security)?.map(Arc::new);
-    if tokens.is_none() && config.runs(Role::Query) {
-        tracing::warn!("SECURITY: the query API is open to anyone (no security.tokens_file)");
+        workers.extend(start_archivers(&config, &seams, &worker_stop_receiver).await?);
     }
     let state = AppState {
         http: config.http.clone(),
@@ -356,34 +241,15 @@ pub async fn start(config: ServeConfig, seams: Seams) -> anyhow::Result<RunningS
         clock: seams.clock.clone(),
         ready: Arc::new(AtomicBool::new(false)),
         counters: Arc::new(HttpCounters::default()),
-        signing_keys,
-        tokens,
+        signing_keys: signing_keys(&config)?,
+        tokens: tokens(&config)?,
         client_rate: crate::security::ClientRateLimit::new(
             config.http.requests_per_s_per_client,
             config.http.request_burst_per_client,
         ),
         supervision: supervision.clone(),
     };
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .with_context(|| format!("http.listen {}", config.http.listen))?;
-    let local_addr = listener.local_addr()?;
-    let app =
-        router(state.clone(), &config).layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            std::time::Duration::from_millis(config.http.request_timeout_ms),
-        ));
-    let limits = ListenerLimits {
-        connections_max: config.http.connections_max,
-        header_read_timeout: std::time::Duration::from_millis(config.http.header_read_timeout_ms),
-        drain_timeout: std::time::Duration::from_millis(config.http.request_timeout_ms),
-    };
-    let http = tokio::spawn(crate::listener::serve(
-        listener,
-        app,
-        limits,
-        http_stop_receiver,
-    ));
+    let (local_addr, http) = start_http(&config, state.clone(), http_stop_receiver).await?;
     state.ready.store(true, Ordering::Release);
     tracing::info!(%local_addr, roles = ?config.roles, "adclick serving");
     Ok(RunningServer {
@@ -395,6 +261,186 @@ pub async fn start(config: ServeConfig, seams: Seams) -> anyhow::Result<RunningS
         worker_stop,
         workers,
     })
+}
+
+/// The ingest core, with a producer id of this run's own: after a restart on a file log, the old
+/// id's sequence numbers would make the log take the first new batches for retries.
+async fn start_ingest(
+    config: &ServeConfig,
+    seams: &Seams,
+) -> anyhow::Result<(IngestCore, JoinHandle<()>)> {
+    let salting = salting_start(config, seams).await?;
+    let producer_id = seams
+        .log
+        .new_producer_id()
+        .await
+        .context("asking the log for a producer id")?;
+    let ingest_config = IngestConfig {
+        producer_id,
+        ..config.ingest_config()
+    };
+    let log = seams.log.clone();
+    Ok(IngestCore::start_with(
+        log,
+        seams.clock.clone(),
+        ingest_config,
+        salting,
+    ))
+}
+
+/// The fraud-list watcher and a supervised worker per partition: every partition on a file or
+/// memory log, the consumer group's assignment on Kafka.
+async fn start_workers(
+    config: &ServeConfig,
+    seams: &Seams,
+    supervision: &Arc<Supervision>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    let fraud_lists = FraudListStore::new(seams.blobs.clone());
+    if let Some(path) = &config.fraud.list {
+        crate::fraud_watch::publish_file(path, &fraud_lists, &seams.fraud).await?;
+        tasks.push(tokio::spawn(crate::fraud_watch::follow(
+            path.clone(),
+            fraud_lists.clone(),
+            seams.fraud.clone(),
+            std::time::Duration::from_millis(config.fraud.reload_interval_ms),
+            stop.clone(),
+        )));
+    }
+    let env = WorkerEnv::new(
+        seams.log.clone(),
+        seams.store.clone(),
+        CheckpointStore::new(seams.blobs.clone()),
+        seams.clock.clone(),
+        seams.fraud.clone(),
+    )
+    .with_fraud_lists(fraud_lists);
+    if let LogConfig::Kafka(kafka) = &config.log {
+        let group_config = GroupWorkerConfig {
+            worker: config.worker_config(),
+            aggregator: config.aggregator_config(),
+        };
+        let (kafka, stop, supervision) = (kafka.clone(), stop.clone(), supervision.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(error) = run_group_worker(&kafka, group_config, env, stop, supervision).await
+            {
+                tracing::error!(%error, "the consumer group worker stopped");
+            }
+        }));
+        return Ok(tasks);
+    }
+    for partition in (0..config.engine.partitions).map(PartitionId) {
+        let supervisor = supervise(
+            partition,
+            config.worker_config(),
+            config.aggregator_config(),
+            env.clone(),
+            stop.clone(),
+            supervision.clone(),
+            assigned_forever(),
+        );
+        tasks.push(tokio::spawn(async move {
+            supervisor.await;
+        }));
+    }
+    Ok(tasks)
+}
+
+/// An archiver per partition, into `[archive] url`.
+async fn start_archivers(
+    config: &ServeConfig,
+    seams: &Seams,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let archive = &config.archive;
+    let blobs: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::open(&BlobConfig {
+        url: archive.url.clone().expect("runs(Archiver) checked the url"),
+        options: archive.options.clone(),
+    })?);
+    let archiver_config = ArchiverConfig {
+        roll_bytes: archive.roll_bytes,
+        roll_interval_ms: archive.roll_interval_ms,
+        ..ArchiverConfig::default()
+    };
+    let mut tasks = Vec::new();
+    for partition in (0..config.engine.partitions).map(PartitionId) {
+        let archiver = Archiver::open(
+            partition,
+            seams.log.clone(),
+            blobs.clone(),
+            seams.clock.clone(),
+            archiver_config,
+        )
+        .await
+        .with_context(|| format!("archiver of partition {partition}"))?;
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(error) = archiver.run(stop).await {
+                tracing::error!(%error, partition = partition.0, "archiver stopped");
+            }
+        }));
+    }
+    Ok(tasks)
+}
+
+/// The signing keys clicks must carry, or none when unsigned clicks are allowed (said loudly).
+fn signing_keys(
+    config: &ServeConfig,
+) -> anyhow::Result<Option<Arc<adclick_core::signing::SigningKeys>>> {
+    let ingests = config.runs(Role::Ingest);
+    if config.security.allow_unsigned {
+        if ingests {
+            tracing::warn!(
+                "SECURITY: accepting UNSIGNED clicks (security.allow_unsigned): anyone who can \
+                 reach this port can add clicks that advertisers pay for. For demos only."
+            );
+        }
+        return Ok(None);
+    }
+    let keys = crate::security::load_signing_keys(&config.security)?;
+    anyhow::ensure!(
+        !keys.is_empty() || !ingests,
+        "security: no signing keys were loaded (security.signing_keys_file, {}), and unsigned clicks are not allowed",
+        crate::security::SIGNING_KEYS_ENV
+    );
+    if ingests {
+        tracing::info!(key_ids = ?keys.key_ids().collect::<Vec<_>>(), "verifying signed clicks");
+    }
+    Ok(Some(Arc::new(keys)))
+}
+
+/// The query API's bearer tokens, or none (an open API, said loudly).
+fn tokens(config: &ServeConfig) -> anyhow::Result<Option<Arc<crate::security::Tokens>>> {
+    let tokens = crate::security::load_tokens(&config.security)?.map(Arc::new);
+    if tokens.is_none() && config.runs(Role::Query) {
+        tracing::warn!("SECURITY: the query API is open to anyone (no security.tokens_file)");
+    }
+    Ok(tokens)
+}
+
+/// Binds `http.listen` and serves the API with the request timeout and the listener's limits.
+async fn start_http(
+    config: &ServeConfig,
+    state: AppState,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<(SocketAddr, JoinHandle<std::io::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("http.listen {}", config.http.listen))?;
+    let local_addr = listener.local_addr()?;
+    let timeout = std::time::Duration::from_millis(config.http.request_timeout_ms);
+    let app = router(state, config).layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        timeout,
+    ));
+    let limits = ListenerLimits {
+        connections_max: config.http.connections_max,
+        header_read_timeout: std::time::Duration::from_millis(config.http.header_read_timeout_ms),
+        drain_timeout: timeout,
+    };
+    let http = tokio::spawn(crate::listener::serve(listener, app, limits, stop));
+    Ok((local_addr, http))
 }
 
 /// `shutdown` returns within this bound, whatever state the workers are in: a worker stuck on an
