@@ -38,6 +38,9 @@ pub struct IngestAnswer {
     pub errors: Vec<RecordError>,
 }
 
+/// A refusal: the response to send instead (boxed: a response is large).
+type Refused = Box<Response>;
+
 pub async fn post_clicks(
     State(state): State<AppState>,
     Query(params): Query<IngestParams>,
@@ -48,87 +51,32 @@ pub async fn post_clicks(
         .counters
         .ingest_requests
         .fetch_add(1, Ordering::Relaxed);
+    match take_clicks(&state, params, &headers, body).await {
+        Ok(response) => response,
+        Err(refused) => *refused,
+    }
+}
+
+/// The request's way through: its form, its body, its records, the ingest core, the answer. Each
+/// step's refusal is the response.
+async fn take_clicks(
+    state: &AppState,
+    params: IngestParams,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Refused> {
     let Some(ingest) = state.ingest.clone() else {
-        return error_response(
+        let message = "this node runs no ingest role".into();
+        return Err(Box::new(error_response(
             StatusCode::NOT_FOUND,
-            "this node runs no ingest role".into(),
+            message,
             None,
-        );
+        )));
     };
-    let ack = match params.ack.as_deref() {
-        None | Some("buffered") => Ack::Buffered,
-        Some("durable") => Ack::Durable,
-        Some(other) => {
-            return bad_request(
-                &state,
-                format!("ack={other:?} is not one of \"buffered\", \"durable\""),
-            );
-        }
-    };
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("");
-    let Some(format) = BodyFormat::from_content_type(content_type) else {
-        return error_response(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("content type {content_type:?} is not accepted; send {ACCEPTED_CONTENT_TYPES}"),
-            None,
-        );
-    };
-    let limit = state.http.body_bytes_max;
-    let read = tokio::time::timeout(
-        std::time::Duration::from_millis(state.http.request_timeout_ms),
-        axum::body::to_bytes(body, limit),
-    )
-    .await;
-    let bytes = match read {
-        Ok(Ok(bytes)) => bytes,
-        Err(_) => {
-            return error_response(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the body did not arrive within {} ms",
-                    state.http.request_timeout_ms
-                ),
-                Some("http.request_timeout_ms"),
-            );
-        }
-        Ok(Err(_)) => {
-            state
-                .counters
-                .ingest_too_large
-                .fetch_add(1, Ordering::Relaxed);
-            return error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body is over the limit of {limit} bytes"),
-                Some("http.body_bytes_max"),
-            );
-        }
-    };
-    let bound = TimeBound::live(state.clock.now_ms());
-    let keys = state.signing_keys.as_deref();
-    let parsed = match parse_body(
-        &bytes,
-        format,
-        bound,
-        state.http.records_per_request_max,
-        keys,
-    ) {
-        Ok(parsed) => parsed,
-        Err(error @ BodyError::TooManyRecords { .. }) => {
-            state
-                .counters
-                .ingest_too_large
-                .fetch_add(1, Ordering::Relaxed);
-            return error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                error.to_string(),
-                Some("http.records_per_request_max"),
-            );
-        }
-        Err(error) => return bad_request(&state, error.to_string()),
-    };
+    let ack = ack_of(state, &params)?;
+    let format = format_of(headers)?;
+    let bytes = read_body(state, body).await?;
+    let parsed = parse(state, &bytes, format)?;
     let forged = parsed
         .rejected
         .iter()
@@ -138,21 +86,123 @@ pub async fn post_clicks(
         .counters
         .ingest_signature_rejections
         .fetch_add(forged as u64, Ordering::Relaxed);
-    let mut errors = parsed.rejected;
+    let outcome = submit(state, &ingest, &parsed.clicks, ack).await?;
+    Ok(answer(state, parsed, outcome, forged))
+}
+
+fn ack_of(state: &AppState, params: &IngestParams) -> Result<Ack, Refused> {
+    match params.ack.as_deref() {
+        None | Some("buffered") => Ok(Ack::Buffered),
+        Some("durable") => Ok(Ack::Durable),
+        Some(other) => Err(Box::new(bad_request(
+            state,
+            format!("ack={other:?} is not one of \"buffered\", \"durable\""),
+        ))),
+    }
+}
+
+fn format_of(headers: &HeaderMap) -> Result<BodyFormat, Refused> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    BodyFormat::from_content_type(content_type).ok_or_else(|| {
+        Box::new(error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("content type {content_type:?} is not accepted; send {ACCEPTED_CONTENT_TYPES}"),
+            None,
+        ))
+    })
+}
+
+/// The body, within `http.request_timeout_ms` and `http.body_bytes_max`.
+async fn read_body(state: &AppState, body: Body) -> Result<axum::body::Bytes, Refused> {
+    let limit = state.http.body_bytes_max;
+    let timeout_ms = state.http.request_timeout_ms;
+    let read = tokio::time::timeout(
+        std::time::Duration::from_millis(timeout_ms),
+        axum::body::to_bytes(body, limit),
+    )
+    .await;
+    match read {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Err(_) => Err(Box::new(error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the body did not arrive within {timeout_ms} ms"),
+            Some("http.request_timeout_ms"),
+        ))),
+        Ok(Err(_)) => {
+            state
+                .counters
+                .ingest_too_large
+                .fetch_add(1, Ordering::Relaxed);
+            Err(Box::new(error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body is over the limit of {limit} bytes"),
+                Some("http.body_bytes_max"),
+            )))
+        }
+    }
+}
+
+/// The records, their signatures checked and each validated against the live time bound.
+fn parse(
+    state: &AppState,
+    bytes: &[u8],
+    format: BodyFormat,
+) -> Result<crate::body::ParsedBody, Refused> {
+    let bound = TimeBound::live(state.clock.now_ms());
+    let keys = state.signing_keys.as_deref();
+    let records_max = state.http.records_per_request_max;
+    match parse_body(bytes, format, bound, records_max, keys) {
+        Ok(parsed) => Ok(parsed),
+        Err(error @ BodyError::TooManyRecords { .. }) => {
+            state
+                .counters
+                .ingest_too_large
+                .fetch_add(1, Ordering::Relaxed);
+            Err(Box::new(error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                error.to_string(),
+                Some("http.records_per_request_max"),
+            )))
+        }
+        Err(error) => Err(Box::new(bad_request(state, error.to_string()))),
+    }
+}
+
+/// Into the ingest core; a durable ack waits at most `http.durable_ack_timeout_ms`.
+async fn submit(
+    state: &AppState,
+    ingest: &adclick_engine::ingest::IngestCore,
+    clicks: &[adclick_core::event::ClickEvent],
+    ack: Ack,
+) -> Result<adclick_engine::ingest::SubmitOutcome, Refused> {
     let submitted = match ack {
-        Ack::Buffered => Ok(ingest.submit(&parsed.clicks, ack).await),
+        Ack::Buffered => Ok(ingest.submit(clicks, ack).await),
         Ack::Durable => tokio::time::timeout(
             std::time::Duration::from_millis(state.http.durable_ack_timeout_ms),
-            ingest.submit(&parsed.clicks, ack),
+            ingest.submit(clicks, ack),
         )
         .await
         .map_err(|_| ()),
     };
-    let outcome = match submitted {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(error)) => return ingest_error(&state, error),
-        Err(()) => return durable_ack_timed_out(&state),
-    };
+    match submitted {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(error)) => Err(Box::new(ingest_error(state, error))),
+        Err(()) => Err(Box::new(durable_ack_timed_out(state))),
+    }
+}
+
+/// 202 with what was taken and each rejected record's reasons; 400 (or 401, when signatures
+/// were the problem) when nothing was.
+fn answer(
+    state: &AppState,
+    parsed: crate::body::ParsedBody,
+    outcome: adclick_engine::ingest::SubmitOutcome,
+    forged: usize,
+) -> Response {
+    let mut errors = parsed.rejected;
     // The core validates again (limits it owns); map its indexes back to the request's.
     for (index, rejection) in outcome.rejected {
         errors.push(RecordError {
