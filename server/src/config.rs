@@ -3,6 +3,7 @@
 //! one process on embedded seams, so a new user can POST clicks and query counts with no
 //! services.
 
+use adclick_engine::scenario::EngineInvalid;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -222,20 +223,37 @@ impl ServeConfig {
         Ok(config)
     }
 
+    /// Every rule, each failure naming the key, its value and the rule it broke: the engine's
+    /// are the ones a scenario's `[engine]` obeys (`Engine::validate`).
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, value: String, rule: &str| ConfigError::Invalid {
-            path: origin.to_owned(),
-            key,
-            value,
-            rule: rule.to_owned(),
-        };
+        self.validate_values()
+            .map_err(|error| ConfigError::Invalid {
+                path: origin.to_owned(),
+                key: error.key,
+                value: error.value,
+                rule: error.rule,
+            })
+    }
+
+    fn validate_values(&self) -> Result<(), EngineInvalid> {
         if self.roles.is_empty() {
-            return Err(invalid(
+            return invalid(
                 "roles",
-                "[]".into(),
+                "[]",
                 "name at least one of \"ingest\", \"worker\", \"query\", \"all\"",
-            ));
+            );
         }
+        self.validate_nonzero()?;
+        self.http.validate()?;
+        self.engine.validate()?;
+        self.aggregator_config()
+            .validate()
+            .or_else(|error| invalid("engine", "(window and dedup settings)", error.to_string()))?;
+        self.validate_roles()?;
+        self.validate_seams()
+    }
+
+    fn validate_nonzero(&self) -> Result<(), EngineInvalid> {
         let http = &self.http;
         for (key, value) in [
             ("http.body_bytes_max", http.body_bytes_max as u64),
@@ -258,79 +276,57 @@ impl ServeConfig {
             ),
         ] {
             if value == 0 {
-                return Err(invalid(key, "0".into(), "must be at least 1"));
+                return invalid(key, 0, "must be at least 1");
             }
         }
-        if http.durable_ack_timeout_ms >= http.request_timeout_ms {
-            return Err(invalid(
-                "http.durable_ack_timeout_ms",
-                http.durable_ack_timeout_ms.to_string(),
-                &format!(
-                    "must be below http.request_timeout_ms = {}, so a durable append that cannot \
-                     finish answers busy (503) before the request times out (408)",
-                    http.request_timeout_ms
-                ),
-            ));
-        }
-        if http.records_per_request_max > adclick_engine::limits::INGEST_RECORDS_PER_REQUEST_MAX {
-            return Err(invalid(
-                "http.records_per_request_max",
-                http.records_per_request_max.to_string(),
-                &format!(
-                    "must be at most {} (the ingest core's limit)",
-                    adclick_engine::limits::INGEST_RECORDS_PER_REQUEST_MAX
-                ),
-            ));
-        }
-        self.engine
-            .validate()
-            .map_err(|error| invalid(error.key, error.value, &error.rule))?;
-        self.aggregator_config().validate().map_err(|error| {
-            invalid(
-                "engine",
-                "(window and dedup settings)".into(),
-                &error.to_string(),
-            )
-        })?;
+        Ok(())
+    }
+
+    /// What each role needs: keys to verify clicks with, a place to archive to.
+    fn validate_roles(&self) -> Result<(), EngineInvalid> {
         let security = &self.security;
         if self.runs(Role::Ingest)
             && !security.allow_unsigned
             && security.signing_keys_file.is_none()
             && std::env::var_os(crate::security::SIGNING_KEYS_ENV).is_none()
         {
-            return Err(invalid(
+            return invalid(
                 "security.signing_keys_file",
-                "(absent)".into(),
+                "(absent)",
                 "the ingest role verifies signed clicks: give the keys (a file, or ADCLICK_SIGNING_KEYS), \
                  or set security.allow_unsigned = true for a demo",
-            ));
+            );
         }
         if self.roles.contains(&Role::Archiver) && self.archive.url.is_none() {
-            return Err(invalid(
+            return invalid(
                 "archive.url",
-                "(absent)".into(),
+                "(absent)",
                 "the archiver role needs a place to write: file:///dir or s3://bucket/prefix",
-            ));
+            );
         }
+        Ok(())
+    }
+
+    fn validate_seams(&self) -> Result<(), EngineInvalid> {
         if let LogConfig::Kafka(kafka) = &self.log {
-            kafka
-                .validate()
-                .map_err(|error| invalid("log", kafka.brokers.clone(), &error.to_string()))?;
+            if let Err(error) = kafka.validate() {
+                return invalid("log", &kafka.brokers, error.to_string());
+            }
             if kafka.partitions != self.engine.partitions {
-                return Err(invalid(
+                return invalid(
                     "log.partitions",
-                    kafka.partitions.to_string(),
-                    &format!(
+                    kafka.partitions,
+                    format!(
                         "must equal engine.partitions ({}): the partitioner and the query layer use it",
                         self.engine.partitions
                     ),
-                ));
+                );
             }
         }
-        if let StoreConfig::Redis(redis) = &self.store {
-            redis
-                .validate()
-                .map_err(|error| invalid("store", redis.url.clone(), &error))?;
+        if let StoreConfig::Redis(redis) = &self.store
+            && let Err(error) = redis.validate()
+        {
+            return invalid("store", &redis.url, error);
         }
         Ok(())
     }
@@ -362,6 +358,44 @@ impl ServeConfig {
             hot_campaigns: self.engine.hot_campaigns(),
             ..IngestConfig::default()
         }
+    }
+}
+
+/// The error of a value that breaks a rule.
+fn invalid(
+    key: &'static str,
+    value: impl ToString,
+    rule: impl Into<String>,
+) -> Result<(), EngineInvalid> {
+    Err(EngineInvalid {
+        key,
+        value: value.to_string(),
+        rule: rule.into(),
+    })
+}
+
+impl HttpConfig {
+    fn validate(&self) -> Result<(), EngineInvalid> {
+        if self.durable_ack_timeout_ms >= self.request_timeout_ms {
+            return invalid(
+                "http.durable_ack_timeout_ms",
+                self.durable_ack_timeout_ms,
+                format!(
+                    "must be below http.request_timeout_ms = {}, so a durable append that cannot \
+                     finish answers busy (503) before the request times out (408)",
+                    self.request_timeout_ms
+                ),
+            );
+        }
+        let records_max = adclick_engine::limits::INGEST_RECORDS_PER_REQUEST_MAX;
+        if self.records_per_request_max > records_max {
+            return invalid(
+                "http.records_per_request_max",
+                self.records_per_request_max,
+                format!("must be at most {records_max} (the ingest core's limit)"),
+            );
+        }
+        Ok(())
     }
 }
 
