@@ -125,6 +125,16 @@ pub struct SeriesUpdate {
     pub is_final: bool,
 }
 
+/// What one barrier collected: the store updates, and a delta checkpoint's contents.
+#[derive(Default)]
+struct EpochChanges {
+    updates: Vec<SeriesUpdate>,
+    windows: Vec<(Lane, WindowKey, Counts)>,
+    hours: Vec<(Lane, HourKey, Counts)>,
+    rate: Vec<(crate::rate_rule::RateKey, Counts)>,
+    dedup_ids: Vec<(ClickId, u32)>,
+}
+
 /// What a barrier produces. Store `checkpoint` first, then apply `updates`, then commit.
 #[derive(Clone, Debug)]
 pub struct BarrierOutput {
@@ -588,67 +598,80 @@ impl PartitionAggregator {
         if let Some(list) = self.staged_fraud_list.take() {
             self.fraud_list = list;
         }
-        let mut updates = Vec::new();
-        let mut changed_windows = Vec::new();
-        let mut changed_hours = Vec::new();
+        let mut changes = EpochChanges::default();
+        for lane in LANES {
+            self.emit_lane(lane, &mut changes);
+        }
+        changes.rate = self.rate.take_changed();
+        self.dedup.expire(self.watermark.watermark_ms);
+        self.retire_rate_counters();
+        changes.dedup_ids = self.dedup.take_journal();
+        self.epoch = epoch;
+        let (updates, checkpoint) = self.epoch_checkpoint(epoch, changes);
+        let checkpoint_bytes = encode_checkpoint_into(
+            &checkpoint,
+            std::mem::take(&mut self.spare_checkpoint_bytes),
+        );
+        BarrierOutput {
+            epoch,
+            updates,
+            checkpoint,
+            checkpoint_bytes,
+        }
+    }
+
+    /// One lane's share of a barrier: the absolute counts of every series that changed, and of
+    /// every series the watermark closes (on time: final) or retires (late and unverified).
+    fn emit_lane(&mut self, lane: Lane, changes: &mut EpochChanges) {
+        let index = lane_index(lane);
         let watermark_ms = self.watermark.watermark_ms;
         let window = self.config.window;
-        for lane in LANES {
-            let index = lane_index(lane);
-            let dirty_windows = self.windows[index].take_dirty();
-            let dirty_hours = self.hours[index].take_dirty();
-            let (closed_windows, closed_hours) = match lane {
-                Lane::OnTime => (
-                    self.windows[index].retire_before(watermark_ms, |start| {
-                        window.close_at(start, window.window_ms)
-                    }),
-                    self.hours[index].retire_before(watermark_ms, |start| {
-                        window.close_at(start, limits::HOUR_MS)
-                    }),
-                ),
-                Lane::Late | Lane::Unverified => (
-                    self.windows[index].retire_before(watermark_ms, |start| {
-                        window.retire_at(start, window.window_ms)
-                    }),
-                    self.hours[index].retire_before(watermark_ms, |start| {
-                        window.retire_at(start, limits::HOUR_MS)
-                    }),
-                ),
-            };
-            let finals_emitted = lane == Lane::OnTime;
-            push_updates(
-                &mut updates,
-                lane,
-                &dirty_windows,
-                &closed_windows,
-                finals_emitted,
-                Series::Window,
-            );
-            push_updates(
-                &mut updates,
-                lane,
-                &dirty_hours,
-                &closed_hours,
-                finals_emitted,
-                Series::Hour,
-            );
-            changed_windows.extend(
-                dirty_windows
-                    .into_iter()
-                    .map(|(key, counts)| (lane, key, counts)),
-            );
-            changed_hours.extend(
-                dirty_hours
-                    .into_iter()
-                    .map(|(key, counts)| (lane, key, counts)),
-            );
-        }
-        let changed_rate = self.rate.take_changed();
-        self.dedup.expire(watermark_ms);
-        self.retire_rate_counters();
-        let dedup_journal = self.dedup.take_journal();
+        let dirty_windows = self.windows[index].take_dirty();
+        let dirty_hours = self.hours[index].take_dirty();
+        let ends_at = |start: u64, length_ms: u64| match lane {
+            Lane::OnTime => window.close_at(start, length_ms),
+            Lane::Late | Lane::Unverified => window.retire_at(start, length_ms),
+        };
+        let closed_windows = self.windows[index]
+            .retire_before(watermark_ms, |start| ends_at(start, window.window_ms));
+        let closed_hours =
+            self.hours[index].retire_before(watermark_ms, |start| ends_at(start, limits::HOUR_MS));
+        let finals_emitted = lane == Lane::OnTime;
+        let updates = &mut changes.updates;
+        push_updates(
+            updates,
+            lane,
+            &dirty_windows,
+            &closed_windows,
+            finals_emitted,
+            Series::Window,
+        );
+        push_updates(
+            updates,
+            lane,
+            &dirty_hours,
+            &closed_hours,
+            finals_emitted,
+            Series::Hour,
+        );
+        let in_lane = |(key, counts)| (lane, key, counts);
+        changes
+            .windows
+            .extend(dirty_windows.into_iter().map(in_lane));
+        changes.hours.extend(
+            dirty_hours
+                .into_iter()
+                .map(|(key, counts)| (lane, key, counts)),
+        );
+    }
 
-        self.epoch = epoch;
+    /// The epoch's checkpoint: full every `full_checkpoint_every_epochs` (and first), else the
+    /// delta of what changed.
+    fn epoch_checkpoint(
+        &mut self,
+        epoch: Epoch,
+        changes: EpochChanges,
+    ) -> (Vec<SeriesUpdate>, PartitionCheckpoint) {
         let full = match self.last_full_epoch {
             None => true,
             Some(last) => epoch.0 - last.0 >= self.config.full_checkpoint_every_epochs,
@@ -661,23 +684,14 @@ impl PartitionAggregator {
                 kind: CheckpointKind::Delta {
                     previous_epoch: self.committed_epoch,
                 },
-                windows: changed_windows,
-                hours: changed_hours,
-                rate: changed_rate,
-                dedup_ids: dedup_journal,
+                windows: changes.windows,
+                hours: changes.hours,
+                rate: changes.rate,
+                dedup_ids: changes.dedup_ids,
                 ..self.checkpoint_scalars(CheckpointKind::Full)
             }
         };
-        let checkpoint_bytes = encode_checkpoint_into(
-            &checkpoint,
-            std::mem::take(&mut self.spare_checkpoint_bytes),
-        );
-        BarrierOutput {
-            epoch,
-            updates,
-            checkpoint,
-            checkpoint_bytes,
-        }
+        (changes.updates, checkpoint)
     }
 
     /// Hands a barrier's checkpoint and its bytes back once they are stored, so that the next
