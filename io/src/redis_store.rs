@@ -469,6 +469,97 @@ impl Call {
     }
 }
 
+impl RedisStore {
+    /// The updates as script calls of at most `ENTRIES_PER_CALL` entries each (at least one
+    /// call: with no updates it still fence-checks and records the status).
+    fn calls(&self, partition: PartitionId, updates: &[SeriesUpdate]) -> Vec<Call> {
+        let mut calls: Vec<Call> = Vec::new();
+        for chunk in updates.chunks(ENTRIES_PER_CALL) {
+            let mut call = Call {
+                keys: Vec::new(),
+                ttls: Vec::new(),
+                entries: Vec::with_capacity(chunk.len() * 2),
+            };
+            for update in chunk {
+                self.add_entries(partition, update, &mut call);
+            }
+            calls.push(call);
+        }
+        if calls.is_empty() {
+            calls.push(Call {
+                keys: Vec::new(),
+                ttls: Vec::new(),
+                entries: Vec::new(),
+            });
+        }
+        calls
+    }
+
+    /// One update: its fenced hash write, and for a window its campaign in the window's index.
+    fn add_entries(&self, partition: PartitionId, update: &SeriesUpdate, call: &mut Call) {
+        let (key, field) = self.locate(partition, &update.series, update.lane);
+        let ttl_ms = match update.series {
+            Series::Window(_) => self.config.window_ttl_ms,
+            Series::Hour(_) => self.config.hour_ttl_ms,
+        };
+        let index = call.key_index(key, ttl_ms);
+        call.entries.push([
+            "h".to_owned(),
+            index.to_string(),
+            field,
+            counts_value(update.counts, update.is_final),
+        ]);
+        if let Series::Window(window) = update.series {
+            let index_key = self.index_key(partition, window.window_start_ms);
+            let index = call.key_index(index_key, self.config.window_ttl_ms);
+            let member = format!("{}:{}", window.campaign_id.0, window.salt.0);
+            call.entries
+                .push(["s".to_owned(), index.to_string(), member, String::new()]);
+        }
+    }
+
+    /// One pipeline of script invocations; only the last records the status, once every
+    /// update is in.
+    fn pipeline(
+        &self,
+        partition: PartitionId,
+        fence: Fence,
+        calls: &[Call],
+        status: &PartitionStatus,
+    ) -> redis::Pipeline {
+        let tag = self.tag(partition);
+        let status_json = serde_json::to_string(status).expect("status always serializes");
+        let last = calls.len() - 1;
+        let mut pipe = redis::pipe();
+        for (position, call) in calls.iter().enumerate() {
+            let mut invocation = self.script.prepare_invoke();
+            invocation
+                .key(format!("{tag}:gen"))
+                .key(format!("{tag}:status"));
+            for key in &call.keys {
+                invocation.key(key);
+            }
+            let status_arg = if position == last {
+                status_json.as_str()
+            } else {
+                ""
+            };
+            invocation
+                .arg(fence.generation.0)
+                .arg(fence.epoch.0)
+                .arg(status_arg);
+            for ttl in &call.ttls {
+                invocation.arg(*ttl);
+            }
+            for entry in &call.entries {
+                invocation.arg(entry.as_slice());
+            }
+            pipe.invoke_script(&invocation);
+        }
+        pipe
+    }
+}
+
 #[async_trait]
 impl RealtimeStore for RedisStore {
     async fn claim_partition(
@@ -495,73 +586,8 @@ impl RealtimeStore for RedisStore {
         updates: &[SeriesUpdate],
         status: PartitionStatus,
     ) -> Result<ApplyOutcome, StoreError> {
-        let tag = self.tag(partition);
-        let status_json = serde_json::to_string(&status).expect("status always serializes");
-        let mut calls: Vec<Call> = Vec::new();
-        for chunk in updates.chunks(ENTRIES_PER_CALL) {
-            let mut call = Call {
-                keys: Vec::new(),
-                ttls: Vec::new(),
-                entries: Vec::with_capacity(chunk.len() * 2),
-            };
-            for update in chunk {
-                let (key, field) = self.locate(partition, &update.series, update.lane);
-                let ttl_ms = match update.series {
-                    Series::Window(_) => self.config.window_ttl_ms,
-                    Series::Hour(_) => self.config.hour_ttl_ms,
-                };
-                let index = call.key_index(key, ttl_ms);
-                call.entries.push([
-                    "h".to_owned(),
-                    index.to_string(),
-                    field,
-                    counts_value(update.counts, update.is_final),
-                ]);
-                if let Series::Window(window) = update.series {
-                    let index_key = self.index_key(partition, window.window_start_ms);
-                    let index = call.key_index(index_key, self.config.window_ttl_ms);
-                    let member = format!("{}:{}", window.campaign_id.0, window.salt.0);
-                    call.entries
-                        .push(["s".to_owned(), index.to_string(), member, String::new()]);
-                }
-            }
-            calls.push(call);
-        }
-        if calls.is_empty() {
-            // No updates: still fence-check and record the status.
-            calls.push(Call {
-                keys: Vec::new(),
-                ttls: Vec::new(),
-                entries: Vec::new(),
-            });
-        }
-        let last = calls.len() - 1;
-        let mut pipe = redis::pipe();
-        for (position, call) in calls.iter().enumerate() {
-            let mut invocation = self.script.prepare_invoke();
-            invocation
-                .key(format!("{tag}:gen"))
-                .key(format!("{tag}:status"));
-            for key in &call.keys {
-                invocation.key(key);
-            }
-            invocation
-                .arg(fence.generation.0)
-                .arg(fence.epoch.0)
-                // Only the last chunk records the status, once every update is in.
-                .arg(if position == last {
-                    status_json.as_str()
-                } else {
-                    ""
-                });
-            for ttl in &call.ttls {
-                invocation.arg(*ttl);
-            }
-            for entry in &call.entries {
-                invocation.arg(entry.as_slice());
-            }
-            pipe.invoke_script(&invocation);
-        }
+        let calls = self.calls(partition, updates);
+        let pipe = self.pipeline(partition, fence, &calls, &status);
         let mut results: Result<Vec<(usize, usize)>, redis::RedisError> =
             pipe.query_async(&mut self.connection()).await;
         if matches!(&results, Err(error) if is_no_script(error)) {
