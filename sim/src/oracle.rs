@@ -177,9 +177,7 @@ pub async fn expected_from_log_with(
         if history.is_some_and(|history| history.evicted_early(partition)) {
             expected.inexact_partitions.push(partition);
         }
-        let mut per_ip_minute: HashMap<(u128, u64), u64> = HashMap::new();
-        // (IP, minute) whose rate counter an unverified click made incomplete in the worker.
-        let mut tainted: HashSet<(u128, u64)> = HashSet::new();
+        let mut rules = PartitionRules::default();
         read_partition(log, partition, end, |offset, bytes| {
             let Ok(click) = codec::decode(bytes) else {
                 expected.undecodable += 1;
@@ -189,77 +187,108 @@ pub async fn expected_from_log_with(
             if let Some(clicks) = &mut expected.log_clicks {
                 clicks.add(&click);
             }
-            let time = click.event_time_ms.0;
-            let minute = time - time % RATE_RULE_WINDOW_MS;
-            let rate_key = (ip_key(click.ip), minute);
             let listed = fraud
                 .list_for(partition, offset)
                 .check(click.ip, click.user_agent)
                 != FraudVerdict::Clean;
             let cutoff_ms = history.map_or(0, |history| history.cutoff_for(partition, offset));
             let first = seen.insert((click.campaign_id.0, click.click_id.0));
-            // The fast path's decision, by the rules in adclick_core::window.
-            let class = if time < cutoff_ms {
-                if minute + RATE_RULE_WINDOW_MS > cutoff_ms {
-                    tainted.insert(rate_key);
-                }
-                LaneClass::Unverified
-            } else if first && tainted.contains(&rate_key) {
-                LaneClass::Unverified
-            } else {
-                LaneClass::Verified
-            };
-            let delta = if !first {
-                DUPLICATE
-            } else {
-                let rate = per_ip_minute.entry(rate_key).or_default();
-                *rate += 1;
-                if listed || *rate > u64::from(config.clicks_per_ip_per_minute_max) {
-                    FRAUD
-                } else {
-                    CLEAN
-                }
-            };
-            let fast_delta = match class {
-                LaneClass::Verified => delta,
-                LaneClass::Unverified if listed => FRAUD,
-                LaneClass::Unverified => CLEAN,
-            };
-            let window = WindowKey {
-                campaign_id: click.campaign_id,
-                ad_id: click.ad_id,
-                salt: click.salt,
-                window_start_ms: config.window.window_start(time),
-            };
-            let hour = HourKey {
-                campaign_id: click.campaign_id,
-                salt: click.salt,
-                hour_start_ms: time - time % HOUR_MS,
-            };
-            expected
-                .series
-                .entry(Series::Window(window))
-                .or_default()
-                .add(delta);
-            expected
-                .series
-                .entry(Series::Hour(hour))
-                .or_default()
-                .add(delta);
-            for series in [Series::Window(window), Series::Hour(hour)] {
-                expected
-                    .lanes
-                    .entry((series, class))
-                    .or_default()
-                    .add(fast_delta);
-            }
+            let decision = rules.decide(&click, first, listed, cutoff_ms, config);
+            expected.add(&click, config, decision);
         })
         .await?;
     }
     Ok(expected)
 }
 
+/// How the fast path decides one click: its lane class, the exact counts it adds (billing's
+/// decision), and what it adds in its lane (the fraud list alone, for an unverified one).
+#[derive(Clone, Copy)]
+struct Decision {
+    class: LaneClass,
+    delta: Counts,
+    fast_delta: Counts,
+}
+
+/// A partition's rate counters, as the workers keep them per partition.
+#[derive(Default)]
+struct PartitionRules {
+    per_ip_minute: HashMap<(u128, u64), u64>,
+    /// (IP, minute) whose rate counter an unverified click made incomplete in the worker.
+    tainted: HashSet<(u128, u64)>,
+}
+
+impl PartitionRules {
+    /// The fast path's decision, by the rules in `adclick_core::window`.
+    fn decide(
+        &mut self,
+        click: &ClickView<'_>,
+        first: bool,
+        listed: bool,
+        cutoff_ms: u64,
+        config: &AggregatorConfig,
+    ) -> Decision {
+        let time = click.event_time_ms.0;
+        let minute = time - time % RATE_RULE_WINDOW_MS;
+        let rate_key = (ip_key(click.ip), minute);
+        let class = if time < cutoff_ms {
+            if minute + RATE_RULE_WINDOW_MS > cutoff_ms {
+                self.tainted.insert(rate_key);
+            }
+            LaneClass::Unverified
+        } else if first && self.tainted.contains(&rate_key) {
+            LaneClass::Unverified
+        } else {
+            LaneClass::Verified
+        };
+        let delta = if !first {
+            DUPLICATE
+        } else {
+            let rate = self.per_ip_minute.entry(rate_key).or_default();
+            *rate += 1;
+            if listed || *rate > u64::from(config.clicks_per_ip_per_minute_max) {
+                FRAUD
+            } else {
+                CLEAN
+            }
+        };
+        let fast_delta = match class {
+            LaneClass::Verified => delta,
+            LaneClass::Unverified if listed => FRAUD,
+            LaneClass::Unverified => CLEAN,
+        };
+        Decision {
+            class,
+            delta,
+            fast_delta,
+        }
+    }
+}
+
 impl Expected {
+    /// One click's counts, into its window and hour, exact and per lane class.
+    fn add(&mut self, click: &ClickView<'_>, config: &AggregatorConfig, decision: Decision) {
+        let time = click.event_time_ms.0;
+        let window = WindowKey {
+            campaign_id: click.campaign_id,
+            ad_id: click.ad_id,
+            salt: click.salt,
+            window_start_ms: config.window.window_start(time),
+        };
+        let hour = HourKey {
+            campaign_id: click.campaign_id,
+            salt: click.salt,
+            hour_start_ms: time - time % HOUR_MS,
+        };
+        for series in [Series::Window(window), Series::Hour(hour)] {
+            self.series.entry(series).or_default().add(decision.delta);
+            self.lanes
+                .entry((series, decision.class))
+                .or_default()
+                .add(decision.fast_delta);
+        }
+    }
+
     /// Unique non-fraud clicks per (campaign, hour start), both lanes, all salts: what billing
     /// must bill.
     pub fn unique_by_campaign_hour(&self) -> BTreeMap<(CampaignId, u64), u64> {
