@@ -43,21 +43,7 @@ pub async fn billing_verdict(scenario: &Scenario, artifacts: &RunArtifacts) -> V
 
 async fn check(scenario: &Scenario, artifacts: &RunArtifacts) -> anyhow::Result<Verdict> {
     let blobs: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::new());
-    let mut files = 0;
-    for partition in (0..artifacts.log.partitions()).map(PartitionId) {
-        let end = artifacts.log.end_offset(partition).await?;
-        let mut archiver = Archiver::open(
-            partition,
-            artifacts.log.clone(),
-            blobs.clone(),
-            Arc::new(SystemClock),
-            ArchiverConfig::default(),
-        )
-        .await?;
-        archiver.archive_until(end).await?;
-        archiver.flush().await?;
-        files += archiver.manifest().files().count();
-    }
+    let files = archive_everything(artifacts, &blobs).await?;
     let hours: BTreeSet<u64> = artifacts
         .expected_hours
         .keys()
@@ -77,18 +63,7 @@ async fn check(scenario: &Scenario, artifacts: &RunArtifacts) -> anyhow::Result<
         fraud: FraudSchedule::single(artifacts.fraud_list.clone()),
         fraud_inputs: Vec::new(),
     };
-    // Every campaign the oracle bills gets the flat price; a campaign billing bills and the
-    // oracle does not fails the run for its missing price, which names it.
-    let campaigns: BTreeSet<CampaignId> = artifacts
-        .expected_hours
-        .keys()
-        .map(|(campaign, _)| *campaign)
-        .collect();
-    let store = SqliteBillingStore::in_memory()?;
-    store.migrate().await?;
-    for campaign in &campaigns {
-        store.set_price(*campaign, CHECK_CPC_MICROS).await?;
-    }
+    let store = priced_store(artifacts).await?;
     let gate = ArchiveGate {
         partitions: Some(artifacts.log.partitions()),
         allow_incomplete: false,
@@ -99,11 +74,9 @@ async fn check(scenario: &Scenario, artifacts: &RunArtifacts) -> anyhow::Result<
     };
     let billed =
         bill_from_archive(&store, blobs.as_ref(), &job, gate, SystemClock.now_ms()).await?;
-    let outcome = billed.outcome;
     let stored = store.hourly(job.from_ms, job.to_ms).await?;
-
     // Billing equality: billed == the oracle's unique non-fraud clicks, per (campaign, hour).
-    let billed: BTreeMap<(CampaignId, u64), u64> = stored
+    let billable: BTreeMap<(CampaignId, u64), u64> = stored
         .iter()
         .filter(|row| row.bill.billable > 0)
         .map(|row| {
@@ -113,8 +86,7 @@ async fn check(scenario: &Scenario, artifacts: &RunArtifacts) -> anyhow::Result<
             )
         })
         .collect();
-    let mismatches = adclick_sim::oracle::billing_mismatches(&artifacts.expected_hours, &billed);
-
+    let mismatches = adclick_sim::oracle::billing_mismatches(&artifacts.expected_hours, &billable);
     let reconciliation = reconcile(
         &artifacts.scan,
         &adclick_billing::store::rows_to_map(&stored),
@@ -122,15 +94,15 @@ async fn check(scenario: &Scenario, artifacts: &RunArtifacts) -> anyhow::Result<
         job.to_ms,
         &BillingLists::AsWorkers,
     );
-    let totals = reconciliation.totals;
     let holds = mismatches.is_empty() && reconciliation.holds();
     let detail = if holds {
+        let totals = reconciliation.totals;
         format!(
             "{} (campaign, hour) rows billed from {files} Parquet files = the oracle ({} billable); \
              reconciled: {} on time + {} late + {} unverified - {} duplicates and fraud among \
              the unverified, 0 unexplained",
-            billed.len(),
-            outcome.record.billable,
+            billable.len(),
+            billed.outcome.record.billable,
             totals.on_time,
             totals.late,
             totals.unverified,
@@ -154,4 +126,43 @@ async fn check(scenario: &Scenario, artifacts: &RunArtifacts) -> anyhow::Result<
         checked: true,
         detail,
     })
+}
+
+/// Archives every partition of the run's log to its end; returns the files written.
+async fn archive_everything(
+    artifacts: &RunArtifacts,
+    blobs: &Arc<dyn BlobStore>,
+) -> anyhow::Result<usize> {
+    let mut files = 0;
+    for partition in (0..artifacts.log.partitions()).map(PartitionId) {
+        let end = artifacts.log.end_offset(partition).await?;
+        let mut archiver = Archiver::open(
+            partition,
+            artifacts.log.clone(),
+            blobs.clone(),
+            Arc::new(SystemClock),
+            ArchiverConfig::default(),
+        )
+        .await?;
+        archiver.archive_until(end).await?;
+        archiver.flush().await?;
+        files += archiver.manifest().files().count();
+    }
+    Ok(files)
+}
+
+/// The embedded billing store, every campaign the oracle bills at the flat price; a campaign
+/// billing bills and the oracle does not fails the run for its missing price, which names it.
+async fn priced_store(artifacts: &RunArtifacts) -> anyhow::Result<SqliteBillingStore> {
+    let campaigns: BTreeSet<CampaignId> = artifacts
+        .expected_hours
+        .keys()
+        .map(|(campaign, _)| *campaign)
+        .collect();
+    let store = SqliteBillingStore::in_memory()?;
+    store.migrate().await?;
+    for campaign in &campaigns {
+        store.set_price(*campaign, CHECK_CPC_MICROS).await?;
+    }
+    Ok(store)
 }
