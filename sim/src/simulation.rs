@@ -578,7 +578,6 @@ fn start_workers(
     Cluster { nodes, owners }
 }
 
-/// Everything the chaos task may break.
 /// Publishes a new fraud-list version at random times (`faults.fraud_rotations_per_min`), as an
 /// operator's rotation does: every worker swaps it in at its next barrier, wherever its epoch
 /// stands. Its own random stream, so scenarios without rotations keep their seeds' schedules.
@@ -616,6 +615,7 @@ async fn rotate_fraud_lists(
     }
 }
 
+/// Everything the chaos task may break.
 struct Chaos {
     faults: Arc<Faults>,
     /// The store under every wrapper, to make it forget.
@@ -631,138 +631,146 @@ struct Chaos {
     seed: u64,
 }
 
-/// Fires node faults at the configured rates until the safety phase ends, then restarts and
-/// resumes every node it took down.
+/// What a fault took down, brought back once its hold is over.
+#[derive(Default)]
+struct Outage {
+    down: BTreeSet<usize>,
+    paused: BTreeSet<usize>,
+    ingest_down: BTreeSet<usize>,
+}
+
+/// Fires node faults at the configured rates until the safety phase ends. Each fault holds for
+/// a random while, then what it took down comes back, so that every outage is bounded by the
+/// hold (a longer one would push resends past the dedup horizon, which is billing's to catch,
+/// not the fast path's).
 async fn run_chaos(chaos: Chaos) {
-    let Chaos {
-        faults,
-        memory_store,
-        nodes,
-        owners,
-        ingest_nodes,
-        ingest_slots,
-        env,
-        scenario,
-        stop,
-        restarts,
-        seed,
-    } = chaos;
-    let duration_s = scenario.sim.duration_s;
-    let handle = madsim::runtime::Handle::current();
-    let mut rng = Pcg64Mcg::seed_from_u64(seed);
-    let rates = *faults.rates.lock().expect("rates lock");
+    let mut rng = Pcg64Mcg::seed_from_u64(chaos.seed);
+    let rates = *chaos.faults.rates.lock().expect("rates lock");
     let per_s = (rates.worker_kills_per_min
         + rates.node_pauses_per_min
         + rates.takeovers_per_min
         + rates.ingest_crashes_per_min
         + rates.store_losses_per_min)
         / 60.0;
-    let mut ingest_down: BTreeSet<usize> = BTreeSet::new();
-    let end_ms = SystemClock.now_ms() + (duration_s * 1000.0) as u64;
-    let mut down: BTreeSet<usize> = BTreeSet::new();
-    let mut paused: BTreeSet<usize> = BTreeSet::new();
+    if per_s <= 0.0 {
+        // No node faults at all: nothing to schedule.
+        return;
+    }
+    let end_ms = SystemClock.now_ms() + (chaos.scenario.sim.duration_s * 1000.0) as u64;
+    let mut outage = Outage::default();
     loop {
-        if per_s <= 0.0 {
-            // No node faults at all: nothing to schedule.
-            break;
-        }
         let wait_ms = (-(1.0 - rng.random::<f64>()).ln() / per_s * 1000.0) as u64;
         tokio::time::sleep(Duration::from_millis(wait_ms.max(1))).await;
         if SystemClock.now_ms() >= end_ms {
             break;
         }
-        let node = rng.random_range(0..nodes.len());
+        let node = rng.random_range(0..chaos.nodes.len());
         let pick = rng.random::<f64>() * per_s * 60.0;
-        if pick < rates.worker_kills_per_min {
-            handle.kill(nodes[node]);
-            down.insert(node);
-            faults.count(|counts| counts.worker_kills += 1);
-            faults.note(format!("kill worker-{node}"));
-        } else if pick < rates.worker_kills_per_min + rates.ingest_crashes_per_min {
-            // Clients see the node go away at once; its unflushed buffer is lost.
-            // Drawn only with several nodes, so one-node scenarios keep their seeds' schedules.
-            let ingest = if ingest_nodes.len() > 1 {
-                rng.random_range(0..ingest_nodes.len())
-            } else {
-                0
-            };
-            ingest_slots[ingest]
-                .lock()
-                .expect("ingest slot lock")
-                .take();
-            handle.kill(ingest_nodes[ingest]);
-            ingest_down.insert(ingest);
-            faults.count(|counts| counts.ingest_crashes += 1);
-            faults.note(format!("kill ingest-{ingest}"));
-        } else if pick
-            < rates.worker_kills_per_min + rates.ingest_crashes_per_min + rates.node_pauses_per_min
-        {
-            handle.pause(nodes[node]);
-            paused.insert(node);
-            faults.count(|counts| counts.node_pauses += 1);
-            faults.note(format!("pause worker-{node}"));
-        } else if pick
-            < rates.worker_kills_per_min
-                + rates.ingest_crashes_per_min
-                + rates.node_pauses_per_min
-                + rates.store_losses_per_min
-        {
-            memory_store.forget_everything();
-            faults.count(|counts| counts.store_losses += 1);
-            faults.note("the real-time store forgets everything".to_owned());
-        } else if nodes.len() > 1 {
-            // Takeover: pause a partition's owner, start a new owner for it elsewhere.
-            let partition = rng.random_range(0..scenario.engine.partitions) as usize;
-            let old_owner = owners.lock().expect("owners lock")[partition];
-            let new_owner = (old_owner + 1 + rng.random_range(0..nodes.len() - 1)) % nodes.len();
-            handle.pause(nodes[old_owner]);
-            paused.insert(old_owner);
-            owners.lock().expect("owners lock")[partition] = new_owner;
-            if let Some(node) = handle.get_node(nodes[new_owner]) {
-                node.spawn(supervise(
-                    PartitionId(partition as u32),
-                    scenario.worker_config(),
-                    scenario.aggregator_config(),
-                    env.clone(),
-                    stop.clone(),
-                    restarts.clone(),
-                    assignment(owners.clone(), new_owner),
-                ));
-            }
-            faults.count(|counts| counts.takeovers += 1);
-            faults.note(format!(
-                "takeover p{partition} worker-{old_owner} -> worker-{new_owner}"
-            ));
-        }
+        chaos.fire(&mut rng, &rates, pick, node, &mut outage);
         let hold_ms = rng.random_range(100..2_000);
         tokio::time::sleep(Duration::from_millis(hold_ms)).await;
-        // Bring back what this fault took down once its hold is over, so that every outage is
-        // bounded by the hold (a longer one would push resends past the dedup horizon, which is
-        // billing's to catch, not the fast path's).
-        for node in std::mem::take(&mut down) {
-            handle.restart(nodes[node]);
-            faults.note(format!("restart worker-{node}"));
-        }
-        for node in std::mem::take(&mut paused) {
-            handle.resume(nodes[node]);
-            faults.note(format!("resume worker-{node}"));
-        }
-        for ingest in std::mem::take(&mut ingest_down) {
-            handle.restart(ingest_nodes[ingest]);
-            faults.note(format!("restart ingest-{ingest}"));
+        chaos.bring_back(&mut outage);
+    }
+    chaos.bring_back(&mut outage);
+}
+
+impl Chaos {
+    /// The fault `pick` falls on, each taking its share of the summed rates.
+    fn fire(
+        &self,
+        rng: &mut Pcg64Mcg,
+        rates: &FaultRates,
+        pick: f64,
+        node: usize,
+        outage: &mut Outage,
+    ) {
+        let kills = rates.worker_kills_per_min;
+        let crashes = kills + rates.ingest_crashes_per_min;
+        let pauses = crashes + rates.node_pauses_per_min;
+        let losses = pauses + rates.store_losses_per_min;
+        let handle = madsim::runtime::Handle::current();
+        if pick < kills {
+            handle.kill(self.nodes[node]);
+            outage.down.insert(node);
+            self.faults.count(|counts| counts.worker_kills += 1);
+            self.faults.note(format!("kill worker-{node}"));
+        } else if pick < crashes {
+            self.crash_ingest(rng, outage);
+        } else if pick < pauses {
+            handle.pause(self.nodes[node]);
+            outage.paused.insert(node);
+            self.faults.count(|counts| counts.node_pauses += 1);
+            self.faults.note(format!("pause worker-{node}"));
+        } else if pick < losses {
+            self.memory_store.forget_everything();
+            self.faults.count(|counts| counts.store_losses += 1);
+            self.faults
+                .note("the real-time store forgets everything".to_owned());
+        } else if self.nodes.len() > 1 {
+            self.take_over(rng, outage);
         }
     }
-    for node in down {
-        handle.restart(nodes[node]);
-        faults.note(format!("restart worker-{node}"));
+
+    /// Clients see the node go away at once; its unflushed buffer is lost. Drawn only with
+    /// several nodes, so one-node scenarios keep their seeds' schedules.
+    fn crash_ingest(&self, rng: &mut Pcg64Mcg, outage: &mut Outage) {
+        let ingest = if self.ingest_nodes.len() > 1 {
+            rng.random_range(0..self.ingest_nodes.len())
+        } else {
+            0
+        };
+        self.ingest_slots[ingest]
+            .lock()
+            .expect("ingest slot lock")
+            .take();
+        madsim::runtime::Handle::current().kill(self.ingest_nodes[ingest]);
+        outage.ingest_down.insert(ingest);
+        self.faults.count(|counts| counts.ingest_crashes += 1);
+        self.faults.note(format!("kill ingest-{ingest}"));
     }
-    for node in paused {
-        handle.resume(nodes[node]);
-        faults.note(format!("resume worker-{node}"));
+
+    /// Pauses a partition's owner and starts a new owner for it elsewhere; the old one, woken
+    /// later, is fenced.
+    fn take_over(&self, rng: &mut Pcg64Mcg, outage: &mut Outage) {
+        let handle = madsim::runtime::Handle::current();
+        let nodes = &self.nodes;
+        let partition = rng.random_range(0..self.scenario.engine.partitions) as usize;
+        let old_owner = self.owners.lock().expect("owners lock")[partition];
+        let new_owner = (old_owner + 1 + rng.random_range(0..nodes.len() - 1)) % nodes.len();
+        handle.pause(nodes[old_owner]);
+        outage.paused.insert(old_owner);
+        self.owners.lock().expect("owners lock")[partition] = new_owner;
+        if let Some(node) = handle.get_node(nodes[new_owner]) {
+            node.spawn(supervise(
+                PartitionId(partition as u32),
+                self.scenario.worker_config(),
+                self.scenario.aggregator_config(),
+                self.env.clone(),
+                self.stop.clone(),
+                self.restarts.clone(),
+                assignment(self.owners.clone(), new_owner),
+            ));
+        }
+        self.faults.count(|counts| counts.takeovers += 1);
+        self.faults.note(format!(
+            "takeover p{partition} worker-{old_owner} -> worker-{new_owner}"
+        ));
     }
-    for ingest in ingest_down {
-        handle.restart(ingest_nodes[ingest]);
-        faults.note(format!("restart ingest-{ingest}"));
+
+    fn bring_back(&self, outage: &mut Outage) {
+        let handle = madsim::runtime::Handle::current();
+        for node in std::mem::take(&mut outage.down) {
+            handle.restart(self.nodes[node]);
+            self.faults.note(format!("restart worker-{node}"));
+        }
+        for node in std::mem::take(&mut outage.paused) {
+            handle.resume(self.nodes[node]);
+            self.faults.note(format!("resume worker-{node}"));
+        }
+        for ingest in std::mem::take(&mut outage.ingest_down) {
+            handle.restart(self.ingest_nodes[ingest]);
+            self.faults.note(format!("restart ingest-{ingest}"));
+        }
     }
 }
 
