@@ -173,107 +173,129 @@ mod sim_main {
         })
     }
 
+    /// What a sweep got through.
+    #[derive(Default)]
+    struct Sweep {
+        passed: u64,
+        failed: u64,
+        virtual_s: f64,
+        events: u64,
+    }
+
     fn run(args: &SeedArgs, check_determinism: bool, verbose: bool) -> ExitCode {
         let commit = git_commit();
-        let (mut passed, mut failed) = (0u64, 0u64);
         let started = Instant::now();
-        let mut virtual_s = 0.0;
-        let mut events = 0u64;
+        let mut sweep = Sweep::default();
         for path in &args.scenarios {
             let scenario = match load(path) {
                 Ok(scenario) => scenario,
                 Err(code) => return code,
             };
             for seed in seeds_for(args, &scenario) {
-                let replay = format!("ci/sim run {} --seed {seed}", path.display());
-                let report = match run_seed(
+                let replay = format!(
+                    "ci/sim run {} --seed {seed}  (commit {commit})",
+                    path.display()
+                );
+                run_one(
                     &scenario,
-                    SimOptions {
-                        seed,
-                        ..SimOptions::default()
-                    },
-                ) {
-                    Ok(report) => report,
-                    Err(error) => {
-                        failed += 1;
-                        println!(
-                            "FAIL {} seed={seed}: {error:#}\n  replay: {replay}  (commit {commit})",
-                            scenario.name
-                        );
-                        continue;
-                    }
-                };
-                virtual_s += report.virtual_s;
-                events += report.log_records;
-                let mut problems: Vec<String> = report
-                    .verdicts
-                    .iter()
-                    .filter(|verdict| !verdict.holds)
-                    .map(|verdict| format!("{}: {}", verdict.invariant, verdict.detail))
-                    .collect();
-                if check_determinism {
-                    match run_seed(
-                        &scenario,
-                        SimOptions {
-                            seed,
-                            ..SimOptions::default()
-                        },
-                    ) {
-                        Ok(again) if again.trace_hash == report.trace_hash => {}
-                        Ok(again) => problems.push(format!(
-                            "determinism: trace hash {} then {}",
-                            report.trace_hash, again.trace_hash
-                        )),
-                        Err(error) => {
-                            problems.push(format!("determinism: second run failed: {error:#}"))
-                        }
-                    }
-                }
-                if verbose {
-                    println!("{}", serde_json::to_string(&report).unwrap_or_default());
-                }
-                if problems.is_empty() {
-                    passed += 1;
-                    println!(
-                        "PASS {} seed={seed} hash={} virtual={:.1}s clicks={} kills={} pauses={} takeovers={} store_errors={} log_errors={} dup_appends={}",
-                        scenario.name,
-                        report.trace_hash,
-                        report.virtual_s,
-                        report.log_records,
-                        report.faults.worker_kills,
-                        report.faults.node_pauses,
-                        report.faults.takeovers,
-                        report.faults.store_errors,
-                        report.faults.log_errors,
-                        report.faults.duplicate_appended_records,
-                    );
-                } else {
-                    failed += 1;
-                    let trace = write_trace(&report).map_or(String::new(), |path| {
-                        format!("\n  trace: {}", path.display())
-                    });
-                    println!(
-                        "FAIL {} seed={seed} hash={}\n  {}\n  replay: {replay}  (commit {commit}){trace}",
-                        scenario.name,
-                        report.trace_hash,
-                        problems.join("\n  ")
-                    );
-                }
+                    seed,
+                    check_determinism,
+                    verbose,
+                    &replay,
+                    &mut sweep,
+                );
             }
         }
         let elapsed = started.elapsed().as_secs_f64();
-        let seeds = passed + failed;
+        let seeds = sweep.passed + sweep.failed;
         eprintln!(
-            "simulated {virtual_s:.0} virtual s and {events} clicks in {elapsed:.1} real s: {:.0} clicks/s, {:.0} seeds/min",
-            events as f64 / elapsed.max(1e-9),
+            "simulated {:.0} virtual s and {} clicks in {elapsed:.1} real s: {:.0} clicks/s, {:.0} seeds/min",
+            sweep.virtual_s,
+            sweep.events,
+            sweep.events as f64 / elapsed.max(1e-9),
             seeds as f64 * 60.0 / elapsed.max(1e-9)
         );
-        println!("sim: {passed} passed, {failed} failed");
-        if failed == 0 {
+        println!("sim: {} passed, {} failed", sweep.passed, sweep.failed);
+        if sweep.failed == 0 {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
         }
+    }
+
+    /// One seed (twice with `check_determinism`), its PASS or FAIL line with the replay command.
+    fn run_one(
+        scenario: &Scenario,
+        seed: u64,
+        check_determinism: bool,
+        verbose: bool,
+        replay: &str,
+        sweep: &mut Sweep,
+    ) {
+        let options = || SimOptions {
+            seed,
+            ..SimOptions::default()
+        };
+        let report = match run_seed(scenario, options()) {
+            Ok(report) => report,
+            Err(error) => {
+                sweep.failed += 1;
+                println!(
+                    "FAIL {} seed={seed}: {error:#}\n  replay: {replay}",
+                    scenario.name
+                );
+                return;
+            }
+        };
+        sweep.virtual_s += report.virtual_s;
+        sweep.events += report.log_records;
+        let mut problems: Vec<String> = report
+            .verdicts
+            .iter()
+            .filter(|verdict| !verdict.holds)
+            .map(|verdict| format!("{}: {}", verdict.invariant, verdict.detail))
+            .collect();
+        if check_determinism {
+            match run_seed(scenario, options()) {
+                Ok(again) if again.trace_hash == report.trace_hash => {}
+                Ok(again) => problems.push(format!(
+                    "determinism: trace hash {} then {}",
+                    report.trace_hash, again.trace_hash
+                )),
+                Err(error) => problems.push(format!("determinism: second run failed: {error:#}")),
+            }
+        }
+        if verbose {
+            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        }
+        if problems.is_empty() {
+            sweep.passed += 1;
+            let faults = &report.faults;
+            println!(
+                "PASS {} seed={seed} hash={} virtual={:.1}s clicks={} kills={} pauses={} takeovers={} store_errors={} log_errors={} dup_appends={}",
+                scenario.name,
+                report.trace_hash,
+                report.virtual_s,
+                report.log_records,
+                faults.worker_kills,
+                faults.node_pauses,
+                faults.takeovers,
+                faults.store_errors,
+                faults.log_errors,
+                faults.duplicate_appended_records,
+            );
+            return;
+        }
+        sweep.failed += 1;
+        let trace = write_trace(&report).map_or(String::new(), |path| {
+            format!("\n  trace: {}", path.display())
+        });
+        println!(
+            "FAIL {} seed={seed} hash={}\n  {}\n  replay: {replay}{trace}",
+            scenario.name,
+            report.trace_hash,
+            problems.join("\n  ")
+        );
     }
 
     fn canary(args: &SeedArgs, variant: Variant) -> ExitCode {
