@@ -265,61 +265,110 @@ pub async fn drive(
         let body = tokio::task::spawn_blocking(move || bodies.lock().expect("bodies").recv())
             .await?
             .context("the body generator stopped early")?;
-        let (client, url, tally, accepted) =
-            (client.clone(), url.clone(), tally.clone(), accepted.clone());
-        tasks.spawn(async move {
-            let sent = Instant::now();
-            let result = client
-                .post(&url)
-                .header("content-type", "application/x-ndjson")
-                .body(body)
-                .send()
-                .await;
-            let answer = match result {
-                Ok(response) => {
-                    let status = response.status();
-                    let body = response.bytes().await.unwrap_or_default();
-                    Ok((status, body))
-                }
-                Err(error) => Err(error),
-            };
-            let done = Instant::now();
-            drop(permit);
-            let mut tally = tally.lock().expect("tally lock");
-            let corrected = done.duration_since(intended).as_micros() as u64;
-            let raw = done.duration_since(sent).as_micros() as u64;
-            tally
-                .corrected_us
-                .as_mut()
-                .expect("set")
-                .saturating_record(corrected.max(1));
-            tally
-                .raw_us
-                .as_mut()
-                .expect("set")
-                .saturating_record(raw.max(1));
-            match answer {
-                Ok((status, body)) if status.is_success() || status.as_u16() == 400 => {
-                    tally.requests_ok += 1;
-                    if let Ok(answer) = serde_json::from_slice::<IngestAnswer>(&body) {
-                        accepted.fetch_add(answer.accepted, std::sync::atomic::Ordering::Relaxed);
-                        tally.events_accepted += answer.accepted;
-                        tally.events_rejected += answer.rejected;
-                    }
-                }
-                Ok((status, _)) if status.as_u16() == 503 => tally.requests_busy += 1,
-                _ => tally.requests_failed += 1,
-            }
-        });
+        let post = Post {
+            client: client.clone(),
+            url: url.clone(),
+            tally: tally.clone(),
+            accepted: accepted.clone(),
+        };
+        tasks.spawn(post.send(body, intended, permit));
         // Reap finished requests so the set stays small.
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
     let elapsed = start.elapsed().as_secs_f64();
-    // Let the workers catch up (when the target answers /v1/freshness), then stop watching.
+    let (after_drain, drain_ms) = drain(&client, base).await;
+    let _ = stop_watching.send(true);
+    let (timeline, last_watched) = watcher.await?;
+    // The drain's own last answer is newer than the watcher's.
+    let last = after_drain.or(last_watched);
+    let (freshness_ms, _) = sampler.await?;
+    let tally = tally.lock().expect("tally lock");
+    let report = load_report(scenario, base, connections, elapsed, &tally);
+    let run_report = http_run_report(
+        scenario,
+        &report,
+        &tally,
+        (timeline, last, freshness_ms),
+        drain_ms,
+    );
+    Ok((report, run_report))
+}
+
+/// One request's way to the target and its answer into the tally.
+struct Post {
+    client: reqwest::Client,
+    url: String,
+    tally: Arc<Mutex<Tally>>,
+    accepted: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Post {
+    /// Posts `body`; latency runs from `intended` (corrected for coordinated omission) and from
+    /// the send (raw). The permit is held until the answer is in.
+    async fn send(
+        self,
+        body: Vec<u8>,
+        intended: Instant,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let sent = Instant::now();
+        let result = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await;
+        let answer = match result {
+            Ok(response) => {
+                let status = response.status();
+                let body = response.bytes().await.unwrap_or_default();
+                Ok((status, body))
+            }
+            Err(error) => Err(error),
+        };
+        let done = Instant::now();
+        drop(permit);
+        let mut tally = self.tally.lock().expect("tally lock");
+        let corrected = done.duration_since(intended).as_micros() as u64;
+        let raw = done.duration_since(sent).as_micros() as u64;
+        let tally = &mut *tally;
+        let histograms = [
+            (&mut tally.corrected_us, corrected),
+            (&mut tally.raw_us, raw),
+        ];
+        for (histogram, us) in histograms {
+            histogram
+                .as_mut()
+                .expect("set")
+                .saturating_record(us.max(1));
+        }
+        match answer {
+            Ok((status, body)) if status.is_success() || status.as_u16() == 400 => {
+                tally.requests_ok += 1;
+                if let Ok(answer) = serde_json::from_slice::<IngestAnswer>(&body) {
+                    let ordering = std::sync::atomic::Ordering::Relaxed;
+                    self.accepted.fetch_add(answer.accepted, ordering);
+                    tally.events_accepted += answer.accepted;
+                    tally.events_rejected += answer.rejected;
+                }
+            }
+            Ok((status, _)) if status.as_u16() == 503 => tally.requests_busy += 1,
+            _ => tally.requests_failed += 1,
+        }
+    }
+}
+
+/// Lets the workers catch up (when the target answers /v1/freshness, for up to 60 s): the last
+/// answer, and how long it took.
+async fn drain(
+    client: &reqwest::Client,
+    base: &str,
+) -> (Option<adclick_server::api::Freshness>, u64) {
     let drain_started = Instant::now();
     let mut after_drain = None;
-    while let Some(answer) = super::http_monitor::freshness(&client, base).await {
+    while let Some(answer) = super::http_monitor::freshness(client, base).await {
         let done = super::http_monitor::drained(&answer)
             || drain_started.elapsed() > Duration::from_secs(60);
         after_drain = Some(answer);
@@ -328,19 +377,22 @@ pub async fn drive(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let drain_ms = drain_started.elapsed().as_millis() as u64;
-    let _ = stop_watching.send(true);
-    let (timeline, last_watched) = watcher.await?;
-    // The drain's own last answer is newer than the watcher's.
-    let last = after_drain.or(last_watched);
-    let (freshness_ms, _) = sampler.await?;
-    let tally = tally.lock().expect("tally lock");
-    let report = LoadReport {
+    (after_drain, drain_started.elapsed().as_millis() as u64)
+}
+
+fn load_report(
+    scenario: &Scenario,
+    base: &str,
+    connections: usize,
+    elapsed: f64,
+    tally: &Tally,
+) -> LoadReport {
+    LoadReport {
         scenario: scenario.name.clone(),
         target: base.to_owned(),
         connections,
-        batch_events,
-        target_rate_per_s: rate,
+        batch_events: scenario.traffic.batch_events.max(1),
+        target_rate_per_s: scenario.traffic.rate_per_s.max(1),
         achieved_rate_per_s: tally.events_accepted as f64 / elapsed,
         duration_s: elapsed,
         events_accepted: tally.events_accepted,
@@ -350,15 +402,7 @@ pub async fn drive(
         requests_failed: tally.requests_failed,
         ack_latency_ms: percentiles(tally.corrected_us.as_ref().expect("set")),
         ack_latency_raw_ms: percentiles(tally.raw_us.as_ref().expect("set")),
-    };
-    let run_report = http_run_report(
-        scenario,
-        &report,
-        &tally,
-        (timeline, last, freshness_ms),
-        drain_ms,
-    );
-    Ok((report, run_report))
+    }
 }
 
 /// The same report shape as an in-process run, from what an HTTP client can see.
