@@ -54,7 +54,7 @@ pub async fn drive(
         scenario.name, scenario.traffic.duration_s
     );
     let mut generator = Generator::new(scenario);
-    let histograms = Arc::new(std::sync::Mutex::new((
+    let histograms: Arc<KafkaTally> = Arc::new(std::sync::Mutex::new((
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
         0u64,
@@ -78,44 +78,21 @@ pub async fn drive(
             &mut batch,
         );
         let count = batch.events.len() as u64;
-        let mut appends = Vec::new();
-        for (partition, block) in RecordBlock::route(&batch.events, partitions)
-            .into_iter()
-            .enumerate()
-            .filter(|(_, block)| !block.is_empty())
-        {
-            let first_sequence = sequences[partition];
-            sequences[partition] += block.len() as u64;
-            appends.push((
-                adclick_core::ids::PartitionId(partition as u32),
-                AppendBatch {
-                    producer_id: 1,
-                    first_sequence,
-                    records: block,
-                },
-            ));
-        }
+        let appends = route(&batch, &mut sequences);
         let (log, histograms) = (log.clone(), histograms.clone());
         tasks.spawn(async move {
             let sent = Instant::now();
-            let results = futures::future::join_all(
+            let appended = futures::future::join_all(
                 appends
                     .into_iter()
                     .map(|(partition, batch)| log.append(partition, batch)),
             )
-            .await;
+            .await
+            .iter()
+            .all(Result::is_ok);
             let done = Instant::now();
             drop(permit);
-            let mut histograms = histograms.lock().expect("histogram lock");
-            let corrected = done.duration_since(intended).as_micros() as u64;
-            let raw = done.duration_since(sent).as_micros() as u64;
-            histograms.0.saturating_record(corrected.max(1));
-            histograms.1.saturating_record(raw.max(1));
-            if results.iter().all(Result::is_ok) {
-                histograms.2 += count;
-            } else {
-                histograms.3 += 1;
-            }
+            tally(&histograms, intended, sent, done, appended.then_some(count));
         });
         while tasks.try_join_next().is_some() {}
     }
@@ -138,6 +115,53 @@ pub async fn drive(
         ack_latency_ms: super::load::percentiles(&histograms.0),
         ack_latency_raw_ms: super::load::percentiles(&histograms.1),
     })
+}
+
+/// Corrected and raw latencies (µs), clicks appended, batches failed.
+type KafkaTally = std::sync::Mutex<(Histogram<u64>, Histogram<u64>, u64, u64)>;
+
+/// A generated batch as one append per partition it touches, each continuing that
+/// partition's sequence (one idempotent producer).
+fn route(
+    batch: &GeneratedBatch,
+    sequences: &mut [u64],
+) -> Vec<(adclick_core::ids::PartitionId, AppendBatch)> {
+    let partitions = sequences.len() as u32;
+    let mut appends = Vec::new();
+    for (partition, block) in RecordBlock::route(&batch.events, partitions)
+        .into_iter()
+        .enumerate()
+        .filter(|(_, block)| !block.is_empty())
+    {
+        let first_sequence = sequences[partition];
+        sequences[partition] += block.len() as u64;
+        let append = AppendBatch {
+            producer_id: 1,
+            first_sequence,
+            records: block,
+        };
+        appends.push((adclick_core::ids::PartitionId(partition as u32), append));
+    }
+    appends
+}
+
+/// One batch's latencies, and its clicks when every append succeeded (else a failure).
+fn tally(
+    histograms: &KafkaTally,
+    intended: Instant,
+    sent: Instant,
+    done: Instant,
+    appended: Option<u64>,
+) {
+    let mut histograms = histograms.lock().expect("histogram lock");
+    let corrected = done.duration_since(intended).as_micros() as u64;
+    let raw = done.duration_since(sent).as_micros() as u64;
+    histograms.0.saturating_record(corrected.max(1));
+    histograms.1.saturating_record(raw.max(1));
+    match appended {
+        Some(count) => histograms.2 += count,
+        None => histograms.3 += 1,
+    }
 }
 
 #[cfg(test)]
