@@ -244,42 +244,35 @@ impl Engine {
     /// The bounds of the engine keys themselves. The aggregator's window and dedup rules are
     /// `AggregatorConfig::validate`'s; both callers check those too.
     pub fn validate(&self) -> Result<(), EngineInvalid> {
-        let invalid = |key: &'static str, value: String, rule: String| {
-            Err(EngineInvalid { key, value, rule })
-        };
         if self.partitions == 0 || self.partitions > 1024 {
-            return invalid(
+            return refuse(
                 "engine.partitions",
-                self.partitions.to_string(),
-                "must be between 1 and 1024".into(),
+                self.partitions,
+                "must be between 1 and 1024",
             );
         }
         if self.epoch_ms < 10 {
-            return invalid(
-                "engine.epoch_ms",
-                self.epoch_ms.to_string(),
-                "must be at least 10".into(),
-            );
+            return refuse("engine.epoch_ms", self.epoch_ms, "must be at least 10");
         }
         if self.producer_buffer_events_max == 0 {
-            return invalid(
+            return refuse(
                 "engine.producer_buffer_events_max",
-                "0".into(),
-                "must be at least 1".into(),
+                "0",
+                "must be at least 1",
             );
         }
         if !(0.0..=1.0).contains(&self.hot_campaign_share) {
-            return invalid(
+            return refuse(
                 "engine.hot_campaign_share",
-                self.hot_campaign_share.to_string(),
-                "must be between 0 and 1".into(),
+                self.hot_campaign_share,
+                "must be between 0 and 1",
             );
         }
         let salts_max = adclick_core::limits::SALTS_MAX;
         if self.hot_campaign_share > 0.0 && !(2..=salts_max).contains(&self.hot_campaign_salts) {
-            return invalid(
+            return refuse(
                 "engine.hot_campaign_salts",
-                self.hot_campaign_salts.to_string(),
+                self.hot_campaign_salts,
                 format!("must be between 2 and {salts_max} when hot_campaign_share is on"),
             );
         }
@@ -365,6 +358,19 @@ pub struct EngineInvalid {
     pub rule: String,
 }
 
+/// The refusal of a config value: its key, the value, and the rule it breaks.
+pub fn refuse(
+    key: &'static str,
+    value: impl ToString,
+    rule: impl Into<String>,
+) -> Result<(), EngineInvalid> {
+    Err(EngineInvalid {
+        key,
+        value: value.to_string(),
+        rule: rule.into(),
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
     #[error("{path}: cannot read: {source}")]
@@ -416,7 +422,7 @@ impl Scenario {
 
     fn validate_values(&self) -> Result<(), EngineInvalid> {
         if self.version != SCENARIO_FORMAT_VERSION {
-            return invalid(
+            return refuse(
                 "version",
                 self.version,
                 format!("this build reads version {SCENARIO_FORMAT_VERSION}"),
@@ -428,7 +434,7 @@ impl Scenario {
         self.sim.validate()?;
         self.engine.validate()?;
         if self.engine.producer_buffer_events_max < self.traffic.batch_events {
-            return invalid(
+            return refuse(
                 "engine.producer_buffer_events_max",
                 self.engine.producer_buffer_events_max,
                 "must hold at least one request (traffic.batch_events)",
@@ -477,30 +483,17 @@ impl Scenario {
     }
 }
 
-/// The error of a value that breaks a rule.
-fn invalid(
-    key: &'static str,
-    value: impl ToString,
-    rule: impl Into<String>,
-) -> Result<(), EngineInvalid> {
-    Err(EngineInvalid {
-        key,
-        value: value.to_string(),
-        rule: rule.into(),
-    })
-}
-
 fn fraction(key: &'static str, value: f64) -> Result<(), EngineInvalid> {
     if (0.0..=1.0).contains(&value) {
         Ok(())
     } else {
-        invalid(key, value, "must be between 0 and 1")
+        refuse(key, value, "must be between 0 and 1")
     }
 }
 
 fn at_least_one(key: &'static str, value: u64) -> Result<(), EngineInvalid> {
     if value == 0 {
-        return invalid(key, 0, "must be at least 1");
+        return refuse(key, 0, "must be at least 1");
     }
     Ok(())
 }
@@ -508,14 +501,14 @@ fn at_least_one(key: &'static str, value: u64) -> Result<(), EngineInvalid> {
 impl Traffic {
     fn validate(&self) -> Result<(), EngineInvalid> {
         if self.rate_per_s == 0 || self.rate_per_s > 100_000_000 {
-            return invalid(
+            return refuse(
                 "traffic.rate_per_s",
                 self.rate_per_s,
                 "must be between 1 and 100000000",
             );
         }
         if !(self.duration_s > 0.0 && self.duration_s <= 86_400.0) {
-            return invalid(
+            return refuse(
                 "traffic.duration_s",
                 self.duration_s,
                 "must be above 0 and at most 86400",
@@ -524,7 +517,7 @@ impl Traffic {
         at_least_one("traffic.campaigns", self.campaigns)?;
         at_least_one("traffic.ads_per_campaign", self.ads_per_campaign)?;
         if !(self.zipf_exponent >= 0.0 && self.zipf_exponent <= 5.0) {
-            return invalid(
+            return refuse(
                 "traffic.zipf_exponent",
                 self.zipf_exponent,
                 "must be between 0 and 5",
@@ -535,21 +528,21 @@ impl Traffic {
             .iter()
             .find(|country| adclick_core::ids::Country::parse(country).is_none());
         if let Some(bad) = unparsable {
-            return invalid(
+            return refuse(
                 "traffic.countries",
                 format!("{bad:?}"),
                 "each must be two uppercase letters",
             );
         }
         if self.countries.is_empty() {
-            return invalid("traffic.countries", "[]", "must list at least one country");
+            return refuse("traffic.countries", "[]", "must list at least one country");
         }
         if self.users == 0 || self.ips == 0 {
-            return invalid("traffic.ips", self.ips, "users and ips must be at least 1");
+            return refuse("traffic.ips", self.ips, "users and ips must be at least 1");
         }
         let batch_max = limits::INGEST_RECORDS_PER_REQUEST_MAX;
         if self.batch_events == 0 || self.batch_events > batch_max {
-            return invalid(
+            return refuse(
                 "traffic.batch_events",
                 self.batch_events,
                 format!("must be between 1 and {batch_max}"),
@@ -572,14 +565,14 @@ impl Anomalies {
         fraction("anomalies.viral_campaign_share", self.viral_campaign_share)?;
         let age_max = adclick_core::limits::EVENT_AGE_MS_MAX;
         if self.late_lag_ms > age_max {
-            return invalid(
+            return refuse(
                 "anomalies.late_lag_ms",
                 self.late_lag_ms,
                 format!("must be at most {age_max} (older clicks are rejected at ingest)"),
             );
         }
         if self.high_rate_ip_fraction > 0.0 && self.high_rate_ips == 0 {
-            return invalid(
+            return refuse(
                 "anomalies.high_rate_ips",
                 0,
                 "must be at least 1 when high_rate_ip_fraction is set",
@@ -587,7 +580,7 @@ impl Anomalies {
         }
         let future_max = adclick_core::limits::EVENT_TIME_FUTURE_MS_MAX;
         if self.clock_skew_ms > future_max {
-            return invalid(
+            return refuse(
                 "anomalies.clock_skew_ms",
                 self.clock_skew_ms,
                 format!(
@@ -618,7 +611,7 @@ impl Faults {
             ("faults.ingest_crashes_per_min", self.ingest_crashes_per_min),
         ] {
             if rate.is_nan() || !(0.0..=600.0).contains(&rate) {
-                return invalid(key, rate, "must be between 0 and 600");
+                return refuse(key, rate, "must be between 0 and 600");
             }
         }
         if let Some(crash) = self
@@ -626,14 +619,14 @@ impl Faults {
             .iter()
             .find(|crash| crash.partition >= partitions)
         {
-            return invalid(
+            return refuse(
                 "faults.worker_crashes.partition",
                 crash.partition,
                 format!("must be below engine.partitions ({partitions})"),
             );
         }
         if self.worker_crashes_per_min.is_nan() || self.worker_crashes_per_min < 0.0 {
-            return invalid(
+            return refuse(
                 "faults.worker_crashes_per_min",
                 self.worker_crashes_per_min,
                 "must be at least 0",
@@ -646,14 +639,14 @@ impl Faults {
 impl SimSettings {
     fn validate(&self) -> Result<(), EngineInvalid> {
         if self.rate_per_s == 0 || self.rate_per_s > 1_000_000 {
-            return invalid(
+            return refuse(
                 "sim.rate_per_s",
                 self.rate_per_s,
                 "must be between 1 and 1000000",
             );
         }
         if !(self.duration_s > 0.0 && self.duration_s <= 3_600.0) {
-            return invalid(
+            return refuse(
                 "sim.duration_s",
                 self.duration_s,
                 "must be above 0 and at most 3600",

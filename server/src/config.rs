@@ -3,7 +3,7 @@
 //! one process on embedded seams, so a new user can POST clicks and query counts with no
 //! services.
 
-use adclick_engine::scenario::EngineInvalid;
+use adclick_engine::scenario::{EngineInvalid, refuse};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -237,7 +237,7 @@ impl ServeConfig {
 
     fn validate_values(&self) -> Result<(), EngineInvalid> {
         if self.roles.is_empty() {
-            return invalid(
+            return refuse(
                 "roles",
                 "[]",
                 "name at least one of \"ingest\", \"worker\", \"query\", \"all\"",
@@ -248,7 +248,7 @@ impl ServeConfig {
         self.engine.validate()?;
         self.aggregator_config()
             .validate()
-            .or_else(|error| invalid("engine", "(window and dedup settings)", error.to_string()))?;
+            .or_else(|error| refuse("engine", "(window and dedup settings)", error.to_string()))?;
         self.validate_roles()?;
         self.validate_seams()
     }
@@ -276,7 +276,7 @@ impl ServeConfig {
             ),
         ] {
             if value == 0 {
-                return invalid(key, 0, "must be at least 1");
+                return refuse(key, 0, "must be at least 1");
             }
         }
         Ok(())
@@ -290,7 +290,7 @@ impl ServeConfig {
             && security.signing_keys_file.is_none()
             && std::env::var_os(crate::security::SIGNING_KEYS_ENV).is_none()
         {
-            return invalid(
+            return refuse(
                 "security.signing_keys_file",
                 "(absent)",
                 "the ingest role verifies signed clicks: give the keys (a file, or ADCLICK_SIGNING_KEYS), \
@@ -298,7 +298,7 @@ impl ServeConfig {
             );
         }
         if self.roles.contains(&Role::Archiver) && self.archive.url.is_none() {
-            return invalid(
+            return refuse(
                 "archive.url",
                 "(absent)",
                 "the archiver role needs a place to write: file:///dir or s3://bucket/prefix",
@@ -310,10 +310,10 @@ impl ServeConfig {
     fn validate_seams(&self) -> Result<(), EngineInvalid> {
         if let LogConfig::Kafka(kafka) = &self.log {
             if let Err(error) = kafka.validate() {
-                return invalid("log", &kafka.brokers, error.to_string());
+                return refuse("log", &kafka.brokers, error.to_string());
             }
             if kafka.partitions != self.engine.partitions {
-                return invalid(
+                return refuse(
                     "log.partitions",
                     kafka.partitions,
                     format!(
@@ -326,7 +326,7 @@ impl ServeConfig {
         if let StoreConfig::Redis(redis) = &self.store
             && let Err(error) = redis.validate()
         {
-            return invalid("store", &redis.url, error);
+            return refuse("store", &redis.url, error);
         }
         Ok(())
     }
@@ -361,23 +361,10 @@ impl ServeConfig {
     }
 }
 
-/// The error of a value that breaks a rule.
-fn invalid(
-    key: &'static str,
-    value: impl ToString,
-    rule: impl Into<String>,
-) -> Result<(), EngineInvalid> {
-    Err(EngineInvalid {
-        key,
-        value: value.to_string(),
-        rule: rule.into(),
-    })
-}
-
 impl HttpConfig {
     fn validate(&self) -> Result<(), EngineInvalid> {
         if self.durable_ack_timeout_ms >= self.request_timeout_ms {
-            return invalid(
+            return refuse(
                 "http.durable_ack_timeout_ms",
                 self.durable_ack_timeout_ms,
                 format!(
@@ -389,7 +376,7 @@ impl HttpConfig {
         }
         let records_max = adclick_engine::limits::INGEST_RECORDS_PER_REQUEST_MAX;
         if self.records_per_request_max > records_max {
-            return invalid(
+            return refuse(
                 "http.records_per_request_max",
                 self.records_per_request_max,
                 format!("must be at most {records_max} (the ingest core's limit)"),
