@@ -825,3 +825,19 @@ pub async fn workers_schedule(
     }
     Ok(schedule)
 }
+
+/// The oracle's expectation of a run, judging fraud as the workers did (the list each
+/// partition's checkpoints name per offset): the schedule, and what the log says.
+pub async fn expected_as_judged(
+    log: &dyn Log,
+    checkpoints: &adclick_engine::checkpoint::CheckpointStore,
+    registry: &std::sync::RwLock<FraudRegistry>,
+    config: &AggregatorConfig,
+    keep_clicks: bool,
+    history: Option<&StatusHistory>,
+) -> anyhow::Result<(FraudSchedule, Expected)> {
+    let published = registry.read().expect("fraud registry lock").clone();
+    let fraud = workers_schedule(checkpoints, log.partitions(), &published).await?;
+    let expected = expected_from_log_with(log, &fraud, config, keep_clicks, history).await?;
+    Ok((fraud, expected))
+}

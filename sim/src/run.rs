@@ -610,16 +610,15 @@ async fn judge(
     log_sealed_at_ms: u64,
     measurements: Measurements,
 ) -> anyhow::Result<RunReport> {
-    let partitions = scenario.engine.partitions;
     let scan = seams.memory_store.scan().await?;
     let statuses = seams.memory_store.partition_status().await?;
-    let published = seams.registry.read().expect("fraud registry lock").clone();
     let checkpoints = CheckpointStore::new(seams.checkpoint_blobs.clone());
-    let fraud = oracle::workers_schedule(&checkpoints, partitions, &published).await?;
     let config = scenario.aggregator_config();
     let history = Some(seams.history.as_ref());
-    let expected =
-        oracle::expected_from_log_with(seams.log.as_ref(), &fraud, &config, false, history).await?;
+    let log = seams.log.as_ref();
+    let (_, expected) =
+        oracle::expected_as_judged(log, &checkpoints, &seams.registry, &config, false, history)
+            .await?;
     let evidence = oracle::Evidence {
         expected: &expected,
         scan: &scan,
@@ -649,15 +648,7 @@ async fn judge(
             },
         );
     let achieved_rate_per_s = traffic.sent as f64 / traffic.elapsed.as_secs_f64().max(1e-9);
-    if scenario.expect.min_rate_fraction > 0.0 {
-        let needed = scenario.expect.min_rate_fraction * scenario.traffic.rate_per_s as f64;
-        verdicts.push(Verdict {
-            invariant: "rate",
-            holds: achieved_rate_per_s >= needed,
-            checked: true,
-            detail: format!("sustained {achieved_rate_per_s:.0}/s, needed {needed:.0}/s"),
-        });
-    }
+    verdicts.extend(rate_verdict(scenario, achieved_rate_per_s));
     let stats = summed_stats(&statuses);
     let unique_billable_clicks = oracle::store_totals(&scan)
         .iter()
@@ -668,7 +659,11 @@ async fn judge(
     let artifacts = Some(RunArtifacts {
         log: seams.log.clone(),
         scan: scan.clone(),
-        fraud_list: published.current(),
+        fraud_list: seams
+            .registry
+            .read()
+            .expect("fraud registry lock")
+            .current(),
         checkpoints: seams.checkpoint_blobs.clone(),
         expected_hours: expected.unique_by_campaign_hour(),
         log_sealed_at_ms,
@@ -676,7 +671,7 @@ async fn judge(
     Ok(RunReport {
         scenario: scenario.name.clone(),
         seed: scenario.seed,
-        partitions,
+        partitions: scenario.engine.partitions,
         target_rate_per_s: scenario.traffic.rate_per_s,
         traffic_s: traffic.elapsed.as_secs_f64(),
         generated,
@@ -696,6 +691,20 @@ async fn judge(
         passed,
         measurements,
         artifacts,
+    })
+}
+
+/// With `expect.min_rate_fraction` set: the run sustained that share of its target rate.
+fn rate_verdict(scenario: &Scenario, achieved_rate_per_s: f64) -> Option<Verdict> {
+    let fraction = scenario.expect.min_rate_fraction;
+    (fraction > 0.0).then(|| {
+        let needed = fraction * scenario.traffic.rate_per_s as f64;
+        Verdict {
+            invariant: "rate",
+            holds: achieved_rate_per_s >= needed,
+            checked: true,
+            detail: format!("sustained {achieved_rate_per_s:.0}/s, needed {needed:.0}/s"),
+        }
     })
 }
 

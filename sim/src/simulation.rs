@@ -344,21 +344,20 @@ async fn judge(
         worker_restarts,
         rates,
     } = judged;
-    let partitions = scenario.engine.partitions;
     let config = scenario.aggregator_config();
     let scan = seams.memory_store.scan().await?;
-    let published = seams.registry.read().expect("fraud registry lock").clone();
     let checkpoints = CheckpointStore::new(seams.blobs.clone());
-    let fraud = oracle::workers_schedule(&checkpoints, partitions, &published).await?;
     // A file log is judged as it is on disk: read back with no faults, it must hold what the
     // workers read, at the same offsets.
     let judged_log: Arc<dyn Log> = match &seams.file_log_dir {
-        Some(dir) => Arc::new(file_log_faults::reopen(dir, partitions)?),
+        Some(dir) => Arc::new(file_log_faults::reopen(dir, scenario.engine.partitions)?),
         None => seams.base_log.clone(),
     };
     let history = Some(seams.history.as_ref());
-    let expected =
-        oracle::expected_from_log_with(judged_log.as_ref(), &fraud, &config, true, history).await?;
+    let log = judged_log.as_ref();
+    let (fraud, expected) =
+        oracle::expected_as_judged(log, &checkpoints, &seams.registry, &config, true, history)
+            .await?;
     let counts = *faults.counts.lock().expect("counts lock");
     let duplicates = seams.log.duplicates.lock().expect("duplicates lock");
     let appended_again = duplicates.clicks.clone();
