@@ -1,12 +1,12 @@
 //! Fault injection around the seams, shared by the simulator and `adclick run`.
 //!
 //! One switchboard (`Faults`) holds the rates, a seeded random stream and counters; the wrappers
-//! (`SimLog`, `SimStore`, `SimBlobs`) consult it on every call. Errors strike before or after the
+//! (`FaultyLog`, `FaultyStore`, `FaultyBlobs`) consult it on every call. Errors strike before or after the
 //! wrapped effect (an outage, or a timeout whose write went through), so every retry and recovery
 //! path of the engine runs. Healing zeroes the rates.
 //!
 //! Reads can also come back empty while the log holds records past the read offset (a consume
-//! that timed out, a broker whose high watermark lags): `SimLog` does it in the simulator, and
+//! that timed out, a broker whose high watermark lags): `FaultyLog` does it in the simulator, and
 //! `EmptyReadLog` wraps the workers' log of `adclick run`, whichever log that is.
 //!
 //! In swarm mode a seed also draws its traffic (`draw_swarm_anomalies`): client clock skew up to
@@ -242,7 +242,7 @@ impl Faults {
 
 /// The sim log node: keyed partitions and offsets (the in-process log), outages, lost acks and
 /// duplicate appends from a non-idempotent producer.
-pub struct SimLog {
+pub struct FaultyLog {
     pub inner: Arc<dyn crate::file_log_faults::BaseLog>,
     pub faults: Arc<Faults>,
     /// Records the duplicating producer appended: the no-loss check adds them to the accepted.
@@ -250,7 +250,7 @@ pub struct SimLog {
 }
 
 #[async_trait]
-impl Log for SimLog {
+impl Log for FaultyLog {
     fn partitions(&self) -> u32 {
         self.inner.partitions()
     }
@@ -370,12 +370,12 @@ impl Log for EmptyReadLog {
 
 /// The real-time store node: the embedded store's fencing, with latency and errors that strike
 /// before or after a write is applied (a timeout whose write went through).
-pub struct SimStore {
+pub struct FaultyStore {
     pub inner: Arc<dyn RealtimeStore>,
     pub faults: Arc<Faults>,
 }
 
-impl SimStore {
+impl FaultyStore {
     fn unavailable() -> StoreError {
         StoreError::Unavailable {
             message: "injected store error".into(),
@@ -384,7 +384,7 @@ impl SimStore {
 }
 
 #[async_trait]
-impl RealtimeStore for SimStore {
+impl RealtimeStore for FaultyStore {
     async fn claim_partition(
         &self,
         partition: PartitionId,
@@ -397,12 +397,12 @@ impl RealtimeStore for SimStore {
         if fail {
             self.faults.count(|counts| counts.store_errors += 1);
             if self.faults.coin() {
-                return Err(SimStore::unavailable());
+                return Err(FaultyStore::unavailable());
             }
         }
         let claim = self.inner.claim_partition(partition, above).await?;
         if fail {
-            return Err(SimStore::unavailable());
+            return Err(FaultyStore::unavailable());
         }
         Ok(claim)
     }
@@ -419,12 +419,12 @@ impl RealtimeStore for SimStore {
         if fail {
             self.faults.count(|counts| counts.store_errors += 1);
             if self.faults.coin() {
-                return Err(SimStore::unavailable());
+                return Err(FaultyStore::unavailable());
             }
         }
         let outcome = self.inner.apply(partition, fence, updates, status).await?;
         if fail {
-            return Err(SimStore::unavailable());
+            return Err(FaultyStore::unavailable());
         }
         Ok(outcome)
     }
@@ -458,7 +458,7 @@ impl RealtimeStore for SimStore {
 }
 
 /// The checkpoint store with errors.
-pub struct SimBlobs {
+pub struct FaultyBlobs {
     pub inner: MemoryBlobStore,
     pub faults: Arc<Faults>,
 }
@@ -472,7 +472,7 @@ enum Strike {
     After,
 }
 
-impl SimBlobs {
+impl FaultyBlobs {
     fn error(key: &str) -> BlobError {
         BlobError::Unavailable {
             key: key.to_owned(),
@@ -500,11 +500,11 @@ impl SimBlobs {
     ) -> Result<T, BlobError> {
         let strike = self.strike();
         if strike == Strike::Before {
-            return Err(SimBlobs::error(key));
+            return Err(FaultyBlobs::error(key));
         }
         let result = effect.await?;
         if strike == Strike::After {
-            return Err(SimBlobs::error(key));
+            return Err(FaultyBlobs::error(key));
         }
         Ok(result)
     }
@@ -522,7 +522,7 @@ impl SimBlobs {
 }
 
 #[async_trait]
-impl BlobStore for SimBlobs {
+impl BlobStore for FaultyBlobs {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), BlobError> {
         self.write(key, self.inner.put(key, bytes)).await
     }

@@ -24,7 +24,7 @@ use adclick_loadgen::Generator;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::faults::{EmptyReadLog, FaultRates, Faults, SimStore};
+use crate::faults::{EmptyReadLog, FaultRates, Faults, FaultyStore};
 use crate::history::{RecordingLog, RecordingStore, StatusHistory};
 use crate::measure::{Measurements, Recorder};
 use crate::oracle::{self, Ledger, Verdict};
@@ -256,7 +256,7 @@ impl RunSeams {
         let faults = (rates.store_error_rate > 0.0 || rates.log_empty_read_rate > 0.0)
             .then(|| Arc::new(Faults::new(rates, scenario.seed)));
         let store: Arc<dyn RealtimeStore> = match &faults {
-            Some(faults) if rates.store_error_rate > 0.0 => Arc::new(SimStore {
+            Some(faults) if rates.store_error_rate > 0.0 => Arc::new(FaultyStore {
                 inner: recording_store.clone(),
                 faults: faults.clone(),
             }),

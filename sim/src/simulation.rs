@@ -39,7 +39,7 @@ use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use serde::Serialize;
 
-use crate::faults::{FaultCounts, FaultRates, Faults, SimBlobs, SimLog, SimStore};
+use crate::faults::{FaultCounts, FaultRates, Faults, FaultyBlobs, FaultyLog, FaultyStore};
 use crate::file_log_faults::{self, BaseLog};
 use crate::history::{RecordingLog, RecordingStore, StatusHistory};
 use crate::oracle::{self, Ledger, Verdict};
@@ -160,11 +160,11 @@ struct SimSeams {
     /// The log under the fault wrapper: in memory, or the file log in a scratch directory.
     base_log: Arc<dyn BaseLog>,
     file_log_dir: Option<std::path::PathBuf>,
-    log: Arc<SimLog>,
+    log: Arc<FaultyLog>,
     memory_store: Arc<MemoryRealtimeStore>,
     /// What the store took, under the faults (which strike around it).
     history: Arc<StatusHistory>,
-    blobs: Arc<SimBlobs>,
+    blobs: Arc<FaultyBlobs>,
     env: WorkerEnv,
 }
 
@@ -191,14 +191,14 @@ impl SimSeams {
             )?),
             None => Arc::new(MemoryLog::new(partitions)),
         };
-        let log = Arc::new(SimLog {
+        let log = Arc::new(FaultyLog {
             inner: base_log.clone(),
             faults: faults.clone(),
             duplicates: Mutex::default(),
         });
         let memory_store = Arc::new(MemoryRealtimeStore::new());
         let history = Arc::new(StatusHistory::default());
-        let store = Arc::new(SimStore {
+        let store = Arc::new(FaultyStore {
             inner: Arc::new(RecordingStore {
                 inner: memory_store.clone(),
                 history: history.clone(),
@@ -206,7 +206,7 @@ impl SimSeams {
             }),
             faults: faults.clone(),
         });
-        let blobs = Arc::new(SimBlobs {
+        let blobs = Arc::new(FaultyBlobs {
             inner: MemoryBlobStore::new(),
             faults: faults.clone(),
         });
