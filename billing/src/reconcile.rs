@@ -88,33 +88,7 @@ pub fn reconcile(
     to_ms: u64,
     lists: &BillingLists,
 ) -> Reconciliation {
-    #[derive(Default)]
-    struct Fast {
-        on_time: u64,
-        late: u64,
-        unverified: u64,
-        fraud: u64,
-    }
-    let mut fast_hours: BTreeMap<BillKey, Fast> = BTreeMap::new();
-    for (series, lane, stored) in fast {
-        let Series::Hour(hour) = series else { continue };
-        if !(from_ms..to_ms).contains(&hour.hour_start_ms) {
-            continue;
-        }
-        let key = BillKey {
-            campaign_id: hour.campaign_id,
-            hour_start_ms: hour.hour_start_ms,
-        };
-        let entry = fast_hours.entry(key).or_default();
-        match lane {
-            Lane::OnTime => entry.on_time += stored.counts.unique,
-            Lane::Late => entry.late += stored.counts.unique,
-            Lane::Unverified => entry.unverified += stored.counts.unique,
-        }
-        if lane.is_verified() {
-            entry.fraud += stored.counts.fraud;
-        }
-    }
+    let fast_hours = fast_hours(fast, from_ms, to_ms);
     let (versions_differ, mut reconciliation) = match lists {
         BillingLists::AsWorkers => (
             false,
@@ -134,44 +108,92 @@ pub fn reconcile(
     };
     let keys: BTreeSet<BillKey> = fast_hours.keys().chain(billed.keys()).copied().collect();
     for key in keys {
-        let fast = fast_hours.get(&key);
+        let fast = fast_hours.get(&key).copied().unwrap_or_default();
         let bill = billed.get(&key).copied().unwrap_or_default();
-        let mut hour = ReconciledHour {
-            campaign_id: key.campaign_id.0,
-            hour_start_ms: key.hour_start_ms,
-            on_time: fast.map_or(0, |fast| fast.on_time),
-            late: fast.map_or(0, |fast| fast.late),
-            unverified: fast.map_or(0, |fast| fast.unverified),
-            fast_fraud: fast.map_or(0, |fast| fast.fraud),
-            billed: bill.billable,
-            billed_fraud: bill.fraud,
-            ..ReconciledHour::default()
-        };
-        // Positive: the fast path counted more than billing bills.
-        let mut surplus =
-            (hour.on_time + hour.late + hour.unverified) as i64 - bill.billable as i64;
-        if surplus > 0 {
-            hour.unverified_rejected = (surplus as u64)
-                .min(hour.unverified)
-                .min(bill.duplicates + bill.fraud);
-            surplus -= hour.unverified_rejected as i64;
-            hour.reused_click_ids = (surplus as u64).min(bill.reused_ids);
-            surplus -= hour.reused_click_ids as i64;
-        }
-        if surplus != 0 && versions_differ && hour.fast_fraud != bill.fraud {
-            let fraud_gap = bill.fraud as i64 - hour.fast_fraud as i64;
-            // The fast path flagged fewer clicks (fraud_gap > 0) means it counted more.
-            if fraud_gap.signum() == surplus.signum() {
-                let explained = surplus.abs().min(fraud_gap.abs()) * surplus.signum();
-                hour.fraud_list_change = -explained;
-                surplus -= explained;
-            }
-        }
-        hour.unexplained = -surplus;
+        let hour = reconcile_hour(key, fast, bill, versions_differ);
         add_into(&mut reconciliation.totals, &hour);
         reconciliation.hours.push(hour);
     }
     reconciliation
+}
+
+/// The fast path's side of one (campaign, hour): its hour rollups summed over salts.
+#[derive(Clone, Copy, Default)]
+struct FastHour {
+    on_time: u64,
+    late: u64,
+    unverified: u64,
+    fraud: u64,
+}
+
+fn fast_hours(
+    fast: &[(Series, Lane, StoredCounts)],
+    from_ms: u64,
+    to_ms: u64,
+) -> BTreeMap<BillKey, FastHour> {
+    let mut fast_hours: BTreeMap<BillKey, FastHour> = BTreeMap::new();
+    for (series, lane, stored) in fast {
+        let Series::Hour(hour) = series else { continue };
+        if !(from_ms..to_ms).contains(&hour.hour_start_ms) {
+            continue;
+        }
+        let key = BillKey {
+            campaign_id: hour.campaign_id,
+            hour_start_ms: hour.hour_start_ms,
+        };
+        let entry = fast_hours.entry(key).or_default();
+        match lane {
+            Lane::OnTime => entry.on_time += stored.counts.unique,
+            Lane::Late => entry.late += stored.counts.unique,
+            Lane::Unverified => entry.unverified += stored.counts.unique,
+        }
+        if lane.is_verified() {
+            entry.fraud += stored.counts.fraud;
+        }
+    }
+    fast_hours
+}
+
+/// One (campaign, hour): each cause takes what it explains of the difference, in order; the
+/// rest is unexplained.
+fn reconcile_hour(
+    key: BillKey,
+    fast: FastHour,
+    bill: HourBill,
+    versions_differ: bool,
+) -> ReconciledHour {
+    let mut hour = ReconciledHour {
+        campaign_id: key.campaign_id.0,
+        hour_start_ms: key.hour_start_ms,
+        on_time: fast.on_time,
+        late: fast.late,
+        unverified: fast.unverified,
+        fast_fraud: fast.fraud,
+        billed: bill.billable,
+        billed_fraud: bill.fraud,
+        ..ReconciledHour::default()
+    };
+    // Positive: the fast path counted more than billing bills.
+    let mut surplus = (hour.on_time + hour.late + hour.unverified) as i64 - bill.billable as i64;
+    if surplus > 0 {
+        hour.unverified_rejected = (surplus as u64)
+            .min(hour.unverified)
+            .min(bill.duplicates + bill.fraud);
+        surplus -= hour.unverified_rejected as i64;
+        hour.reused_click_ids = (surplus as u64).min(bill.reused_ids);
+        surplus -= hour.reused_click_ids as i64;
+    }
+    if surplus != 0 && versions_differ && hour.fast_fraud != bill.fraud {
+        let fraud_gap = bill.fraud as i64 - hour.fast_fraud as i64;
+        // The fast path flagged fewer clicks (fraud_gap > 0) means it counted more.
+        if fraud_gap.signum() == surplus.signum() {
+            let explained = surplus.abs().min(fraud_gap.abs()) * surplus.signum();
+            hour.fraud_list_change = -explained;
+            surplus -= explained;
+        }
+    }
+    hour.unexplained = -surplus;
+    hour
 }
 
 fn add_into(total: &mut ReconciledHour, hour: &ReconciledHour) {
