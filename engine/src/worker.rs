@@ -224,32 +224,7 @@ impl PartitionWorker {
     /// Claims the partition, restores its state and re-commits a pending epoch.
     pub async fn recover(&mut self) -> Result<(), WorkerError> {
         let partition = self.partition;
-        let floor = self
-            .env
-            .checkpoints
-            .generation_floor(partition)
-            .await
-            .map_err(|e| self.checkpoint_error(e))?;
-        let claim = self
-            .env
-            .store
-            .claim_partition(partition, floor)
-            .await
-            .map_err(|e| self.store_error(e))?;
-        let claimed = self
-            .env
-            .checkpoints
-            .record_claim(partition, claim.generation)
-            .await
-            .map_err(|e| self.checkpoint_error(e))?;
-        if !claimed {
-            return Err(WorkerError::ClaimTaken {
-                partition,
-                generation: claim.generation,
-            });
-        }
-        self.generation = claim.generation;
-        let store_forgot = claim.store_forgot && floor > Generation(0);
+        let (floor, store_forgot) = self.claim().await?;
         let recovery = self
             .env
             .checkpoints
@@ -260,33 +235,12 @@ impl PartitionWorker {
         if let Some(pending) = &recovery.pending {
             chain.push(pending.checkpoint.clone());
         }
-        if let (Some(last), Some(fraud_lists)) = (chain.last(), &self.env.fraud_lists) {
-            fraud_lists
-                .ensure_known(last.fraud_list_version, &self.env.fraud)
-                .await
-                .map_err(|source| WorkerError::FraudList { partition, source })?;
-        }
-        let registry = self.env.fraud.read().expect("fraud registry lock").clone();
-        let fresh = chain.is_empty();
-        let aggregator = if fresh {
-            PartitionAggregator::new(self.aggregator_config, partition, registry.current())
-        } else {
-            PartitionAggregator::restore(self.aggregator_config, partition, &chain, &registry)
-                .map_err(|source| WorkerError::Restore { partition, source })?
-        };
-        self.aggregator = Some(aggregator);
+        self.restore(&chain).await?;
         if store_forgot || self.store_lacks_status(&chain).await? {
             self.rewrite_forgotten_store(floor).await?;
         }
         if let Some(pending) = recovery.pending {
-            let epoch = pending.checkpoint.epoch;
-            self.crash_point(EpochStep::BeforeRecommit, epoch)?;
-            self.write_sink(epoch, &pending.updates).await?;
-            self.env
-                .checkpoints
-                .mark_complete(partition, epoch, pending.generation)
-                .await
-                .map_err(|e| self.checkpoint_error(e))?;
+            self.recommit(pending).await?;
         }
         // A list rotated while the partition was down applies from the restored offset on: an
         // empty epoch swaps it in and checkpoints it, so every checkpoint still names the list
@@ -298,7 +252,7 @@ impl PartitionWorker {
             .read()
             .expect("fraud registry lock")
             .current();
-        if fresh || self.aggregator().fraud_list_version() != current.version() {
+        if chain.is_empty() || self.aggregator().fraud_list_version() != current.version() {
             self.barrier().await?;
         }
         tracing::debug!(
@@ -307,6 +261,75 @@ impl PartitionWorker {
             "partition recovered"
         );
         Ok(())
+    }
+
+    /// Claims the partition above every generation the checkpoint store knows, and records the
+    /// claim there. Returns that floor, and whether the real-time store had forgotten it.
+    async fn claim(&mut self) -> Result<(Generation, bool), WorkerError> {
+        let partition = self.partition;
+        let checkpoints = &self.env.checkpoints;
+        let floor = checkpoints
+            .generation_floor(partition)
+            .await
+            .map_err(|e| self.checkpoint_error(e))?;
+        let claim = self
+            .env
+            .store
+            .claim_partition(partition, floor)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        let claimed = checkpoints
+            .record_claim(partition, claim.generation)
+            .await
+            .map_err(|e| self.checkpoint_error(e))?;
+        if !claimed {
+            return Err(WorkerError::ClaimTaken {
+                partition,
+                generation: claim.generation,
+            });
+        }
+        self.generation = claim.generation;
+        Ok((floor, claim.store_forgot && floor > Generation(0)))
+    }
+
+    /// The aggregator from the chain, with the fraud list its last checkpoint names (loaded from
+    /// the list store if this node never had it); a fresh one with the current list.
+    async fn restore(
+        &mut self,
+        chain: &[adclick_core::snapshot::PartitionCheckpoint],
+    ) -> Result<(), WorkerError> {
+        let partition = self.partition;
+        if let (Some(last), Some(fraud_lists)) = (chain.last(), &self.env.fraud_lists) {
+            fraud_lists
+                .ensure_known(last.fraud_list_version, &self.env.fraud)
+                .await
+                .map_err(|source| WorkerError::FraudList { partition, source })?;
+        }
+        let registry = self.env.fraud.read().expect("fraud registry lock").clone();
+        let config = self.aggregator_config;
+        let aggregator = if chain.is_empty() {
+            PartitionAggregator::new(config, partition, registry.current())
+        } else {
+            PartitionAggregator::restore(config, partition, chain, &registry)
+                .map_err(|source| WorkerError::Restore { partition, source })?
+        };
+        self.aggregator = Some(aggregator);
+        Ok(())
+    }
+
+    /// A pre-committed epoch the last owner never completed: its updates again, then complete.
+    async fn recommit(
+        &mut self,
+        pending: crate::checkpoint::EpochRecord,
+    ) -> Result<(), WorkerError> {
+        let epoch = pending.checkpoint.epoch;
+        self.crash_point(EpochStep::BeforeRecommit, epoch)?;
+        self.write_sink(epoch, &pending.updates).await?;
+        self.env
+            .checkpoints
+            .mark_complete(self.partition, epoch, pending.generation)
+            .await
+            .map_err(|e| self.checkpoint_error(e))
     }
 
     /// A partition with complete epochs always has a status in the store (every apply writes
