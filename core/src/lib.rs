@@ -11,6 +11,7 @@
 //! the compiler enforces this.
 
 pub mod billing;
+pub mod body;
 pub mod codec;
 pub mod dedup;
 pub mod event;

@@ -8,7 +8,6 @@
 //! **Invariant:** the logic lives in `adclick-core`. This crate moves bytes, keeps time and
 //! handles failures; it never decides what a click counts as.
 
-pub mod body;
 pub mod checkpoint;
 pub mod clock;
 pub mod embedded;

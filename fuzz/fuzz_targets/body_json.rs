@@ -1,7 +1,7 @@
 //! The ingest body as `application/json`: one click object or an array of them.
 #![no_main]
 
-use adclick_engine::body::BodyFormat;
+use adclick_core::body::BodyFormat;
 use adclick_fuzz::check_body;
 use libfuzzer_sys::fuzz_target;
 

@@ -1,7 +1,7 @@
 //! The ingest body as `application/x-ndjson`: one click per line.
 #![no_main]
 
-use adclick_engine::body::{BodyError, BodyFormat};
+use adclick_core::body::{BodyError, BodyFormat};
 use adclick_fuzz::{RECORDS_MAX, check_body};
 use libfuzzer_sys::fuzz_target;
 

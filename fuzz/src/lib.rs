@@ -6,7 +6,7 @@
 use adclick_core::codec;
 use adclick_core::event::{TimeBound, parse_json_click};
 use adclick_core::ids::Salt;
-use adclick_engine::body::{BodyError, BodyFormat, ParsedBody, parse_body};
+use adclick_core::body::{BodyError, BodyFormat, ParsedBody, parse_body};
 
 /// Records per request in the targets: small, so that the limit path is reached too.
 pub const RECORDS_MAX: usize = 64;

@@ -2,7 +2,7 @@
 //! production seams (Redis, object storage, file or Kafka log) or embedded ones from the config.
 
 pub mod api;
-pub use adclick_engine::body;
+pub use adclick_core::body;
 pub mod config;
 pub mod fraud_watch;
 pub mod listener;

@@ -824,9 +824,9 @@ fn through_signed_body(
         serde_json::to_writer(&mut body, &wire)?;
         body.push(b'\n');
     }
-    let parsed = adclick_engine::body::parse_body(
+    let parsed = adclick_core::body::parse_body(
         &body,
-        adclick_engine::body::BodyFormat::NdJson,
+        adclick_core::body::BodyFormat::NdJson,
         adclick_core::event::TimeBound::None,
         usize::MAX,
         Some(&keys),

@@ -2,8 +2,8 @@
 //! line). Each record is validated on its own, so one bad record never sinks the others: it gets
 //! a reason, with its index in the request.
 
-use adclick_core::event::{ClickEvent, InvalidReason, Rejection, TimeBound, WireClick, validate};
-use adclick_core::signing::SigningKeys;
+use crate::event::{ClickEvent, InvalidReason, Rejection, TimeBound, WireClick, validate};
+use crate::signing::SigningKeys;
 use serde::Serialize;
 
 /// The content types the endpoint takes.
