@@ -267,66 +267,39 @@ pub fn parse_json_click(text: &[u8], bound: TimeBound) -> Result<ClickEvent, Rej
     validate(wire, bound)
 }
 
-/// Validates a wire click, collecting every broken rule rather than stopping at the first.
+/// Validates a wire click, collecting every broken rule rather than stopping at the first:
+/// missing fields first, in field order, then the values that do not parse or break a limit.
 pub fn validate(wire: WireClick, bound: TimeBound) -> Result<ClickEvent, Rejection> {
     let mut reasons = Vec::new();
-    let mut missing = |field: &'static str| {
-        reasons.push(InvalidReason::MissingField { field });
+    let mut required = |field: &'static str, present: bool| {
+        if !present {
+            reasons.push(InvalidReason::MissingField { field });
+        }
     };
-    let click_text = wire.click_id.or_else(|| {
-        missing("click_id");
-        None
-    });
-    let campaign_id = wire.campaign_id.or_else(|| {
-        missing("campaign_id");
-        None
-    });
-    let ad_id = wire.ad_id.or_else(|| {
-        missing("ad_id");
-        None
-    });
-    let user_id = wire.user_id.or_else(|| {
-        missing("user_id");
-        None
-    });
-    let ip_text = wire.ip.or_else(|| {
-        missing("ip");
-        None
-    });
-    let user_agent = wire.user_agent.or_else(|| {
-        missing("user_agent");
-        None
-    });
-    let country_text = wire.country.or_else(|| {
-        missing("country");
-        None
-    });
-    let event_time_ms = wire.event_time_ms.or_else(|| {
-        missing("event_time_ms");
-        None
-    });
-
-    let click_id = click_text.and_then(|text| {
-        let parsed = (text.len() <= limits::CLICK_ID_TEXT_BYTES_MAX)
-            .then(|| ClickId::parse(&text))
-            .flatten();
-        if parsed.is_none() {
-            reasons.push(InvalidReason::InvalidClickId {
-                value: truncate_for_message(&text),
-            });
-        }
-        parsed
-    });
-    let ip = ip_text.and_then(|text| {
-        let parsed = text.parse::<IpAddr>().ok();
-        if parsed.is_none() {
-            reasons.push(InvalidReason::InvalidIp {
-                value: truncate_for_message(&text),
-            });
-        }
-        parsed
-    });
-    if let Some(agent) = &user_agent
+    required("click_id", wire.click_id.is_some());
+    required("campaign_id", wire.campaign_id.is_some());
+    required("ad_id", wire.ad_id.is_some());
+    required("user_id", wire.user_id.is_some());
+    required("ip", wire.ip.is_some());
+    required("user_agent", wire.user_agent.is_some());
+    required("country", wire.country.is_some());
+    required("event_time_ms", wire.event_time_ms.is_some());
+    let click_id = parse_field(
+        wire.click_id,
+        &mut reasons,
+        |text| {
+            let fits = text.len() <= limits::CLICK_ID_TEXT_BYTES_MAX;
+            fits.then(|| ClickId::parse(text)).flatten()
+        },
+        |value| InvalidReason::InvalidClickId { value },
+    );
+    let ip = parse_field(
+        wire.ip,
+        &mut reasons,
+        |text| text.parse::<IpAddr>().ok(),
+        |value| InvalidReason::InvalidIp { value },
+    );
+    if let Some(agent) = &wire.user_agent
         && agent.len() > limits::USER_AGENT_BYTES_MAX
     {
         reasons.push(InvalidReason::FieldTooLong {
@@ -335,35 +308,44 @@ pub fn validate(wire: WireClick, bound: TimeBound) -> Result<ClickEvent, Rejecti
             limit_bytes: limits::USER_AGENT_BYTES_MAX,
         });
     }
-    let country = country_text.and_then(|text| {
-        let parsed = Country::parse(&text);
-        if parsed.is_none() {
-            reasons.push(InvalidReason::InvalidCountry {
-                value: truncate_for_message(&text),
-            });
-        }
-        parsed
+    let country = parse_field(wire.country, &mut reasons, Country::parse, |value| {
+        InvalidReason::InvalidCountry { value }
     });
-    if let Some(event_time_ms) = event_time_ms
+    if let Some(event_time_ms) = wire.event_time_ms
         && let Err(reason) = check_event_time(event_time_ms, bound)
     {
         reasons.push(reason);
     }
-
     if !reasons.is_empty() {
         return Err(Rejection { reasons });
     }
     Ok(ClickEvent {
         click_id: click_id.expect("checked above"),
-        campaign_id: CampaignId(campaign_id.expect("checked above")),
-        ad_id: AdId(ad_id.expect("checked above")),
-        user_id: UserId(user_id.expect("checked above")),
+        campaign_id: CampaignId(wire.campaign_id.expect("checked above")),
+        ad_id: AdId(wire.ad_id.expect("checked above")),
+        user_id: UserId(wire.user_id.expect("checked above")),
         ip: ip.expect("checked above"),
-        user_agent: user_agent.expect("checked above"),
+        user_agent: wire.user_agent.expect("checked above"),
         country: country.expect("checked above"),
-        event_time_ms: EventTimeMs(event_time_ms.expect("checked above")),
+        event_time_ms: EventTimeMs(wire.event_time_ms.expect("checked above")),
         publisher_id: wire.publisher_id.map(PublisherId),
     })
+}
+
+/// A present text field, parsed; one that does not parse adds its reason, naming the value
+/// (truncated for the message).
+fn parse_field<T>(
+    text: Option<String>,
+    reasons: &mut Vec<InvalidReason>,
+    parse: impl Fn(&str) -> Option<T>,
+    invalid: impl Fn(String) -> InvalidReason,
+) -> Option<T> {
+    let text = text?;
+    let parsed = parse(&text);
+    if parsed.is_none() {
+        reasons.push(invalid(truncate_for_message(&text)));
+    }
+    parsed
 }
 
 /// Checks an event time against the bound. Shared with the ingest core.
