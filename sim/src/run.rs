@@ -649,16 +649,9 @@ async fn judge(
         );
     let achieved_rate_per_s = traffic.sent as f64 / traffic.elapsed.as_secs_f64().max(1e-9);
     verdicts.extend(rate_verdict(scenario, achieved_rate_per_s));
-    let stats = summed_stats(&statuses);
-    let unique_billable_clicks = oracle::store_totals(&scan)
-        .iter()
-        .filter(|(series, _)| matches!(series, adclick_core::operator::Series::Window(_)))
-        .map(|(_, counts)| counts.unique)
-        .sum();
-    let passed = verdicts.iter().all(|verdict| verdict.holds);
-    let artifacts = Some(RunArtifacts {
+    let artifacts = RunArtifacts {
         log: seams.log.clone(),
-        scan: scan.clone(),
+        scan,
         fraud_list: seams
             .registry
             .read()
@@ -667,31 +660,72 @@ async fn judge(
         checkpoints: seams.checkpoint_blobs.clone(),
         expected_hours: expected.unique_by_campaign_hour(),
         log_sealed_at_ms,
-    });
-    Ok(RunReport {
+    };
+    let counted = Counted {
+        generated,
+        accepted,
+        achieved_rate_per_s,
+        stats: summed_stats(&statuses),
+        store_errors_injected: seams.injected(|counts| counts.store_errors),
+    };
+    Ok(run_report(
+        scenario,
+        traffic,
+        drained,
+        counted,
+        verdicts,
+        measurements,
+        artifacts,
+    ))
+}
+
+/// What the run counted, for its report.
+struct Counted {
+    generated: u64,
+    accepted: u64,
+    achieved_rate_per_s: f64,
+    stats: adclick_core::snapshot::PartitionStats,
+    store_errors_injected: u64,
+}
+
+fn run_report(
+    scenario: &Scenario,
+    traffic: Traffic,
+    drained: Drained,
+    counted: Counted,
+    verdicts: Vec<Verdict>,
+    measurements: Measurements,
+    artifacts: RunArtifacts,
+) -> RunReport {
+    let unique_billable_clicks = oracle::store_totals(&artifacts.scan)
+        .iter()
+        .filter(|(series, _)| matches!(series, adclick_core::operator::Series::Window(_)))
+        .map(|(_, counts)| counts.unique)
+        .sum();
+    RunReport {
         scenario: scenario.name.clone(),
         seed: scenario.seed,
         partitions: scenario.engine.partitions,
         target_rate_per_s: scenario.traffic.rate_per_s,
         traffic_s: traffic.elapsed.as_secs_f64(),
-        generated,
-        accepted,
+        generated: counted.generated,
+        accepted: counted.accepted,
         rejected: traffic.rejected,
         busy_answers: traffic.busy_answers,
-        achieved_rate_per_s,
-        duplicates_dropped: stats.duplicates,
-        late_clicks: stats.late,
-        fraud_clicks: stats.fraud_known_ip,
+        achieved_rate_per_s: counted.achieved_rate_per_s,
+        duplicates_dropped: counted.stats.duplicates,
+        late_clicks: counted.stats.late,
+        fraud_clicks: counted.stats.fraud_known_ip,
         unique_billable_clicks,
         worker_crashes_injected: traffic.crashes_injected,
         worker_restarts: drained.worker_restarts,
-        store_errors_injected: seams.injected(|counts| counts.store_errors),
+        store_errors_injected: counted.store_errors_injected,
         drain_ms: drained.drain_ms,
+        passed: verdicts.iter().all(|verdict| verdict.holds),
         verdicts,
-        passed,
         measurements,
-        artifacts,
-    })
+        artifacts: Some(artifacts),
+    }
 }
 
 /// With `expect.min_rate_fraction` set: the run sustained that share of its target rate.

@@ -235,6 +235,17 @@ impl SimSeams {
     }
 }
 
+impl SimSeams {
+    /// The log the oracle reads: a file log as it is on disk, read back with no faults (it must
+    /// hold what the workers read, at the same offsets); else the log itself.
+    fn judged_log(&self, partitions: u32) -> anyhow::Result<Arc<dyn Log>> {
+        Ok(match &self.file_log_dir {
+            Some(dir) => Arc::new(file_log_faults::reopen(dir, partitions)?),
+            None => self.base_log.clone(),
+        })
+    }
+}
+
 /// The ingest nodes, each appending through the history (which times each append for the
 /// idle-advance check), salt plans in the checkpoint blob store with its faults.
 fn start_ingest_nodes(
@@ -346,13 +357,8 @@ async fn judge(
     } = judged;
     let config = scenario.aggregator_config();
     let scan = seams.memory_store.scan().await?;
+    let judged_log = seams.judged_log(scenario.engine.partitions)?;
     let checkpoints = CheckpointStore::new(seams.blobs.clone());
-    // A file log is judged as it is on disk: read back with no faults, it must hold what the
-    // workers read, at the same offsets.
-    let judged_log: Arc<dyn Log> = match &seams.file_log_dir {
-        Some(dir) => Arc::new(file_log_faults::reopen(dir, scenario.engine.partitions)?),
-        None => seams.base_log.clone(),
-    };
     let history = Some(seams.history.as_ref());
     let log = judged_log.as_ref();
     let (fraud, expected) =
@@ -395,17 +401,16 @@ async fn judge(
     let trace = std::mem::take(&mut *faults.trace.lock().expect("trace lock"));
     let statuses = &drained.statuses;
     let trace_hash = trace_hash(&scan, statuses, &expected.log, &counts, &trace);
+    if let Some(dir) = &seams.file_log_dir {
+        // A replay of the seed writes the same segments again.
+        let _ = std::fs::remove_dir_all(dir);
+    }
     let unique_billable_clicks = expected
         .series
         .iter()
         .filter(|(s, _)| matches!(s, Series::Window(_)))
         .map(|(_, c)| c.unique)
         .sum();
-    let passed = verdicts.iter().all(|verdict| verdict.holds);
-    if let Some(dir) = &seams.file_log_dir {
-        // A replay of the seed writes the same segments again.
-        let _ = std::fs::remove_dir_all(dir);
-    }
     Ok(SimReport {
         scenario: scenario.name.clone(),
         seed,
@@ -417,8 +422,8 @@ async fn judge(
         rates,
         faults: counts,
         worker_restarts,
+        passed: verdicts.iter().all(|verdict| verdict.holds),
         verdicts,
-        passed,
         trace,
     })
 }
