@@ -225,6 +225,22 @@ impl IngestCore {
         self.inner.config.producer_buffer_events_max - self.inner.permits.available_permits()
     }
 
+    /// Copies of the records waiting in the buffer, not yet handed to the log: what a crash
+    /// of this node loses for certain. For the simulator's exact no-loss check.
+    pub fn buffered_records(&self) -> Vec<Vec<u8>> {
+        let mut records = Vec::new();
+        for buffer in &self.inner.buffers {
+            let buffer = buffer.lock().expect("buffer lock");
+            records.extend(buffer.block.iter().map(<[u8]>::to_vec));
+        }
+        records
+    }
+
+    /// The idempotent producer id this core appends under.
+    pub fn producer_id(&self) -> u64 {
+        self.inner.config.producer_id
+    }
+
     /// The buffer's bound in events (`engine.producer_buffer_events_max`).
     pub fn buffer_limit(&self) -> usize {
         self.inner.config.producer_buffer_events_max

@@ -12,6 +12,7 @@
 //! In swarm mode a seed also draws its traffic (`draw_swarm_anomalies`): client clock skew up to
 //! the whole future allowance of ingest, and late clicks older than the dedup horizon.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -247,18 +248,38 @@ pub struct FaultyLog {
     pub faults: Arc<Faults>,
     /// Records the duplicating producer appended: the no-loss check adds them to the accepted.
     pub duplicates: Mutex<DuplicateAppends>,
+    /// Batches whose append started and has not succeeded yet, by (producer, partition, first
+    /// sequence): what a crashed ingest node may or may not have got into the log.
+    pub in_flight: Mutex<BTreeMap<(u64, u32, u64), RecordBlock>>,
 }
 
-#[async_trait]
-impl Log for FaultyLog {
-    fn partitions(&self) -> u32 {
-        self.inner.partitions()
+impl FaultyLog {
+    /// The batches of `producer_id` still in flight, taken out: its node died, so whatever of
+    /// them landed has landed.
+    pub fn take_in_flight(&self, producer_id: u64) -> Vec<RecordBlock> {
+        let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+        let keys: Vec<_> = in_flight
+            .range((producer_id, 0, 0)..=(producer_id, u32::MAX, u64::MAX))
+            .map(|(key, _)| *key)
+            .collect();
+        keys.iter()
+            .filter_map(|key| in_flight.remove(key))
+            .collect()
     }
+}
 
-    async fn append(&self, partition: PartitionId, batch: AppendBatch) -> Result<Offset, LogError> {
+impl FaultyLog {
+    /// The append under the faults: an outage before or after the effect, and a
+    /// non-idempotent retry that appends the batch twice.
+    async fn append_faulty(
+        &self,
+        partition: PartitionId,
+        batch: AppendBatch,
+    ) -> Result<Offset, LogError> {
         let outage = || LogError::Unavailable {
             message: "injected log outage".into(),
         };
+
         let fail = self.faults.roll(|rates| rates.log_error_rate);
         let fail_after_append = fail && self.faults.coin();
         if fail && !fail_after_append {
@@ -304,6 +325,27 @@ impl Log for FaultyLog {
             return Err(outage());
         }
         Ok(first)
+    }
+}
+
+#[async_trait]
+impl Log for FaultyLog {
+    fn partitions(&self) -> u32 {
+        self.inner.partitions()
+    }
+
+    async fn append(&self, partition: PartitionId, batch: AppendBatch) -> Result<Offset, LogError> {
+        let key = (batch.producer_id, partition.0, batch.first_sequence);
+        let records = batch.records.clone();
+        self.in_flight
+            .lock()
+            .expect("in-flight lock")
+            .insert(key, records);
+        let appended = self.append_faulty(partition, batch).await;
+        if appended.is_ok() {
+            self.in_flight.lock().expect("in-flight lock").remove(&key);
+        }
+        appended
     }
 
     async fn read(

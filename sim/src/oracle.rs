@@ -14,7 +14,7 @@ use adclick_core::operator::{AggregatorConfig, Series};
 use adclick_core::window::{Counts, HourKey, Lane, WindowKey};
 use adclick_engine::clock::SystemClock;
 use adclick_engine::seams::{
-    Clock, Log, PartitionStatus, RealtimeStore, StoredCounts, read_partition,
+    Clock, Log, PartitionStatus, RealtimeStore, RecordBlock, StoredCounts, read_partition,
 };
 use serde::Serialize;
 
@@ -554,15 +554,41 @@ fn stalled_watermarks(
         .collect()
 }
 
-/// No loss with crashing ingest nodes: nothing is in the log that was not accepted (or appended
-/// again by a duplicating producer), and what is missing was lost only from crashed ingest
-/// buffers: none without a crash, at most the buffer bound per crash.
+/// What the ingest crashes of a run lost: the clicks each crashed node still held in its
+/// buffer (lost for certain: the log never saw them), and those in an append it had started
+/// (lost or not, whichever the log says).
+#[derive(Debug, Default)]
+pub struct CrashLosses {
+    pub certain: ClickMultiset,
+    pub possible: ClickMultiset,
+}
+
+impl CrashLosses {
+    /// One crash: the node's buffered records and its appends in flight.
+    pub fn record(&mut self, buffered: &[Vec<u8>], in_flight: &[RecordBlock]) {
+        for record in buffered {
+            if let Ok(click) = codec::decode(record) {
+                self.certain.add(&click);
+            }
+        }
+        for record in in_flight.iter().flat_map(RecordBlock::iter) {
+            if let Ok(click) = codec::decode(record) {
+                self.possible.add(&click);
+            }
+        }
+    }
+}
+
+/// Exact no-loss under ingest crashes. Every click in the log was accepted (or appended by the
+/// duplicating producer), and the accepted clicks missing from it lie between two sets, click
+/// by click: at least those a crashed node held only in its buffer, at most those plus its
+/// appends in flight. Nothing is bounded by a multiplication, so one click lost anywhere else
+/// (or a buffered one that still reached the log) fails it.
 pub fn check_no_loss_exact(
     accepted: &ClickMultiset,
     appended_again: &ClickMultiset,
     expected: &Expected,
-    ingest_crashes: u64,
-    buffer_events_max: usize,
+    losses: &CrashLosses,
 ) -> Verdict {
     let log = expected
         .log_clicks
@@ -570,12 +596,16 @@ pub fn check_no_loss_exact(
         .expect("expected_from_log(keep_clicks = true)");
     let mut sent = accepted.clone();
     sent.add_all(appended_again);
-    let mut extra = 0i64;
-    let mut lost = 0i64;
+    let (mut extra, mut lost, mut unexplained, mut reappeared) = (0i64, 0i64, 0i64, 0i64);
     for (key, count) in &sent.counts {
         let in_log = log.counts.get(key).copied().unwrap_or(0);
-        lost += (count - in_log).max(0);
+        let missing = (count - in_log).max(0);
+        lost += missing;
         extra += (in_log - count).max(0);
+        let certain = losses.certain.counts.get(key).copied().unwrap_or(0);
+        let possible = losses.possible.counts.get(key).copied().unwrap_or(0);
+        unexplained += (missing - certain - possible).max(0);
+        reappeared += (certain - missing).max(0);
     }
     extra += log
         .counts
@@ -583,16 +613,19 @@ pub fn check_no_loss_exact(
         .filter(|(key, _)| !sent.counts.contains_key(key))
         .map(|(_, count)| count)
         .sum::<i64>();
-    let bound = ingest_crashes as i64 * buffer_events_max as i64;
-    let holds = extra == 0 && lost <= bound;
+    let holds = extra == 0 && unexplained == 0 && reappeared == 0;
     Verdict {
         invariant: "no_loss",
         holds,
         checked: true,
         detail: format!(
-            "{} accepted, {} in the log, {extra} in the log but never accepted, {lost} lost in {ingest_crashes} ingest crashes (bound {bound})",
+            "{} accepted, {} in the log, {extra} in the log but never accepted; {lost} missing: \
+             {} were buffered in a crashed ingest node and {} in its appends in flight; {unexplained} \
+             missing beyond those, {reappeared} buffered ones in the log anyway",
             accepted.total(),
-            log.total()
+            log.total(),
+            losses.certain.total(),
+            losses.possible.total(),
         ),
     }
 }
@@ -840,4 +873,95 @@ pub async fn expected_as_judged(
     let fraud = workers_schedule(checkpoints, log.partitions(), &published).await?;
     let expected = expected_from_log_with(log, &fraud, config, keep_clicks, history).await?;
     Ok((fraud, expected))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use adclick_core::event::ClickEvent;
+
+    fn clicks(ids: std::ops::Range<u128>) -> Vec<ClickEvent> {
+        let ip = "10.0.0.1".parse().unwrap();
+        ids.map(|id| ClickEvent::example(id, CampaignId(1), ip, 1_000))
+            .collect()
+    }
+
+    fn multiset(events: &[ClickEvent]) -> ClickMultiset {
+        let mut set = ClickMultiset::default();
+        for event in events {
+            set.add(&event.view(Salt(0)));
+        }
+        set
+    }
+
+    fn records(events: &[ClickEvent]) -> Vec<Vec<u8>> {
+        events
+            .iter()
+            .map(|event| codec::encode(event, Salt(0)))
+            .collect()
+    }
+
+    fn block(events: &[ClickEvent]) -> RecordBlock {
+        let mut block = RecordBlock::default();
+        for record in records(events) {
+            block.push(&record);
+        }
+        block
+    }
+
+    /// Ten accepted clicks; a crash held 5..7 in its buffer and 7..9 in an append in flight.
+    fn judge(in_log: &[(u128, u128)]) -> Verdict {
+        let mut log = ClickMultiset::default();
+        for (from, to) in in_log {
+            log.add_all(&multiset(&clicks(*from..*to)));
+        }
+        let expected = Expected {
+            log_clicks: Some(log),
+            ..Expected::default()
+        };
+        let mut losses = CrashLosses::default();
+        losses.record(&records(&clicks(5..7)), &[block(&clicks(7..9))]);
+        let empty = ClickMultiset::default();
+        check_no_loss_exact(&multiset(&clicks(0..10)), &empty, &expected, &losses)
+    }
+
+    #[test]
+    fn the_missing_clicks_must_lie_between_the_buffered_and_the_in_flight_ones() {
+        // The append in flight landed, or it did not: both hold.
+        for in_log in [vec![(0, 5), (7, 10)], vec![(0, 5), (9, 10)]] {
+            let verdict = judge(&in_log);
+            assert!(verdict.holds, "{in_log:?}: {}", verdict.detail);
+        }
+        // Click 9 lost too: it was neither buffered nor in flight.
+        let verdict = judge(&[(0, 5)]);
+        assert!(!verdict.holds, "{}", verdict.detail);
+        assert!(
+            verdict.detail.contains("1 missing beyond those"),
+            "{}",
+            verdict.detail
+        );
+    }
+
+    #[test]
+    fn one_accepted_click_lost_outside_a_crashed_buffer_fails() {
+        // As exact as it gets (0..5 and 7..10 in the log), but click 2 dropped as well.
+        let verdict = judge(&[(0, 2), (3, 5), (7, 10)]);
+        assert!(!verdict.holds, "{}", verdict.detail);
+        assert!(
+            verdict.detail.contains("1 missing beyond those"),
+            "{}",
+            verdict.detail
+        );
+    }
+
+    #[test]
+    fn a_buffered_click_that_reached_the_log_anyway_fails() {
+        let verdict = judge(&[(0, 10)]);
+        assert!(!verdict.holds, "{}", verdict.detail);
+        assert!(
+            verdict.detail.contains("2 buffered ones in the log anyway"),
+            "{}",
+            verdict.detail
+        );
+    }
 }

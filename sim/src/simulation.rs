@@ -95,8 +95,11 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
     let ingest_config = traffic_scenario.ingest_config();
     let (ingest_slots, ingest_nodes) = start_ingest_nodes(scenario, &seams, ingest_config);
     let started_ms = SystemClock.now_ms();
+    let losses = Arc::new(Mutex::new(oracle::CrashLosses::default()));
     let chaos = tokio::spawn(run_chaos(Chaos {
         faults: faults.clone(),
+        log: seams.log.clone(),
+        losses: losses.clone(),
         memory_store: seams.memory_store.clone(),
         nodes: cluster.nodes.iter().map(|n| n.id()).collect(),
         owners: cluster.owners.clone(),
@@ -127,10 +130,11 @@ pub async fn simulate(scenario: &Scenario, options: SimOptions) -> anyhow::Resul
     let _ = chaos.await;
     let _ = rotations.await;
     let drained = drain(scenario, &seams, &cluster, &ingest_slots, stop_sender).await?;
+    let losses = std::mem::take(&mut *losses.lock().expect("losses lock"));
     let judged = Judged {
         accepted,
         drained,
-        buffer_events_max: ingest_config.producer_buffer_events_max,
+        losses,
         started_ms,
         worker_restarts: restarts.restarts(),
         rates,
@@ -195,6 +199,7 @@ impl SimSeams {
             inner: base_log.clone(),
             faults: faults.clone(),
             duplicates: Mutex::default(),
+            in_flight: Mutex::default(),
         });
         let memory_store = Arc::new(MemoryRealtimeStore::new());
         let history = Arc::new(StatusHistory::default());
@@ -331,7 +336,7 @@ async fn drain(
 struct Judged {
     accepted: Accepted,
     drained: Drained,
-    buffer_events_max: usize,
+    losses: oracle::CrashLosses,
     started_ms: u64,
     worker_restarts: u64,
     /// The fault rates drawn for the seed (healing zeroes the live ones).
@@ -350,7 +355,7 @@ async fn judge(
     let Judged {
         accepted,
         drained,
-        buffer_events_max,
+        losses,
         started_ms,
         worker_restarts,
         rates,
@@ -384,13 +389,9 @@ async fn judge(
         drain_ms: drained.drain_ms,
     };
     let mut verdicts = oracle::verdicts(invariants, &evidence, |invariant| match invariant {
-        Invariant::NoLoss => oracle::check_no_loss_exact(
-            &accepted.clicks,
-            &appended_again,
-            &expected,
-            counts.ingest_crashes,
-            buffer_events_max,
-        ),
+        Invariant::NoLoss => {
+            oracle::check_no_loss_exact(&accepted.clicks, &appended_again, &expected, &losses)
+        }
         Invariant::BillingEquality => billing.take().expect("billing_equality is judged once"),
         _ => Verdict::skipped(
             "determinism",
@@ -622,6 +623,10 @@ async fn rotate_fraud_lists(
 /// Everything the chaos task may break.
 struct Chaos {
     faults: Arc<Faults>,
+    /// The log, for the appends a crashed ingest node had in flight.
+    log: Arc<FaultyLog>,
+    /// What ingest crashes lost for certain (buffered) and may have lost (in flight).
+    losses: Arc<Mutex<oracle::CrashLosses>>,
     /// The store under every wrapper, to make it forget.
     memory_store: Arc<MemoryRealtimeStore>,
     nodes: Vec<madsim::task::NodeId>,
@@ -723,10 +728,15 @@ impl Chaos {
         } else {
             0
         };
-        self.ingest_slots[ingest]
+        let live = self.ingest_slots[ingest]
             .lock()
             .expect("ingest slot lock")
             .take();
+        if let Some((core, _flusher)) = live {
+            let in_flight = self.log.take_in_flight(core.producer_id());
+            let mut losses = self.losses.lock().expect("losses lock");
+            losses.record(&core.buffered_records(), &in_flight);
+        }
         madsim::runtime::Handle::current().kill(self.ingest_nodes[ingest]);
         outage.ingest_down.insert(ingest);
         self.faults.count(|counts| counts.ingest_crashes += 1);
