@@ -63,6 +63,36 @@ pub type CrashHook = Arc<dyn Fn(PartitionId, EpochStep, Epoch) -> bool + Send + 
 pub enum Canary {
     /// Writes increments (read, add, write) instead of absolute values: HINCRBY's bug.
     UnfencedIncrements,
+    /// A new owner skips re-applying the pending epoch its predecessor pre-committed.
+    SkipPendingReapply,
+    /// A restore judges with the newest fraud list instead of the one its checkpoint names.
+    NewestFraudListOnRestore,
+    /// A fenced write is retried under the store's current generation: no generation check.
+    NoGenerationCheck,
+    /// The dedup horizon is one bucket short of the configured one.
+    DedupHorizonShortByOneBucket,
+}
+
+#[cfg(feature = "test-canaries")]
+impl Canary {
+    pub const ALL: [Canary; 5] = [
+        Canary::UnfencedIncrements,
+        Canary::SkipPendingReapply,
+        Canary::NewestFraudListOnRestore,
+        Canary::NoGenerationCheck,
+        Canary::DedupHorizonShortByOneBucket,
+    ];
+
+    /// The kebab-case name `ci/sim canaries` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Canary::UnfencedIncrements => "delta-writes",
+            Canary::SkipPendingReapply => "skip-pending-reapply",
+            Canary::NewestFraudListOnRestore => "newest-fraud-list-on-restore",
+            Canary::NoGenerationCheck => "no-generation-check",
+            Canary::DedupHorizonShortByOneBucket => "dedup-horizon-short-by-one-bucket",
+        }
+    }
 }
 
 /// Everything a worker talks to.
@@ -239,7 +269,10 @@ impl PartitionWorker {
         if store_forgot || self.store_lacks_status(&chain).await? {
             self.rewrite_forgotten_store(floor).await?;
         }
-        if let Some(pending) = recovery.pending {
+        let pending = recovery.pending;
+        #[cfg(feature = "test-canaries")]
+        let pending = pending.filter(|_| self.env.canary != Some(Canary::SkipPendingReapply));
+        if let Some(pending) = pending {
             self.recommit(pending).await?;
         }
         // A list rotated while the partition was down applies from the restored offset on: an
@@ -307,6 +340,10 @@ impl PartitionWorker {
         }
         let registry = self.env.fraud.read().expect("fraud registry lock").clone();
         let config = self.aggregator_config;
+        #[cfg(feature = "test-canaries")]
+        let (config, chain) = self.canary_restore(config, chain, &registry);
+        #[cfg(feature = "test-canaries")]
+        let chain = chain.as_slice();
         let aggregator = if chain.is_empty() {
             PartitionAggregator::new(config, partition, registry.current())
         } else {
@@ -315,6 +352,33 @@ impl PartitionWorker {
         };
         self.aggregator = Some(aggregator);
         Ok(())
+    }
+
+    /// The restore as a canary breaks it: the newest list named in place of the checkpoint's,
+    /// or a dedup horizon one bucket short.
+    #[cfg(feature = "test-canaries")]
+    fn canary_restore(
+        &self,
+        mut config: AggregatorConfig,
+        chain: &[adclick_core::snapshot::PartitionCheckpoint],
+        registry: &FraudRegistry,
+    ) -> (
+        AggregatorConfig,
+        Vec<adclick_core::snapshot::PartitionCheckpoint>,
+    ) {
+        let mut chain = chain.to_vec();
+        match self.env.canary {
+            Some(Canary::NewestFraudListOnRestore) => {
+                if let Some(last) = chain.last_mut() {
+                    last.fraud_list_version = registry.current().version();
+                }
+            }
+            Some(Canary::DedupHorizonShortByOneBucket) => {
+                config.dedup.horizon_ms -= config.dedup.bucket_ms;
+            }
+            _ => {}
+        }
+        (config, chain)
     }
 
     /// A pre-committed epoch the last owner never completed: its updates again, then complete.
@@ -431,11 +495,26 @@ impl PartitionWorker {
         if self.env.canary == Some(Canary::UnfencedIncrements) {
             return self.write_sink_as_increments(fence, updates, status).await;
         }
-        self.env
+        let applied = self
+            .env
             .store
             .apply(self.partition, fence, updates, status)
-            .await
-            .map_err(|e| self.store_error(e))?;
+            .await;
+        #[cfg(feature = "test-canaries")]
+        if let (Some(Canary::NoGenerationCheck), Err(StoreError::Fenced { current, .. })) =
+            (self.env.canary, &applied)
+        {
+            let unchecked = Fence {
+                generation: *current,
+                ..fence
+            };
+            let store = &self.env.store;
+            let applied = store
+                .apply(self.partition, unchecked, updates, status)
+                .await;
+            return applied.map(|_| ()).map_err(|e| self.store_error(e));
+        }
+        applied.map_err(|e| self.store_error(e))?;
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 //! ci/sim run scenarios/*.toml --seeds 1..50                  # a sweep
 //! ci/sim run scenarios/swarm.toml --seed 7 --check-determinism
 //! ci/sim canary scenarios/worker-crash.toml --seeds 1..10    # exits 0 only if the bug is caught
+//! ci/sim canaries                                            # every canary, by its own invariant
 //! ```
 
 #[cfg(not(madsim))]
@@ -29,6 +30,7 @@ mod sim_main {
     use std::time::{Duration, Instant};
 
     use adclick_engine::scenario::Scenario;
+    use adclick_engine::worker::Canary;
     use adclick_sim::simulation::{SimOptions, SimReport, simulate};
     use clap::{Parser, Subcommand};
 
@@ -68,6 +70,9 @@ mod sim_main {
             #[arg(long)]
             verbose: bool,
         },
+        /// Runs every canary of the suite against its scenario; exits 0 only if each is caught
+        /// by its own invariant within the seed budget.
+        Canaries,
         /// Runs a deliberately broken engine; exits 0 only if some seed catches it.
         Canary {
             #[command(flatten)]
@@ -75,6 +80,123 @@ mod sim_main {
             #[arg(long, value_enum, default_value = "increments")]
             variant: Variant,
         },
+    }
+
+    /// Seeds each canary may take to be caught.
+    const CANARY_SEED_BUDGET: u64 = 20;
+
+    /// Each canary, the scenario chosen for it, and the invariant that must catch it: one rule
+    /// each, so a check that stopped guarding its rule shows as a canary that survives. No
+    /// generation check runs in the swarm: in `takeover` the per-key fence stops most of a
+    /// zombie's writes anyway (defence in depth), and only the swarm's mix of pauses, takeovers
+    /// and kills shows it within the budget.
+    const CANARIES: [(Canary, &str, &str); 5] = [
+        (
+            Canary::UnfencedIncrements,
+            "scenarios/sim-worker-kills.toml",
+            "exactly_once",
+        ),
+        (
+            Canary::SkipPendingReapply,
+            "scenarios/store-faults.toml",
+            "exactly_once",
+        ),
+        (
+            Canary::NewestFraudListOnRestore,
+            "scenarios/fraud-rotation.toml",
+            "exactly_once",
+        ),
+        (
+            Canary::NoGenerationCheck,
+            "scenarios/swarm.toml",
+            "exactly_once",
+        ),
+        (
+            Canary::DedupHorizonShortByOneBucket,
+            "scenarios/late-past-horizon.toml",
+            "exactly_once",
+        ),
+    ];
+
+    /// What one canary's seeds showed.
+    enum Caught {
+        By {
+            seed: u64,
+            invariants: Vec<&'static str>,
+        },
+        Survived,
+    }
+
+    /// Runs every canary against its scenario, one row each; exits 1 if one survives its budget
+    /// or is caught only by another invariant than its own.
+    fn canaries() -> ExitCode {
+        println!(
+            "{:<34} {:<28} {:<14} {:<10} seeds",
+            "canary", "scenario", "target", "caught at"
+        );
+        let mut failed = 0;
+        for (canary, path, target) in CANARIES {
+            let scenario = match load(Path::new(path)) {
+                Ok(scenario) => scenario,
+                Err(code) => return code,
+            };
+            let (caught, tried) = hunt(&scenario, canary);
+            let verdict = match &caught {
+                Caught::By { invariants, .. } if invariants.contains(&target) => "caught",
+                Caught::By { .. } => "CAUGHT BY ANOTHER INVARIANT",
+                Caught::Survived => "SURVIVED",
+            };
+            if verdict != "caught" {
+                failed += 1;
+            }
+            let (at, by) = match &caught {
+                Caught::By { seed, invariants } => (seed.to_string(), invariants.join(",")),
+                Caught::Survived => ("-".into(), "-".into()),
+            };
+            println!(
+                "{:<34} {:<28} {target:<14} {at:<10} {tried:<5} {verdict} (by {by})",
+                canary.name(),
+                scenario.name,
+            );
+        }
+        if failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            println!(
+                "{failed} canaries not caught by their own invariant within {CANARY_SEED_BUDGET} seeds"
+            );
+            ExitCode::FAILURE
+        }
+    }
+
+    /// Seeds 1.. up to the budget, until one fails: the invariants that failed, and seeds tried.
+    fn hunt(scenario: &Scenario, canary: Canary) -> (Caught, u64) {
+        for seed in 1..=CANARY_SEED_BUDGET {
+            let options = SimOptions {
+                seed,
+                canary: Some(canary),
+            };
+            let failed = match run_seed(scenario, options) {
+                Ok(report) => report
+                    .verdicts
+                    .iter()
+                    .filter(|verdict| !verdict.holds)
+                    .map(|verdict| verdict.invariant)
+                    .collect(),
+                // A run the canary broke outright counts as caught by no invariant.
+                Err(_) => vec!["(the run failed)"],
+            };
+            if !failed.is_empty() {
+                return (
+                    Caught::By {
+                        seed,
+                        invariants: failed,
+                    },
+                    seed,
+                );
+            }
+        }
+        (Caught::Survived, CANARY_SEED_BUDGET)
     }
 
     #[derive(Clone, Copy, clap::ValueEnum)]
@@ -163,6 +285,7 @@ mod sim_main {
                 verbose,
             } => run(&seeds, check_determinism, verbose),
             Command::Canary { seeds, variant } => canary(&seeds, variant),
+            Command::Canaries => canaries(),
         }
     }
 
@@ -300,7 +423,7 @@ mod sim_main {
 
     fn canary(args: &SeedArgs, variant: Variant) -> ExitCode {
         let canary = match variant {
-            Variant::Increments => adclick_engine::worker::Canary::UnfencedIncrements,
+            Variant::Increments => Canary::UnfencedIncrements,
         };
         for path in &args.scenarios {
             let scenario = match load(path) {
