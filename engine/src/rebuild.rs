@@ -282,11 +282,16 @@ async fn replay(
         ..config
     };
     let first_list = env.fraud.list_for(partition, first_offset).clone();
-    let mut aggregator = PartitionAggregator::new(config, partition, first_list);
-    let mut kept = BTreeMap::new();
-    let mut clock = ReplayClock::default();
+    let mut replay = Replay {
+        fraud: &env.fraud,
+        partition,
+        range,
+        aggregator: PartitionAggregator::new(config, partition, first_list),
+        kept: BTreeMap::new(),
+        clock: ReplayClock::default(),
+        since_barrier: 0,
+    };
     let mut offset = first_offset;
-    let mut since_barrier = 0;
     let mut empty_reads = 0;
     while offset < end_offset {
         let wanted = limits::REBUILD_RECORDS_PER_CALL.min((end_offset.0 - offset.0) as usize);
@@ -313,45 +318,71 @@ async fn replay(
                 .iter()
                 .take_while(|(record_offset, _)| *record_offset < end_offset)
                 .collect();
-            let Some(&(last, _)) = records.last() else {
-                continue;
-            };
-            since_barrier += records.len();
-            let mut start = 0;
-            for (index, (record_offset, _)) in records.iter().enumerate() {
-                let list = env.fraud.list_for(partition, *record_offset);
-                if list.version() != aggregator.fraud_list_version() {
-                    // The workers swapped lists here: so does the replay, at a barrier.
-                    feed(&mut aggregator, &mut clock, &records[start..index]);
-                    aggregator.stage_fraud_list(list.clone());
-                    barrier(&mut aggregator, range, &mut kept);
-                    since_barrier = records.len() - index;
-                    start = index;
-                }
+            if let Some(&(last, _)) = records.last() {
+                replay.take(&records);
+                offset = Offset(last.0 + 1);
             }
-            feed(&mut aggregator, &mut clock, &records[start..]);
-            offset = Offset(last.0 + 1);
         }
-        if since_barrier >= limits::REBUILD_RECORDS_PER_BARRIER {
-            barrier(&mut aggregator, range, &mut kept);
-            since_barrier = 0;
+        if replay.since_barrier >= limits::REBUILD_RECORDS_PER_BARRIER {
+            replay.barrier();
         }
     }
     // Read to the end offset: caught up, so the watermark follows the clock, as a worker's does.
-    aggregator.on_idle(env.clock.now_ms());
-    barrier(&mut aggregator, range, &mut kept);
+    replay.aggregator.on_idle(env.clock.now_ms());
+    replay.barrier();
     let horizon_ms = config.dedup.horizon_ms;
     let dedup_warm = first_offset == Offset(0)
-        || clock
+        || replay
+            .clock
             .first_event_time_ms
             .is_none_or(|first_ms| first_ms.saturating_add(horizon_ms) <= range.from_ms);
     Ok(Replayed {
-        updates: kept.into_values().collect(),
-        status: status_of(&aggregator),
+        status: status_of(&replay.aggregator),
+        updates: replay.kept.into_values().collect(),
         first_offset,
         end_offset,
         dedup_warm,
     })
+}
+
+/// A partition's replay in progress: the aggregator, its clock, and the range's series kept.
+struct Replay<'a> {
+    fraud: &'a FraudSchedule,
+    partition: PartitionId,
+    range: RebuildRange,
+    aggregator: PartitionAggregator,
+    kept: BTreeMap<(Series, Lane), SeriesUpdate>,
+    clock: ReplayClock,
+    since_barrier: usize,
+}
+
+impl Replay<'_> {
+    /// Feeds records in offset order; where the workers swapped fraud lists, so does the
+    /// replay, at a barrier.
+    fn take(&mut self, records: &[(Offset, &[u8])]) {
+        let mut start = 0;
+        for (index, (offset, _)) in records.iter().enumerate() {
+            let list = self.fraud.list_for(self.partition, *offset);
+            if list.version() != self.aggregator.fraud_list_version() {
+                feed(
+                    &mut self.aggregator,
+                    &mut self.clock,
+                    &records[start..index],
+                );
+                self.since_barrier += index - start;
+                self.aggregator.stage_fraud_list(list.clone());
+                self.barrier();
+                start = index;
+            }
+        }
+        feed(&mut self.aggregator, &mut self.clock, &records[start..]);
+        self.since_barrier += records.len() - start;
+    }
+
+    fn barrier(&mut self) {
+        barrier(&mut self.aggregator, self.range, &mut self.kept);
+        self.since_barrier = 0;
+    }
 }
 
 /// Records to the aggregator, at the replay clock's reading for them.
