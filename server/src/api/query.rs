@@ -245,28 +245,9 @@ pub async fn top(
         );
     }
     let window_ms = state.window_ms;
-    let window_start_ms = match params.window.as_deref() {
-        None | Some("last") | Some("current") => {
-            let statuses = match state.store.partition_status().await {
-                Ok(statuses) => statuses,
-                Err(error) => return unavailable(error.to_string()),
-            };
-            let watermarks = statuses.iter().map(|status| status.watermark.watermark_ms);
-            if params.window.as_deref() == Some("current") {
-                watermarks.max().unwrap_or(0) / window_ms * window_ms
-            } else {
-                (watermarks.min().unwrap_or(0) / window_ms * window_ms).saturating_sub(window_ms)
-            }
-        }
-        Some(text) => match text.parse::<u64>() {
-            Ok(start_ms) if start_ms % window_ms == 0 => start_ms,
-            _ => {
-                return bad_request(format!(
-                    "window={text:?} is not \"last\", \"current\" or a window start in ms \
-                     (a multiple of {window_ms})"
-                ));
-            }
-        },
+    let window_start_ms = match top_window(&state, params.window.as_deref()).await {
+        Ok(start_ms) => start_ms,
+        Err(response) => return *response,
     };
     let series = match state.store.window_series(window_start_ms).await {
         Ok(series) => series,
@@ -276,9 +257,49 @@ pub async fn top(
         Ok(partitions) => !partitions.is_empty(),
         Err(error) => return unavailable(error.to_string()),
     };
+    let mut ads = ranked_ads(&series, &principal);
+    ads.truncate(n);
+    Json(TopAds {
+        window_start_ms,
+        window_end_ms: window_start_ms + window_ms,
+        ads,
+        rebuilding,
+    })
+    .into_response()
+}
+
+/// The window `window=` names: "last" (the newest every partition has closed), "current" (the
+/// newest any partition is in), or a window start in ms.
+async fn top_window(state: &AppState, window: Option<&str>) -> Result<u64, Box<Response>> {
+    let window_ms = state.window_ms;
+    match window {
+        None | Some("last") | Some("current") => {
+            let statuses = match state.store.partition_status().await {
+                Ok(statuses) => statuses,
+                Err(error) => return Err(Box::new(unavailable(error.to_string()))),
+            };
+            let watermarks = statuses.iter().map(|status| status.watermark.watermark_ms);
+            Ok(if window == Some("current") {
+                watermarks.max().unwrap_or(0) / window_ms * window_ms
+            } else {
+                (watermarks.min().unwrap_or(0) / window_ms * window_ms).saturating_sub(window_ms)
+            })
+        }
+        Some(text) => match text.parse::<u64>() {
+            Ok(start_ms) if start_ms % window_ms == 0 => Ok(start_ms),
+            _ => Err(Box::new(bad_request(format!(
+                "window={text:?} is not \"last\", \"current\" or a window start in ms \
+                 (a multiple of {window_ms})"
+            )))),
+        },
+    }
+}
+
+/// The caller's ads of the window by unique clicks, ties broken by id (the same answer on every
+/// call). Unverified clicks are not known unique: billing decides them, the ranking does not.
+fn ranked_ads(series: &[(Series, Lane, StoredCounts)], principal: &Principal) -> Vec<TopAd> {
     let mut ads: BTreeMap<(u64, u64), Counts> = BTreeMap::new();
-    for (series, lane, stored) in &series {
-        // Unverified clicks are not known unique: billing decides them, the ranking does not.
+    for (series, lane, stored) in series {
         if let Series::Window(key) = series
             && lane.is_verified()
             && principal.may_see(key.campaign_id.0)
@@ -298,21 +319,13 @@ pub async fn top(
             fraud: counts.fraud,
         })
         .collect();
-    // Ties break by id, so the answer is the same on every call.
     ads.sort_by(|a, b| {
         b.unique
             .cmp(&a.unique)
             .then(a.campaign_id.cmp(&b.campaign_id))
             .then(a.ad_id.cmp(&b.ad_id))
     });
-    ads.truncate(n);
-    Json(TopAds {
-        window_start_ms,
-        window_end_ms: window_start_ms + window_ms,
-        ads,
-        rebuilding,
-    })
-    .into_response()
+    ads
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
