@@ -83,32 +83,10 @@ pub async fn campaign_clicks(
             None,
         );
     }
-    let (granularity, step_ms) = match params.granularity.as_deref() {
-        None | Some("minute") | Some("window") => (Granularity::Window, state.window_ms),
-        Some("hour") => (Granularity::Hour, HOUR_MS),
-        Some(other) => {
-            return bad_request(format!(
-                "granularity={other:?} is not one of \"minute\", \"hour\""
-            ));
-        }
+    let (granularity, step_ms, from_ms, to_ms) = match asked_range(&state, &params) {
+        Ok(range) => range,
+        Err(response) => return *response,
     };
-    let now_ms = state.clock.now_ms();
-    let to_ms = params.to.unwrap_or(now_ms + step_ms);
-    let from_ms = params.from.unwrap_or(to_ms.saturating_sub(HOUR_MS));
-    if from_ms >= to_ms {
-        return bad_request(format!("from={from_ms} must be before to={to_ms}"));
-    }
-    let span_max = state.http.query_span_ms_max;
-    if to_ms - from_ms > span_max {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "the range spans {} ms, over the limit of {span_max} ms",
-                to_ms - from_ms
-            ),
-            Some("http.query_span_ms_max"),
-        );
-    }
     let series = match state
         .store
         .campaign_series(CampaignId(campaign_id), granularity, from_ms, to_ms)
@@ -122,21 +100,7 @@ pub async fn campaign_clicks(
         Err(error) => return unavailable(error.to_string()),
     };
     let windows = merge_windows(&series, step_ms);
-    let mut total = WindowCounts {
-        start_ms: from_ms,
-        end_ms: to_ms,
-        is_final: windows.iter().all(|window| window.is_final),
-        ..WindowCounts::default()
-    };
-    for window in &windows {
-        total.clicks += window.clicks;
-        total.unique += window.unique;
-        total.fraud += window.fraud;
-        total.late_clicks += window.late_clicks;
-        total.late_unique += window.late_unique;
-        total.unverified_clicks += window.unverified_clicks;
-        total.unverified_unique += window.unverified_unique;
-    }
+    let total = total_of(&windows, from_ms, to_ms);
     Json(CampaignClicks {
         campaign_id,
         granularity: match granularity {
@@ -150,6 +114,62 @@ pub async fn campaign_clicks(
         rebuilding,
     })
     .into_response()
+}
+
+/// The granularity, its step, and the range `[from, to)` asked for (the last hour by default),
+/// within `http.query_span_ms_max`.
+fn asked_range(
+    state: &AppState,
+    params: &RangeParams,
+) -> Result<(Granularity, u64, u64, u64), Box<Response>> {
+    let (granularity, step_ms) = match params.granularity.as_deref() {
+        None | Some("minute") | Some("window") => (Granularity::Window, state.window_ms),
+        Some("hour") => (Granularity::Hour, HOUR_MS),
+        Some(other) => {
+            return Err(Box::new(bad_request(format!(
+                "granularity={other:?} is not one of \"minute\", \"hour\""
+            ))));
+        }
+    };
+    let now_ms = state.clock.now_ms();
+    let to_ms = params.to.unwrap_or(now_ms + step_ms);
+    let from_ms = params.from.unwrap_or(to_ms.saturating_sub(HOUR_MS));
+    if from_ms >= to_ms {
+        let message = format!("from={from_ms} must be before to={to_ms}");
+        return Err(Box::new(bad_request(message)));
+    }
+    let span_max = state.http.query_span_ms_max;
+    if to_ms - from_ms > span_max {
+        return Err(Box::new(error_response(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the range spans {} ms, over the limit of {span_max} ms",
+                to_ms - from_ms
+            ),
+            Some("http.query_span_ms_max"),
+        )));
+    }
+    Ok((granularity, step_ms, from_ms, to_ms))
+}
+
+/// The windows summed over `[from, to)`; final only if every window is.
+fn total_of(windows: &[WindowCounts], from_ms: u64, to_ms: u64) -> WindowCounts {
+    let mut total = WindowCounts {
+        start_ms: from_ms,
+        end_ms: to_ms,
+        is_final: windows.iter().all(|window| window.is_final),
+        ..WindowCounts::default()
+    };
+    for window in windows {
+        total.clicks += window.clicks;
+        total.unique += window.unique;
+        total.fraud += window.fraud;
+        total.late_clicks += window.late_clicks;
+        total.late_unique += window.late_unique;
+        total.unverified_clicks += window.unverified_clicks;
+        total.unverified_unique += window.unverified_unique;
+    }
+    total
 }
 
 /// Whether a partition that holds some salt of the campaign carries a rebuilding mark. Read
