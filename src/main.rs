@@ -56,26 +56,7 @@ enum Command {
     /// latency (from the intended send time, and raw), freshness and lag. `--target inproc` runs
     /// the whole engine in this process (checking every invariant) and writes the HTML report;
     /// `--target http://HOST:PORT` drives a running `adclick serve`.
-    Load {
-        scenario: PathBuf,
-        #[arg(long, default_value = "inproc")]
-        target: String,
-        /// Where the inproc report goes (JSON, Markdown, HTML with plots).
-        #[arg(long, default_value = "target/adclick-reports")]
-        report_dir: PathBuf,
-        /// Inproc: bisect for the highest rate that holds (rate, ack p99 bound, invariants).
-        #[arg(long)]
-        max_rate_search: bool,
-        /// Length of each max-rate-search trial.
-        #[arg(long, default_value_t = 5.0)]
-        trial_s: f64,
-        /// Requests in flight at most.
-        #[arg(long, default_value_t = 8)]
-        connections: usize,
-        /// Also write the report as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
+    Load(LoadArgs),
     /// Bills a closed period exactly from the Parquet archive into PostgreSQL or SQLite, in one
     /// transaction, once every partition's archive has caught up past the period's end plus
     /// the grace. A period billed already gets a correction run (adclick_bill_adjustments);
@@ -122,9 +103,65 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct LoadArgs {
+    scenario: PathBuf,
+    #[arg(long, default_value = "inproc")]
+    target: String,
+    /// Where the inproc report goes (JSON, Markdown, HTML with plots).
+    #[arg(long, default_value = "target/adclick-reports")]
+    report_dir: PathBuf,
+    /// Inproc: bisect for the highest rate that holds (rate, ack p99 bound, invariants).
+    #[arg(long)]
+    max_rate_search: bool,
+    /// Length of each max-rate-search trial.
+    #[arg(long, default_value_t = 5.0)]
+    trial_s: f64,
+    /// Requests in flight at most.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 fn fail(message: &str) -> ExitCode {
     eprintln!("error: {message}");
     ExitCode::from(2)
+}
+
+/// `adclick load`: the max-rate search, an in-process run, or a run against a target.
+fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
+    let LoadArgs {
+        scenario,
+        target,
+        report_dir,
+        max_rate_search,
+        trial_s,
+        connections,
+        json,
+    } = args;
+    if max_rate_search {
+        let search_target = if target == "inproc" {
+            cli::search::SearchTarget::Inproc
+        } else if target.starts_with("http://") {
+            cli::search::SearchTarget::Http {
+                base: target.trim_end_matches('/').to_owned(),
+                connections,
+            }
+        } else {
+            return Ok(fail(
+                "--max-rate-search runs with --target inproc or http://HOST:PORT",
+            ));
+        };
+        let scenario = adclick_engine::scenario::Scenario::load(&scenario)?;
+        cli::search::main(&scenario, search_target, trial_s, 8, json.as_deref())
+    } else if target == "inproc" {
+        cli::run::main(&scenario, json.as_deref(), true, None, Some(&report_dir))
+    } else {
+        let json = json.as_deref();
+        cli::load::main(&scenario, &target, connections, json, Some(&report_dir))
+    }
 }
 
 fn main() -> ExitCode {
@@ -156,43 +193,7 @@ fn main() -> ExitCode {
             listen,
             allow_unsigned,
         } => cli::serve::main(config.as_deref(), listen, allow_unsigned),
-        Command::Load {
-            scenario,
-            target,
-            report_dir,
-            max_rate_search,
-            trial_s,
-            connections,
-            json,
-        } => {
-            if max_rate_search {
-                let search_target = if target == "inproc" {
-                    cli::search::SearchTarget::Inproc
-                } else if target.starts_with("http://") {
-                    cli::search::SearchTarget::Http {
-                        base: target.trim_end_matches('/').to_owned(),
-                        connections,
-                    }
-                } else {
-                    return fail("--max-rate-search runs with --target inproc or http://HOST:PORT");
-                };
-                adclick_engine::scenario::Scenario::load(&scenario)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|scenario| {
-                        cli::search::main(&scenario, search_target, trial_s, 8, json.as_deref())
-                    })
-            } else if target == "inproc" {
-                cli::run::main(&scenario, json.as_deref(), true, None, Some(&report_dir))
-            } else {
-                cli::load::main(
-                    &scenario,
-                    &target,
-                    connections,
-                    json.as_deref(),
-                    Some(&report_dir),
-                )
-            }
-        }
+        Command::Load(args) => load(args),
         Command::Rebuild {
             config,
             from,
