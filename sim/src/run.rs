@@ -430,6 +430,7 @@ impl Monitor {
 }
 
 /// What the traffic phase sent and got back.
+#[derive(Default)]
 struct Traffic {
     ledger: Ledger,
     sent: u64,
@@ -450,11 +451,8 @@ async fn drive(
     progress: bool,
 ) -> anyhow::Result<Traffic> {
     let partitions = scenario.engine.partitions;
-    let (ingest, flusher) = IngestCore::start(
-        seams.ingest_log(),
-        seams.clock.clone(),
-        scenario.ingest_config(),
-    );
+    let config = scenario.ingest_config();
+    let (ingest, flusher) = IngestCore::start(seams.ingest_log(), seams.clock.clone(), config);
     let progress = progress_bar(scenario, progress);
     let started = monitor.started;
     let salting = scenario.engine.hot_campaigns().is_some();
@@ -462,28 +460,19 @@ async fn drive(
     let mut next_sample = started;
     let mut next_progress_note = started;
     let mut crashes = crash_schedule(scenario).into_iter().peekable();
-    let mut traffic = Traffic {
-        ledger: Ledger::default(),
-        sent: 0,
-        rejected: 0,
-        busy_answers: 0,
-        crashes_injected: 0,
-        elapsed: Duration::ZERO,
-    };
+    let mut traffic = Traffic::default();
     let mut batch = adclick_loadgen::GeneratedBatch::default();
     let rate_per_s = scenario.traffic.rate_per_s;
     let total_events = (rate_per_s as f64 * scenario.traffic.duration_s) as u64;
     while traffic.sent < total_events {
         let elapsed = started.elapsed();
-        while let Some((at_ms, partition)) =
-            crashes.next_if(|(at_ms, _)| *at_ms <= elapsed.as_millis() as u64)
-        {
+        let due_ms = elapsed.as_millis() as u64;
+        while let Some((at_ms, partition)) = crashes.next_if(|(at_ms, _)| *at_ms <= due_ms) {
             tracing::info!(partition = partition.0, at_ms, "killing worker");
             workers.kill_and_restart(partition).await;
             traffic.crashes_injected += 1;
-            monitor
-                .recorder
-                .fault(format!("worker {} killed", partition.0));
+            let killed = format!("worker {} killed", partition.0);
+            monitor.recorder.fault(killed);
         }
         let due = ((rate_per_s as f64 * elapsed.as_secs_f64()) as u64).min(total_events);
         if traffic.sent >= due {
@@ -497,17 +486,9 @@ async fn drive(
         // The ack latency of this request runs from when its first click was due.
         let intended = started + Duration::from_secs_f64(traffic.sent as f64 / rate_per_s as f64);
         if Instant::now() >= next_sample && batch.events.len() > 1 {
-            // A tagged sample for freshness: sent alone with a durable ack, off this loop.
             next_sample += SAMPLE_EVERY;
-            let event = batch.events.pop().expect("more than one event");
-            batch.kinds.pop();
-            samples.push(tokio::spawn(send_sample(
-                ingest.clone(),
-                seams.log.clone(),
-                monitor.recorder.clone(),
-                event,
-                (!salting).then_some(partitions),
-            )));
+            let sampled = (!salting).then_some(partitions);
+            samples.push(spawn_sample(&ingest, seams, monitor, &mut batch, sampled));
         }
         send_batch(&ingest, &batch.events, intended, monitor, &mut traffic).await?;
         traffic.sent += count as u64;
@@ -528,6 +509,26 @@ async fn drive(
     }
     ingest.close(flusher).await;
     Ok(traffic)
+}
+
+/// Takes the batch's last click out and sends it alone with a durable ack, off the traffic
+/// loop: a tagged sample for freshness (for a known partition only, so not with salting on).
+fn spawn_sample(
+    ingest: &IngestCore,
+    seams: &RunSeams,
+    monitor: &Monitor,
+    batch: &mut adclick_loadgen::GeneratedBatch,
+    partitions: Option<u32>,
+) -> tokio::task::JoinHandle<Option<adclick_core::event::ClickEvent>> {
+    let event = batch.events.pop().expect("more than one event");
+    batch.kinds.pop();
+    tokio::spawn(send_sample(
+        ingest.clone(),
+        seams.log.clone(),
+        monitor.recorder.clone(),
+        event,
+        partitions,
+    ))
 }
 
 /// One batch with a buffered ack, retried while ingest answers busy; the accepted clicks go
@@ -628,25 +629,10 @@ async fn judge(
         drain_ms: drained.drain_ms,
     };
     let accepted = traffic.ledger.count;
-    let mut ledger = Some(traffic.ledger);
-    let mut verdicts =
-        oracle::verdicts(
-            &scenario.expect.invariants,
-            &evidence,
-            |invariant| match invariant {
-                Invariant::NoLoss => {
-                    oracle::check_no_loss(ledger.take().expect("no_loss is judged once"), &expected)
-                }
-                Invariant::Determinism => Verdict::skipped(
-                    "determinism",
-                    "checked by the simulator, not by real-time runs",
-                ),
-                _ => Verdict::skipped(
-                    "billing_equality",
-                    "checked by `adclick run` after the run (archive, billing, reconciliation)",
-                ),
-            },
-        );
+    let invariants = &scenario.expect.invariants;
+    let mut verdicts = oracle::verdicts(invariants, &evidence, |invariant| {
+        runner_verdict(invariant, traffic.ledger, &expected)
+    });
     let achieved_rate_per_s = traffic.sent as f64 / traffic.elapsed.as_secs_f64().max(1e-9);
     verdicts.extend(rate_verdict(scenario, achieved_rate_per_s));
     let artifacts = RunArtifacts {
@@ -725,6 +711,22 @@ fn run_report(
         verdicts,
         measurements,
         artifacts: Some(artifacts),
+    }
+}
+
+/// The invariants a real-time run judges its own way: no loss by the ledger of what ingest
+/// took; determinism and billing equality elsewhere.
+fn runner_verdict(invariant: Invariant, ledger: Ledger, expected: &oracle::Expected) -> Verdict {
+    match invariant {
+        Invariant::NoLoss => oracle::check_no_loss(ledger, expected),
+        Invariant::Determinism => Verdict::skipped(
+            "determinism",
+            "checked by the simulator, not by real-time runs",
+        ),
+        _ => Verdict::skipped(
+            "billing_equality",
+            "checked by `adclick run` after the run (archive, billing, reconciliation)",
+        ),
     }
 }
 
