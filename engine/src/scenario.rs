@@ -241,6 +241,24 @@ impl Default for Engine {
 }
 
 impl Engine {
+    /// The worker settings these keys set: the epoch length.
+    pub fn worker_config(&self) -> WorkerConfig {
+        WorkerConfig {
+            epoch_ms: self.epoch_ms,
+            ..WorkerConfig::default()
+        }
+    }
+
+    /// The ingest settings these keys set: the buffer, the linger, hot-campaign splitting.
+    pub fn ingest_config(&self) -> IngestConfig {
+        IngestConfig {
+            producer_buffer_events_max: self.producer_buffer_events_max,
+            producer_linger_ms: self.producer_linger_ms,
+            hot_campaigns: self.hot_campaigns(),
+            ..IngestConfig::default()
+        }
+    }
+
     /// The bounds of the engine keys themselves. The aggregator's window and dedup rules are
     /// `AggregatorConfig::validate`'s; both callers check those too.
     pub fn validate(&self) -> Result<(), EngineInvalid> {
@@ -463,19 +481,11 @@ impl Scenario {
     }
 
     pub fn worker_config(&self) -> WorkerConfig {
-        WorkerConfig {
-            epoch_ms: self.engine.epoch_ms,
-            ..WorkerConfig::default()
-        }
+        self.engine.worker_config()
     }
 
     pub fn ingest_config(&self) -> IngestConfig {
-        IngestConfig {
-            producer_buffer_events_max: self.engine.producer_buffer_events_max,
-            producer_linger_ms: self.engine.producer_linger_ms,
-            hot_campaigns: self.engine.hot_campaigns(),
-            ..IngestConfig::default()
-        }
+        self.engine.ingest_config()
     }
 
     pub fn expects(&self, invariant: Invariant) -> bool {

@@ -345,19 +345,11 @@ impl ServeConfig {
     }
 
     pub fn worker_config(&self) -> WorkerConfig {
-        WorkerConfig {
-            epoch_ms: self.engine.epoch_ms,
-            ..WorkerConfig::default()
-        }
+        self.engine.worker_config()
     }
 
     pub fn ingest_config(&self) -> IngestConfig {
-        IngestConfig {
-            producer_buffer_events_max: self.engine.producer_buffer_events_max,
-            producer_linger_ms: self.engine.producer_linger_ms,
-            hot_campaigns: self.engine.hot_campaigns(),
-            ..IngestConfig::default()
-        }
+        self.engine.ingest_config()
     }
 }
 

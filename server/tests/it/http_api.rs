@@ -328,13 +328,7 @@ async fn a_full_buffer_answers_busy_with_retry_after_and_takes_nothing() {
     let (status, _) = post(&base, "application/x-ndjson", first.join("\n")).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let second: Vec<String> = (8..13).map(|n| click(n, 7, 1, now)).collect();
-    let response = reqwest::Client::new()
-        .post(format!("{base}/v1/clicks"))
-        .header("content-type", "application/x-ndjson")
-        .body(second.join("\n"))
-        .send()
-        .await
-        .unwrap();
+    let response = send_ndjson(&format!("{base}/v1/clicks"), &second).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.headers()["retry-after"], "1");
     let answer: Value = response.json().await.unwrap();
@@ -433,13 +427,7 @@ async fn a_durable_post_on_a_full_disk_answers_busy_and_its_resend_counts_once()
     let now = now_ms();
     let clicks: Vec<String> = (0..3).map(|n| click(n, 9, 1, now)).collect();
     let started = Instant::now();
-    let response = reqwest::Client::new()
-        .post(format!("{base}/v1/clicks?ack=durable"))
-        .header("content-type", "application/x-ndjson")
-        .body(clicks.join("\n"))
-        .send()
-        .await
-        .unwrap();
+    let response = send_ndjson(&format!("{base}/v1/clicks?ack=durable"), &clicks).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -453,13 +441,7 @@ async fn a_durable_post_on_a_full_disk_answers_busy_and_its_resend_counts_once()
         "{answer}"
     );
     disk.full.store(false, std::sync::atomic::Ordering::SeqCst);
-    let resend = reqwest::Client::new()
-        .post(format!("{base}/v1/clicks?ack=durable"))
-        .header("content-type", "application/x-ndjson")
-        .body(clicks.join("\n"))
-        .send()
-        .await
-        .unwrap();
+    let resend = send_ndjson(&format!("{base}/v1/clicks?ack=durable"), &clicks).await;
     assert_eq!(resend.status(), StatusCode::ACCEPTED);
     let counted = wait_for_campaign(&base, 9, now - 60_000, now + 60_000, |answer| {
         answer.total.clicks == 6
@@ -505,6 +487,17 @@ pub(crate) async fn wait_for_campaign(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Posts NDJSON lines to `url` (the clicks endpoint, with any query) and hands back the answer.
+pub(crate) async fn send_ndjson(url: &str, lines: &[String]) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/x-ndjson")
+        .body(lines.join("\n"))
+        .send()
+        .await
+        .unwrap()
 }
 
 /// Posts NDJSON lines and expects every one taken.
