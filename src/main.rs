@@ -143,9 +143,9 @@ fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
     } = args;
     if max_rate_search {
         let search_target = if target == "inproc" {
-            cli::search::SearchTarget::Inproc
+            adclick_loadgen::search::SearchTarget::Inproc
         } else if target.starts_with("http://") {
-            cli::search::SearchTarget::Http {
+            adclick_loadgen::search::SearchTarget::Http {
                 base: target.trim_end_matches('/').to_owned(),
                 connections,
             }
@@ -155,7 +155,7 @@ fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
             ));
         };
         let scenario = adclick_engine::scenario::Scenario::load(&scenario)?;
-        cli::search::main(&scenario, search_target, trial_s, 8, json.as_deref())
+        adclick_loadgen::search::main(&scenario, search_target, trial_s, 8, json.as_deref())
     } else if target == "inproc" {
         cli::run::main(&scenario, json.as_deref(), true, None, Some(&report_dir))
     } else {

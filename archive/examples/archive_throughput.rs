@@ -8,7 +8,7 @@ use adclick_archive::schema::{ArchiveRow, writer_properties_tuned};
 use adclick_archive::{read_billing_rows, write_parquet};
 use adclick_core::ids::{Offset, PartitionId, Salt};
 use adclick_engine::scenario::Scenario;
-use adclick_loadgen::{GeneratedBatch, Generator};
+use adclick_traffic::{GeneratedBatch, Generator};
 
 const START_MS: u64 = 1_800_000_000_000;
 

@@ -4,7 +4,7 @@
 //! `cargo bench -p adclick-benches --bench generator`
 
 use adclick_engine::scenario::Scenario;
-use adclick_loadgen::{GeneratedBatch, Generator};
+use adclick_traffic::{GeneratedBatch, Generator};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn scenario(extra: &str) -> Scenario {

@@ -1,19 +1,11 @@
-//! The oracle, the invariant checks and the scenario runner.
+//! The deterministic simulator: the engine's own code, run by madsim in virtual time.
 //!
-//! `adclick run` drives the real engine on embedded defaults in real time through `run`; the
-//! deterministic simulator drives the same engine code in virtual time. Both judge the result
-//! with the same checks in `oracle`.
+//! `simulation` builds ingest nodes, workers and the fault wrappers from `adclick-harness` on
+//! one seeded runtime, drives a scenario's traffic with crashes, pauses, partitions and store,
+//! log and blob faults drawn from the seed, then judges the run with the harness's oracle. The
+//! same seed replays the same run, bit for bit (`--check-determinism` proves it per seed).
 //!
-//! **Invariant:** the oracle never shares counting code with the engine. It recomputes the
-//! expected counts from the log with plain maps (exact dedup over the whole log, the rate rule
-//! with no expiry), so a bug in the engine's windows, dedup or checkpoints cannot hide in it.
-//! It does use the engine's Bloom filter, whose decisions are deterministic by design.
+//! Everything here needs `--cfg madsim`; `ci/sim` builds it that way into its own target dir.
 
-pub mod faults;
-pub mod file_log_faults;
-pub mod history;
-pub mod measure;
-pub mod oracle;
-pub mod run;
 #[cfg(madsim)]
 pub mod simulation;

@@ -34,15 +34,17 @@ use adclick_engine::scenario::{Invariant, Scenario};
 use adclick_engine::seams::*;
 use adclick_engine::supervisor::Supervision;
 use adclick_engine::worker::{WorkerEnv, supervise};
-use adclick_loadgen::{GeneratedBatch, Generator};
+use adclick_traffic::{GeneratedBatch, Generator};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use serde::Serialize;
 
-use crate::faults::{FaultCounts, FaultRates, Faults, FaultyBlobs, FaultyLog, FaultyStore};
-use crate::file_log_faults::{self, BaseLog};
-use crate::history::{RecordingLog, RecordingStore, StatusHistory};
-use crate::oracle::{self, Ledger, Verdict};
+use adclick_harness::faults::{
+    FaultCounts, FaultRates, Faults, FaultyBlobs, FaultyLog, FaultyStore,
+};
+use adclick_harness::file_log_faults::{self, BaseLog};
+use adclick_harness::history::{RecordingLog, RecordingStore, StatusHistory};
+use adclick_harness::oracle::{self, Ledger, Verdict};
 
 #[derive(Clone, Debug, Default)]
 pub struct SimOptions {
@@ -154,7 +156,8 @@ fn traffic_scenario(
     traffic_scenario.seed = seed;
     traffic_scenario.traffic.rate_per_s = scenario.sim.rate_per_s;
     traffic_scenario.traffic.duration_s = scenario.sim.duration_s;
-    traffic_scenario.anomalies = crate::faults::draw_swarm_anomalies(scenario, rng, faults);
+    traffic_scenario.anomalies =
+        adclick_harness::faults::draw_swarm_anomalies(scenario, rng, faults);
     traffic_scenario
 }
 
@@ -370,16 +373,6 @@ async fn judge(
         oracle::expected_as_judged(log, &checkpoints, &seams.registry, &config, true, history)
             .await?;
     let counts = *faults.counts.lock().expect("counts lock");
-    let duplicates = seams.log.duplicates.lock().expect("duplicates lock");
-    let appended_again = duplicates.clicks.clone();
-    drop(duplicates);
-    let invariants = &scenario.expect.invariants;
-    let mut billing = match invariants.contains(&Invariant::BillingEquality) {
-        true => Some(
-            oracle::check_billing_equality(judged_log.as_ref(), &fraud, &config, &expected).await?,
-        ),
-        false => None,
-    };
     let evidence = oracle::Evidence {
         expected: &expected,
         scan: &scan,
@@ -388,16 +381,15 @@ async fn judge(
         drained_clock: drained.clock,
         drain_ms: drained.drain_ms,
     };
-    let mut verdicts = oracle::verdicts(invariants, &evidence, |invariant| match invariant {
-        Invariant::NoLoss => {
-            oracle::check_no_loss_exact(&accepted.clicks, &appended_again, &expected, &losses)
-        }
-        Invariant::BillingEquality => billing.take().expect("billing_equality is judged once"),
-        _ => Verdict::skipped(
-            "determinism",
-            "checked by running the seed twice (--check-determinism)",
-        ),
-    });
+    let billing = match scenario
+        .expect
+        .invariants
+        .contains(&Invariant::BillingEquality)
+    {
+        true => Some(oracle::check_billing_equality(log, &fraud, &config, &expected).await?),
+        false => None,
+    };
+    let mut verdicts = seed_verdicts(scenario, seams, &evidence, &accepted, &losses, billing);
     verdicts.extend(forged_verdict(scenario, &accepted));
     let trace = std::mem::take(&mut *faults.trace.lock().expect("trace lock"));
     let statuses = &drained.statuses;
@@ -406,12 +398,6 @@ async fn judge(
         // A replay of the seed writes the same segments again.
         let _ = std::fs::remove_dir_all(dir);
     }
-    let unique_billable_clicks = expected
-        .series
-        .iter()
-        .filter(|(s, _)| matches!(s, Series::Window(_)))
-        .map(|(_, c)| c.unique)
-        .sum();
     Ok(SimReport {
         scenario: scenario.name.clone(),
         seed,
@@ -419,7 +405,7 @@ async fn judge(
         virtual_s: (SystemClock.now_ms() - started_ms) as f64 / 1000.0,
         accepted: accepted.ledger.count,
         log_records: expected.log.count,
-        unique_billable_clicks,
+        unique_billable_clicks: unique_billable_clicks(&expected),
         rates,
         faults: counts,
         worker_restarts,
@@ -427,6 +413,48 @@ async fn judge(
         verdicts,
         trace,
     })
+}
+
+/// Every invariant the scenario expects, judged on the drained seed. Billing equality is judged
+/// before (it is async) and handed in.
+fn seed_verdicts(
+    scenario: &Scenario,
+    seams: &SimSeams,
+    evidence: &oracle::Evidence<'_>,
+    accepted: &Accepted,
+    losses: &oracle::CrashLosses,
+    mut billing: Option<Verdict>,
+) -> Vec<Verdict> {
+    let appended_again = seams
+        .log
+        .duplicates
+        .lock()
+        .expect("duplicates lock")
+        .clicks
+        .clone();
+    let invariants = &scenario.expect.invariants;
+    oracle::verdicts(invariants, evidence, |invariant| match invariant {
+        Invariant::NoLoss => oracle::check_no_loss_exact(
+            &accepted.clicks,
+            &appended_again,
+            evidence.expected,
+            losses,
+        ),
+        Invariant::BillingEquality => billing.take().expect("billing_equality is judged once"),
+        _ => Verdict::skipped(
+            "determinism",
+            "checked by running the seed twice (--check-determinism)",
+        ),
+    })
+}
+
+fn unique_billable_clicks(expected: &oracle::Expected) -> u64 {
+    expected
+        .series
+        .iter()
+        .filter(|(s, _)| matches!(s, Series::Window(_)))
+        .map(|(_, c)| c.unique)
+        .sum()
 }
 
 /// With forged clicks in the traffic: every one was refused for its signature.
@@ -611,7 +639,7 @@ async fn rotate_fraud_lists(
         }
         let mut registry = registry.write().expect("fraud registry lock");
         let version = registry.current().version().0 + 1;
-        let list = FraudList::parse(&adclick_loadgen::fraud_list_text(version))
+        let list = FraudList::parse(&adclick_traffic::fraud_list_text(version))
             .expect("the generator's lists parse");
         registry.register(list).expect("a new version registers");
         drop(registry);

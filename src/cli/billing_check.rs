@@ -23,8 +23,8 @@ use adclick_engine::clock::SystemClock;
 use adclick_engine::embedded::MemoryBlobStore;
 use adclick_engine::scenario::Scenario;
 use adclick_engine::seams::{BlobStore, Clock};
-use adclick_sim::oracle::Verdict;
-use adclick_sim::run::RunArtifacts;
+use adclick_harness::oracle::Verdict;
+use adclick_harness::run::RunArtifacts;
 
 /// A flat price, so that every campaign is billable in the check.
 const CHECK_CPC_MICROS: u64 = 250_000;
@@ -86,7 +86,8 @@ async fn check(scenario: &Scenario, artifacts: &RunArtifacts) -> anyhow::Result<
             )
         })
         .collect();
-    let mismatches = adclick_sim::oracle::billing_mismatches(&artifacts.expected_hours, &billable);
+    let mismatches =
+        adclick_harness::oracle::billing_mismatches(&artifacts.expected_hours, &billable);
     let reconciliation = reconcile(
         &artifacts.scan,
         &adclick_billing::store::rows_to_map(&stored),

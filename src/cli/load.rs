@@ -1,87 +1,12 @@
-//! `adclick load SCENARIO --target http://HOST:PORT`: drives a running `adclick serve` at the
-//! scenario's rate, open loop, and reports the achieved rate and ack latency.
-//!
-//! Open loop (wrk2's rule): request `i` is due at `start + i * batch / rate`, whether or not
-//! earlier requests were answered. Latency is measured from that intended time, so a slow
-//! server cannot hide its queueing by slowing the generator down (coordinated omission); the
-//! raw latency from the actual send is reported too. Request bodies are generated on their own
-//! thread ahead of schedule, so generating never delays a send.
+//! `adclick load SCENARIO --target http://HOST:PORT | kafka://BROKERS/TOPIC`: a thin shell over
+//! `adclick-loadgen`, which drives the traffic and measures it.
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use adclick_engine::scenario::Scenario;
-use adclick_loadgen::{GeneratedBatch, Generator};
+use adclick_loadgen::LoadReport;
 use anyhow::Context;
-use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
-
-/// Bodies generated ahead of their send time at most.
-const BODIES_AHEAD: usize = 512;
-
-#[derive(Default)]
-struct Tally {
-    /// Latency from the intended send time, in µs.
-    corrected_us: Option<Histogram<u64>>,
-    /// Latency from the actual send, in µs.
-    raw_us: Option<Histogram<u64>>,
-    events_accepted: u64,
-    events_rejected: u64,
-    requests_ok: u64,
-    requests_busy: u64,
-    requests_failed: u64,
-}
-
-#[derive(Deserialize)]
-struct IngestAnswer {
-    accepted: u64,
-    rejected: u64,
-}
-
-#[derive(Serialize)]
-pub struct LoadReport {
-    pub scenario: String,
-    pub target: String,
-    pub connections: usize,
-    pub batch_events: usize,
-    pub target_rate_per_s: u64,
-    pub achieved_rate_per_s: f64,
-    pub duration_s: f64,
-    pub events_accepted: u64,
-    pub events_rejected: u64,
-    pub requests_ok: u64,
-    pub requests_busy: u64,
-    pub requests_failed: u64,
-    pub ack_latency_ms: Percentiles,
-    pub ack_latency_raw_ms: Percentiles,
-}
-
-#[derive(Serialize)]
-pub struct Percentiles {
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub p99_9: f64,
-    pub max: f64,
-}
-
-pub fn percentiles(histogram: &Histogram<u64>) -> Percentiles {
-    let ms = |us: u64| us as f64 / 1000.0;
-    Percentiles {
-        p50: ms(histogram.value_at_quantile(0.50)),
-        p90: ms(histogram.value_at_quantile(0.90)),
-        p99: ms(histogram.value_at_quantile(0.99)),
-        p99_9: ms(histogram.value_at_quantile(0.999)),
-        max: ms(histogram.max()),
-    }
-}
-
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
-}
 
 pub fn main(
     scenario_path: &Path,
@@ -95,12 +20,13 @@ pub fn main(
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        let report = runtime.block_on(super::load_kafka::drive(&scenario, target, connections))?;
-        print_report(&report);
-        if let Some(path) = json {
-            std::fs::write(path, serde_json::to_string_pretty(&report)?)
-                .with_context(|| format!("--json {}", path.display()))?;
-        }
+        let report = runtime.block_on(adclick_loadgen::kafka::drive(
+            &scenario,
+            target,
+            connections,
+        ))?;
+        report.print();
+        write_json(json, &report)?;
         return Ok(ExitCode::SUCCESS);
     }
     let base = target.trim_end_matches('/').to_owned();
@@ -113,8 +39,9 @@ pub fn main(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (report, run_report) = runtime.block_on(drive(&scenario, &base, connections))?;
-    print_report(&report);
+    let (report, run_report) =
+        runtime.block_on(adclick_loadgen::http::drive(&scenario, &base, connections))?;
+    report.print();
     println!(
         "  click-to-count freshness p50 {:.0} ms, p99 {:.0} ms ({} samples)",
         run_report.measurements.freshness_ms.summary.p50,
@@ -124,397 +51,17 @@ pub fn main(
     if let Some(dir) = report_dir {
         let command: Vec<String> = std::env::args().collect();
         let name = format!("{}-http", scenario.name);
-        let html = super::report::write(dir, &name, &run_report, &command.join(" "))?;
+        let html = adclick_loadgen::report::write(dir, &name, &run_report, &command.join(" "))?;
         println!("\nreport: {html} (and .json, .md)");
     }
-    if let Some(path) = json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("--json {}", path.display()))?;
-    }
+    write_json(json, &report)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as u64
-}
-
-/// Generates NDJSON request bodies on a thread of its own, each with the time it is due.
-fn spawn_body_generator(
-    scenario: &Scenario,
-    requests: u64,
-    batch_events: usize,
-    interval: Duration,
-    start: Instant,
-) -> std::sync::mpsc::Receiver<Vec<u8>> {
-    let (sender, receiver) = std::sync::mpsc::sync_channel(BODIES_AHEAD);
-    let signer = signer_from_env();
-    let mut generator = Generator::new(scenario);
-    let start_wall_ms = now_ms();
-    std::thread::spawn(move || {
-        let mut batch = GeneratedBatch::default();
-        for index in 0..requests {
-            let due = start + interval * index as u32;
-            let offset_ms = due.saturating_duration_since(start).as_millis() as u64;
-            batch.events.clear();
-            batch.kinds.clear();
-            generator.next_batch(
-                start_wall_ms + offset_ms,
-                offset_ms,
-                batch_events,
-                &mut batch,
-            );
-            let mut body = Vec::with_capacity(batch.events.len() * 320);
-            for event in &batch.events {
-                body.extend_from_slice(&ndjson_line(event, &signer));
-            }
-            if sender.send(body).is_err() {
-                return;
-            }
-        }
-    });
-    receiver
-}
-
-/// Signs clicks like an ad server when `ADCLICK_SIGNING_KEYS` (`KEY_ID=HEX,...`) is set, with
-/// its first key, so a secured `adclick serve` takes them.
-fn signer_from_env() -> Signer {
-    let text = std::env::var("ADCLICK_SIGNING_KEYS").ok()?;
-    let (key_id, hex) = text.split(',').next()?.split_once('=')?;
-    let key = adclick_core::signing::hex_decode(hex.trim())?;
-    let mut keys = adclick_core::signing::SigningKeys::default();
-    keys.insert(key_id.trim(), key);
-    Some((key_id.trim().to_owned(), keys))
-}
-
-/// One click as an NDJSON line, signed when `ADCLICK_SIGNING_KEYS` is set.
-fn ndjson_line(event: &adclick_core::event::ClickEvent, signer: &Signer) -> Vec<u8> {
-    let mut wire = adclick_core::event::WireClick::from(event);
-    if let Some((key_id, keys)) = signer {
-        let message = adclick_core::signing::signed_message(
-            event.click_id.0,
-            event.campaign_id.0,
-            event.ad_id.0,
-            event.event_time_ms.0,
-        );
-        wire.signature = keys.sign(key_id, &message);
-        wire.key_id = Some(key_id.clone());
+fn write_json(json: Option<&Path>, report: &LoadReport) -> anyhow::Result<()> {
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(report)?)
+            .with_context(|| format!("--json {}", path.display()))?;
     }
-    let mut line = serde_json::to_vec(&wire).expect("a click serializes");
-    line.push(b'\n');
-    line
-}
-
-type Signer = Option<(String, adclick_core::signing::SigningKeys)>;
-
-pub async fn drive(
-    scenario: &Scenario,
-    base: &str,
-    connections: usize,
-) -> anyhow::Result<(LoadReport, adclick_sim::run::RunReport)> {
-    let rate = scenario.traffic.rate_per_s.max(1);
-    let batch_events = scenario.traffic.batch_events.max(1);
-    let requests =
-        ((rate as f64 * scenario.traffic.duration_s) / batch_events as f64).ceil() as u64;
-    let interval = Duration::from_secs_f64(batch_events as f64 / rate as f64);
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(connections)
-        .tcp_nodelay(true)
-        .build()?;
-    let url = format!("{base}/v1/clicks");
-    eprintln!(
-        "load {}: {rate} clicks/s for {} s to {url}, {batch_events} per request, {connections} connections (open loop)",
-        scenario.name, scenario.traffic.duration_s
-    );
-    let start = Instant::now() + Duration::from_millis(200);
-    let bodies = spawn_body_generator(scenario, requests, batch_events, interval, start);
-    let bodies = Arc::new(Mutex::new(bodies));
-    let tally = Arc::new(Mutex::new(Tally {
-        corrected_us: Some(new_histogram()),
-        raw_us: Some(new_histogram()),
-        ..Tally::default()
-    }));
-    let permits = Arc::new(tokio::sync::Semaphore::new(connections));
-    let mut tasks = tokio::task::JoinSet::new();
-    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (stop_watching, watching) = tokio::sync::watch::channel(false);
-    let watcher = tokio::spawn(super::http_monitor::watch_server(
-        client.clone(),
-        base.to_owned(),
-        accepted.clone(),
-        start,
-        watching.clone(),
-    ));
-    let signer = signer_from_env();
-    let sampler = tokio::spawn(super::http_monitor::sample_freshness(
-        client.clone(),
-        base.to_owned(),
-        scenario.clone(),
-        move |event| ndjson_line(event, &signer),
-        watching,
-    ));
-    for index in 0..requests {
-        let intended = start + interval * index as u32;
-        tokio::time::sleep_until(intended.into()).await;
-        // At most `connections` requests in flight; waiting here counts against latency,
-        // because latency runs from `intended`.
-        let permit = permits.clone().acquire_owned().await?;
-        let bodies = bodies.clone();
-        let body = tokio::task::spawn_blocking(move || bodies.lock().expect("bodies").recv())
-            .await?
-            .context("the body generator stopped early")?;
-        let post = Post {
-            client: client.clone(),
-            url: url.clone(),
-            tally: tally.clone(),
-            accepted: accepted.clone(),
-        };
-        tasks.spawn(post.send(body, intended, permit));
-        // Reap finished requests so the set stays small.
-        while tasks.try_join_next().is_some() {}
-    }
-    while tasks.join_next().await.is_some() {}
-    let elapsed = start.elapsed().as_secs_f64();
-    let (after_drain, drain_ms) = drain(&client, base).await;
-    let _ = stop_watching.send(true);
-    let (timeline, last_watched) = watcher.await?;
-    // The drain's own last answer is newer than the watcher's.
-    let last = after_drain.or(last_watched);
-    let (freshness_ms, _) = sampler.await?;
-    let tally = tally.lock().expect("tally lock");
-    let report = load_report(scenario, base, connections, elapsed, &tally);
-    let run_report = http_run_report(
-        scenario,
-        &report,
-        &tally,
-        (timeline, last, freshness_ms),
-        drain_ms,
-    );
-    Ok((report, run_report))
-}
-
-/// One request's way to the target and its answer into the tally.
-struct Post {
-    client: reqwest::Client,
-    url: String,
-    tally: Arc<Mutex<Tally>>,
-    accepted: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Post {
-    /// Posts `body`; latency runs from `intended` (corrected for coordinated omission) and from
-    /// the send (raw). The permit is held until the answer is in.
-    async fn send(
-        self,
-        body: Vec<u8>,
-        intended: Instant,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    ) {
-        let sent = Instant::now();
-        let result = self
-            .client
-            .post(&self.url)
-            .header("content-type", "application/x-ndjson")
-            .body(body)
-            .send()
-            .await;
-        let answer = match result {
-            Ok(response) => {
-                let status = response.status();
-                let body = response.bytes().await.unwrap_or_default();
-                Ok((status, body))
-            }
-            Err(error) => Err(error),
-        };
-        let done = Instant::now();
-        drop(permit);
-        let mut tally = self.tally.lock().expect("tally lock");
-        let corrected = done.duration_since(intended).as_micros() as u64;
-        let raw = done.duration_since(sent).as_micros() as u64;
-        let tally = &mut *tally;
-        let histograms = [
-            (&mut tally.corrected_us, corrected),
-            (&mut tally.raw_us, raw),
-        ];
-        for (histogram, us) in histograms {
-            histogram
-                .as_mut()
-                .expect("set")
-                .saturating_record(us.max(1));
-        }
-        match answer {
-            Ok((status, body)) if status.is_success() || status.as_u16() == 400 => {
-                tally.requests_ok += 1;
-                if let Ok(answer) = serde_json::from_slice::<IngestAnswer>(&body) {
-                    let ordering = std::sync::atomic::Ordering::Relaxed;
-                    self.accepted.fetch_add(answer.accepted, ordering);
-                    tally.events_accepted += answer.accepted;
-                    tally.events_rejected += answer.rejected;
-                }
-            }
-            Ok((status, _)) if status.as_u16() == 503 => tally.requests_busy += 1,
-            _ => tally.requests_failed += 1,
-        }
-    }
-}
-
-/// Lets the workers catch up (when the target answers /v1/freshness, for up to 60 s): the last
-/// answer, and how long it took.
-async fn drain(
-    client: &reqwest::Client,
-    base: &str,
-) -> (Option<adclick_server::api::Freshness>, u64) {
-    let drain_started = Instant::now();
-    let mut after_drain = None;
-    while let Some(answer) = super::http_monitor::freshness(client, base).await {
-        let done = super::http_monitor::drained(&answer)
-            || drain_started.elapsed() > Duration::from_secs(60);
-        after_drain = Some(answer);
-        if done {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    (after_drain, drain_started.elapsed().as_millis() as u64)
-}
-
-fn load_report(
-    scenario: &Scenario,
-    base: &str,
-    connections: usize,
-    elapsed: f64,
-    tally: &Tally,
-) -> LoadReport {
-    LoadReport {
-        scenario: scenario.name.clone(),
-        target: base.to_owned(),
-        connections,
-        batch_events: scenario.traffic.batch_events.max(1),
-        target_rate_per_s: scenario.traffic.rate_per_s.max(1),
-        achieved_rate_per_s: tally.events_accepted as f64 / elapsed,
-        duration_s: elapsed,
-        events_accepted: tally.events_accepted,
-        events_rejected: tally.events_rejected,
-        requests_ok: tally.requests_ok,
-        requests_busy: tally.requests_busy,
-        requests_failed: tally.requests_failed,
-        ack_latency_ms: percentiles(tally.corrected_us.as_ref().expect("set")),
-        ack_latency_raw_ms: percentiles(tally.raw_us.as_ref().expect("set")),
-    }
-}
-
-/// The same report shape as an in-process run, from what an HTTP client can see.
-fn http_run_report(
-    scenario: &Scenario,
-    report: &LoadReport,
-    tally: &Tally,
-    (timeline, last, freshness_ms): (
-        Vec<adclick_sim::measure::TimelinePoint>,
-        Option<adclick_server::api::Freshness>,
-        adclick_sim::measure::Distribution,
-    ),
-    drain_ms: u64,
-) -> adclick_sim::run::RunReport {
-    use adclick_sim::oracle::Verdict;
-    let statuses: Vec<_> = last
-        .as_ref()
-        .map(|answer| answer.partitions.iter().filter_map(|p| p.status).collect())
-        .unwrap_or_default();
-    let sum = |field: fn(&adclick_core::snapshot::PartitionStats) -> u64| {
-        statuses
-            .iter()
-            .map(|status| field(&status.stats))
-            .sum::<u64>()
-    };
-    let drained = last.as_ref().is_some_and(super::http_monitor::drained);
-    let needed = 0.95 * report.target_rate_per_s as f64;
-    let verdicts = vec![
-        Verdict {
-            invariant: "rate",
-            holds: report.achieved_rate_per_s >= needed,
-            checked: true,
-            detail: format!(
-                "sustained {:.0}/s, needed {needed:.0}/s",
-                report.achieved_rate_per_s
-            ),
-        },
-        Verdict {
-            invariant: "drained",
-            holds: drained,
-            checked: last.is_some(),
-            detail: format!(
-                "every partition committed up to the log's end {drain_ms} ms after the load"
-            ),
-        },
-        Verdict::skipped(
-            "exactly_once",
-            "checked by in-process runs and the simulator; an HTTP client cannot see the log",
-        ),
-    ];
-    adclick_sim::run::RunReport {
-        scenario: scenario.name.clone(),
-        seed: scenario.seed,
-        partitions: last
-            .as_ref()
-            .map_or(0, |answer| answer.partitions.len() as u32),
-        target_rate_per_s: report.target_rate_per_s,
-        traffic_s: report.duration_s,
-        generated: (report.target_rate_per_s as f64 * scenario.traffic.duration_s) as u64,
-        accepted: report.events_accepted,
-        rejected: report.events_rejected,
-        busy_answers: tally.requests_busy,
-        achieved_rate_per_s: report.achieved_rate_per_s,
-        duplicates_dropped: sum(|stats| stats.duplicates),
-        late_clicks: sum(|stats| stats.late),
-        fraud_clicks: sum(|stats| {
-            stats.fraud_known_ip + stats.fraud_known_user_agent + stats.fraud_rate
-        }),
-        unique_billable_clicks: 0,
-        worker_crashes_injected: 0,
-        worker_restarts: 0,
-        store_errors_injected: 0,
-        drain_ms,
-        passed: verdicts.iter().all(|verdict| verdict.holds),
-        verdicts,
-        measurements: adclick_sim::measure::Measurements {
-            ack_latency_ms: adclick_sim::measure::distribution(
-                tally.corrected_us.as_ref().expect("set"),
-            ),
-            ack_latency_raw_ms: adclick_sim::measure::distribution(
-                tally.raw_us.as_ref().expect("set"),
-            ),
-            freshness_ms,
-            timeline,
-            faults: Vec::new(),
-            partition_records: statuses.iter().map(|status| status.stats.records).collect(),
-        },
-        artifacts: None,
-    }
-}
-
-fn print_report(report: &LoadReport) {
-    let row = |name: &str, p: &Percentiles| {
-        println!(
-            "  {name:<22} p50 {:.2} ms  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
-            p.p50, p.p90, p.p99, p.p99_9, p.max
-        )
-    };
-    println!();
-    println!("  target rate            {}/s", report.target_rate_per_s);
-    println!(
-        "  achieved rate          {:.0}/s over {:.1} s",
-        report.achieved_rate_per_s, report.duration_s
-    );
-    println!(
-        "  events accepted        {} (rejected {})",
-        report.events_accepted, report.events_rejected
-    );
-    println!(
-        "  requests               {} ok, {} busy (503), {} failed",
-        report.requests_ok, report.requests_busy, report.requests_failed
-    );
-    row("ack latency (intended)", &report.ack_latency_ms);
-    row("ack latency (raw)", &report.ack_latency_raw_ms);
+    Ok(())
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use adclick_engine::scenario::{Invariant, Scenario};
 
 use super::billing_check::billing_verdict;
-use adclick_sim::run::{RunOptions, RunReport, run_scenario};
+use adclick_harness::run::{RunOptions, RunReport, run_scenario};
 use anyhow::Context;
 
 pub fn main(
@@ -54,7 +54,8 @@ pub fn main(
     print_summary(&report);
     if let Some(dir) = report_dir {
         let command: Vec<String> = std::env::args().collect();
-        let html = super::report::write(dir, &scenario.name, &report, &command.join(" "))?;
+        let html =
+            adclick_loadgen::report::write(dir, &scenario.name, &report, &command.join(" "))?;
         println!("\nreport: {html} (and .json, .md)");
     }
     if let Some(json) = json {

@@ -16,7 +16,7 @@ use adclick_engine::embedded::MemoryLog;
 use adclick_engine::scenario::Scenario;
 use adclick_engine::seams::{AppendBatch, BlobStore, Log, RecordBlock};
 use adclick_io::blobs::{BlobConfig, ObjectBlobStore};
-use adclick_loadgen::{GeneratedBatch, Generator};
+use adclick_traffic::{GeneratedBatch, Generator};
 
 const HOUR_MS: u64 = 3_600_000;
 /// A period long past, so the wall-clock grace is over; the archive's marks decide.

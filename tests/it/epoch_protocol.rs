@@ -14,8 +14,8 @@ use adclick_engine::embedded::{MemoryBlobStore, MemoryLog, MemoryRealtimeStore};
 use adclick_engine::scenario::Scenario;
 use adclick_engine::seams::{AppendBatch, Clock, RealtimeStore, RecordBlock};
 use adclick_engine::worker::{EpochStep, PartitionWorker, WorkerConfig, WorkerEnv, WorkerError};
-use adclick_loadgen::Generator;
-use adclick_sim::oracle;
+use adclick_harness::oracle;
+use adclick_traffic::Generator;
 
 const PARTITIONS: u32 = 2;
 const START_MS: u64 = 1_800_000_000_000;
@@ -110,7 +110,7 @@ impl Harness {
     /// Appends 200 generated clicks at the current time.
     fn append_traffic(&mut self) {
         let now_ms = self.clock.now_ms();
-        let mut clicks = adclick_loadgen::GeneratedBatch::default();
+        let mut clicks = adclick_traffic::GeneratedBatch::default();
         self.generator
             .next_batch(now_ms, now_ms - START_MS, 200, &mut clicks);
         let blocks = RecordBlock::route(&clicks.events, PARTITIONS);

@@ -13,10 +13,10 @@ use adclick_engine::clock::SystemClock;
 use adclick_engine::embedded::MemoryLog;
 use adclick_engine::scenario::Scenario;
 use adclick_engine::seams::{AppendBatch, Clock, Log, RealtimeStore, RecordBlock};
+use adclick_harness::oracle;
 use adclick_io::kafka::{KafkaConfig, KafkaLog, create_topic};
 use adclick_io::redis_store::{KeySpace, RedisConfig, RedisStore};
-use adclick_loadgen::{GeneratedBatch, Generator};
-use adclick_sim::oracle;
+use adclick_traffic::{GeneratedBatch, Generator};
 
 const PARTITIONS: u32 = 4;
 

@@ -18,7 +18,7 @@ use adclick_engine::clock::ManualClock;
 use adclick_engine::embedded::MemoryLog;
 use adclick_engine::scenario::Scenario;
 use adclick_engine::seams::{AppendBatch, BlobStore, Log, RecordBlock};
-use adclick_loadgen::{GeneratedBatch, Generator};
+use adclick_traffic::{GeneratedBatch, Generator};
 
 pub const PARTITIONS: u32 = 2;
 /// 2027-01-15T08:00:00Z: an hour boundary, so late clicks of the first seconds land in hour 07.

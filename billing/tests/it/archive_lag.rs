@@ -20,7 +20,7 @@ use adclick_engine::clock::ManualClock;
 use adclick_engine::embedded::{MemoryBlobStore, MemoryLog};
 use adclick_engine::scenario::Scenario;
 use adclick_engine::seams::{AppendBatch, BlobStore, Clock, Log, RecordBlock};
-use adclick_loadgen::{GeneratedBatch, Generator};
+use adclick_traffic::{GeneratedBatch, Generator};
 
 use crate::billing_store::{
     START_MS, drop_postgres_schema, job, oracle_billable, postgres_store, price_everything,

@@ -13,8 +13,8 @@ use adclick_core::limits::HOUR_MS;
 use adclick_engine::embedded::MemoryLog;
 use adclick_engine::scenario::Scenario;
 use adclick_engine::seams::{AppendBatch, RecordBlock};
-use adclick_loadgen::{GeneratedBatch, Generator};
-use adclick_sim::oracle;
+use adclick_harness::oracle;
+use adclick_traffic::{GeneratedBatch, Generator};
 
 pub(crate) const PARTITIONS: u32 = 3;
 /// Traffic starts 4 s before an hour boundary, so resends and late clicks straddle it.

@@ -14,9 +14,9 @@ use adclick_engine::ingest::{Ack, IngestConfig, IngestCore, IngestError};
 use adclick_engine::scenario::Scenario;
 use adclick_engine::seams::{Clock, Log, RealtimeStore};
 use adclick_engine::worker::{WorkerEnv, assigned_forever, supervise};
+use adclick_harness::oracle;
 use adclick_io::kafka::KafkaLog;
-use adclick_loadgen::{GeneratedBatch, Generator};
-use adclick_sim::oracle;
+use adclick_traffic::{GeneratedBatch, Generator};
 
 use crate::support::mock_cluster;
 

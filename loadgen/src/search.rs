@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 
 use adclick_engine::scenario::Scenario;
-use adclick_sim::run::{RunOptions, run_scenario};
+use adclick_harness::run::{RunOptions, run_scenario};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -81,7 +81,7 @@ pub fn main(
                 // A fresh seed per trial, so no trial's clicks are resends of another's.
                 trial.seed = scenario.seed.wrapping_add(trials.len() as u64 + 1);
                 runtime
-                    .block_on(super::load::drive(&trial, base, *connections))?
+                    .block_on(crate::http::drive(&trial, base, *connections))?
                     .1
             }
         };

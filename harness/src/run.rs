@@ -20,7 +20,7 @@ use adclick_engine::ingest::{Ack, IngestCore};
 use adclick_engine::scenario::{Invariant, Scenario};
 use adclick_engine::seams::{BlobStore, Clock, Log, RealtimeStore};
 use adclick_engine::worker::{WorkerEnv, supervise};
-use adclick_loadgen::Generator;
+use adclick_traffic::Generator;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
@@ -461,7 +461,7 @@ async fn drive(
     let mut next_progress_note = started;
     let mut crashes = crash_schedule(scenario).into_iter().peekable();
     let mut traffic = Traffic::default();
-    let mut batch = adclick_loadgen::GeneratedBatch::default();
+    let mut batch = adclick_traffic::GeneratedBatch::default();
     let rate_per_s = scenario.traffic.rate_per_s;
     let total_events = (rate_per_s as f64 * scenario.traffic.duration_s) as u64;
     while traffic.sent < total_events {
@@ -517,7 +517,7 @@ fn spawn_sample(
     ingest: &IngestCore,
     seams: &RunSeams,
     monitor: &Monitor,
-    batch: &mut adclick_loadgen::GeneratedBatch,
+    batch: &mut adclick_traffic::GeneratedBatch,
     partitions: Option<u32>,
 ) -> tokio::task::JoinHandle<Option<adclick_core::event::ClickEvent>> {
     let event = batch.events.pop().expect("more than one event");

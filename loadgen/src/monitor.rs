@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use adclick_core::ids::Salt;
 use adclick_core::partition::partition_for_campaign;
 use adclick_engine::scenario::Scenario;
-use adclick_loadgen::{GeneratedBatch, Generator};
+use adclick_harness::measure::{TimelinePoint, distribution};
 use adclick_server::api::Freshness;
-use adclick_sim::measure::{TimelinePoint, distribution};
+use adclick_traffic::{GeneratedBatch, Generator};
 use hdrhistogram::Histogram;
 use tokio::sync::watch;
 
@@ -92,7 +92,7 @@ pub async fn sample_freshness(
     scenario: Scenario,
     sign: impl Fn(&adclick_core::event::ClickEvent) -> Vec<u8> + Send + Sync + 'static,
     mut stop: watch::Receiver<bool>,
-) -> (adclick_sim::measure::Distribution, u64) {
+) -> (adclick_harness::measure::Distribution, u64) {
     let histogram = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
     ));

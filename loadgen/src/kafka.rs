@@ -10,7 +10,7 @@ use adclick_engine::clock::SystemClock;
 use adclick_engine::scenario::Scenario;
 use adclick_engine::seams::{AppendBatch, Clock, Log, RecordBlock};
 use adclick_io::kafka::{KafkaConfig, KafkaLog, create_topic};
-use adclick_loadgen::{GeneratedBatch, Generator};
+use adclick_traffic::{GeneratedBatch, Generator};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 
@@ -37,7 +37,7 @@ pub async fn drive(
     scenario: &Scenario,
     target: &str,
     in_flight_max: usize,
-) -> anyhow::Result<super::load::LoadReport> {
+) -> anyhow::Result<crate::LoadReport> {
     let (brokers, topic, partitions) = parse_target(target)?;
     let config = KafkaConfig::new(&brokers, &topic, partitions, &format!("{topic}-load"));
     if let Err(error) = create_topic(&config, 1).await {
@@ -99,7 +99,7 @@ pub async fn drive(
     while tasks.join_next().await.is_some() {}
     let elapsed = start.elapsed().as_secs_f64();
     let histograms = histograms.lock().expect("histogram lock");
-    Ok(super::load::LoadReport {
+    Ok(crate::LoadReport {
         scenario: scenario.name.clone(),
         target: target.to_owned(),
         connections: in_flight_max,
@@ -112,8 +112,8 @@ pub async fn drive(
         requests_ok: requests - histograms.3,
         requests_busy: 0,
         requests_failed: histograms.3,
-        ack_latency_ms: super::load::percentiles(&histograms.0),
-        ack_latency_raw_ms: super::load::percentiles(&histograms.1),
+        ack_latency_ms: crate::percentiles(&histograms.0),
+        ack_latency_raw_ms: crate::percentiles(&histograms.1),
     })
 }
 

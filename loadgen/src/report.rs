@@ -5,8 +5,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use adclick_sim::measure::{Distribution, Measurements};
-use adclick_sim::run::RunReport;
+use adclick_harness::measure::{Distribution, Measurements};
+use adclick_harness::run::RunReport;
 use anyhow::Context;
 use plotters::prelude::*;
 
@@ -281,7 +281,7 @@ fn lag_svg(m: &Measurements) -> anyhow::Result<String> {
             .map_or(1.0, |p| p.t_ms as f64 / 1000.0)
             .max(1.0);
         let lag =
-            |p: &adclick_sim::measure::TimelinePoint| p.lag_records.iter().sum::<u64>() as f64;
+            |p: &adclick_harness::measure::TimelinePoint| p.lag_records.iter().sum::<u64>() as f64;
         let lag_max = m.timeline.iter().map(lag).fold(1.0, f64::max) * 1.1;
         let delay_max = m
             .timeline
