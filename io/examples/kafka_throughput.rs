@@ -31,48 +31,117 @@ fn click(index: u64) -> ClickEvent {
     }
 }
 
+type MockCluster =
+    rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
+
+/// The run's shape, from the command line.
+struct Args {
+    brokers: String,
+    records: u64,
+    batch_records: u64,
+    partitions: u32,
+    in_flight: u64,
+}
+
+impl Args {
+    fn parse() -> anyhow::Result<Args> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let arg = |index: usize, default: &str| args.get(index).cloned().unwrap_or(default.into());
+        Ok(Args {
+            brokers: arg(0, "mock"),
+            records: arg(1, "1000000").parse()?,
+            batch_records: arg(2, "1000").parse()?,
+            partitions: arg(3, "4").parse()?,
+            in_flight: arg(4, "8").parse()?,
+        })
+    }
+
+    fn batches(&self) -> u64 {
+        self.records / self.batch_records
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = |index: usize, default: &str| args.get(index).cloned().unwrap_or(default.into());
-    let brokers = arg(0, "mock");
-    let records: u64 = arg(1, "1000000").parse()?;
-    let batch_records: u64 = arg(2, "1000").parse()?;
-    let partitions: u32 = arg(3, "4").parse()?;
-    let in_flight: u64 = arg(4, "8").parse()?;
+    let args = Args::parse()?;
+    let (log, _mock) = connect(&args).await?;
+    let batches = encode_batches(&args);
+    let record_bytes = batches[0].1.get(0).len();
+
+    let started = Instant::now();
+    append_all(&log, batches, args.in_flight).await?;
+    let append_s = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let read = read_all(&log, &args).await?;
+    let read_s = started.elapsed().as_secs_f64();
+    assert_eq!(read, args.batches() * args.batch_records);
+    let Args {
+        brokers,
+        batch_records,
+        partitions,
+        in_flight,
+        ..
+    } = &args;
+    println!(
+        "{brokers}: {read} records of {record_bytes} bytes, {batch_records} per append, {partitions} partitions, {in_flight} appends in flight"
+    );
+    println!(
+        "append: {:.0} records/s ({append_s:.2} s)",
+        read as f64 / append_s
+    );
+    println!(
+        "read:   {:.0} records/s ({read_s:.2} s)",
+        read as f64 / read_s
+    );
+    Ok(())
+}
+
+/// A fresh topic on the brokers, or on librdkafka's mock cluster (kept alive by the caller).
+async fn connect(args: &Args) -> anyhow::Result<(Arc<KafkaLog>, Option<MockCluster>)> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_nanos();
     let topic = format!("throughput-{nanos}");
-
-    let _mock;
-    let config = if brokers == "mock" {
+    let (config, mock) = if args.brokers == "mock" {
         let cluster = rdkafka::mocking::MockCluster::new(1)?;
-        cluster.create_topic(&topic, partitions as i32, 1)?;
-        let config = KafkaConfig::new(&cluster.bootstrap_servers(), &topic, partitions, &topic);
-        _mock = cluster;
-        config
+        cluster.create_topic(&topic, args.partitions as i32, 1)?;
+        let servers = cluster.bootstrap_servers();
+        (
+            KafkaConfig::new(&servers, &topic, args.partitions, &topic),
+            Some(cluster),
+        )
     } else {
-        let config = KafkaConfig::new(&brokers, &topic, partitions, &topic);
+        let config = KafkaConfig::new(&args.brokers, &topic, args.partitions, &topic);
         create_topic(&config, 1).await?;
-        config
+        (config, None)
     };
-    let log = Arc::new(KafkaLog::connect(config).await?);
+    Ok((Arc::new(KafkaLog::connect(config).await?), mock))
+}
 
-    // Pre-encoded batches, so that the clock measures the log and not the encoder.
-    let batches: Vec<(PartitionId, RecordBlock)> = (0..records / batch_records)
+/// Pre-encoded batches, so that the clock measures the log and not the encoder.
+fn encode_batches(args: &Args) -> Vec<(PartitionId, RecordBlock)> {
+    (0..args.batches())
         .map(|batch| {
             let mut block = RecordBlock::default();
-            for index in batch * batch_records..(batch + 1) * batch_records {
+            for index in batch * args.batch_records..(batch + 1) * args.batch_records {
                 block.push(&codec::encode(&click(index), Salt(0)));
             }
-            (PartitionId((batch % u64::from(partitions)) as u32), block)
+            (
+                PartitionId((batch % u64::from(args.partitions)) as u32),
+                block,
+            )
         })
-        .collect();
-    let record_bytes = batches[0].1.get(0).len();
-    let batches = Arc::new(std::sync::Mutex::new(batches));
+        .collect()
+}
 
-    let started = Instant::now();
+/// Appends every batch with `in_flight` appenders taking the next one as they finish.
+async fn append_all(
+    log: &Arc<KafkaLog>,
+    batches: Vec<(PartitionId, RecordBlock)>,
+    in_flight: u64,
+) -> anyhow::Result<()> {
+    let batches = Arc::new(std::sync::Mutex::new(batches));
     let appenders: Vec<_> = (0..in_flight)
         .map(|_| {
             let (log, batches) = (log.clone(), batches.clone());
@@ -95,17 +164,16 @@ async fn main() -> anyhow::Result<()> {
     for appender in appenders {
         appender.await?;
     }
-    let append_s = started.elapsed().as_secs_f64();
+    Ok(())
+}
 
-    let started = Instant::now();
+/// Reads every partition back to the records appended to it; returns how many came back.
+async fn read_all(log: &KafkaLog, args: &Args) -> anyhow::Result<u64> {
+    let partitions = u64::from(args.partitions);
     let mut read = 0u64;
-    for partition in (0..partitions).map(PartitionId) {
-        let expected = records / batch_records / u64::from(partitions) * batch_records
-            + if u64::from(partition.0) < records / batch_records % u64::from(partitions) {
-                batch_records
-            } else {
-                0
-            };
+    for partition in (0..args.partitions).map(PartitionId) {
+        let extra_batch = u64::from(partition.0) < args.batches() % partitions;
+        let expected = (args.batches() / partitions + u64::from(extra_batch)) * args.batch_records;
         let mut next = Offset(0);
         while next.0 < expected {
             for batch in log.read(partition, next, 16_384).await? {
@@ -114,18 +182,5 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let read_s = started.elapsed().as_secs_f64();
-    assert_eq!(read, records / batch_records * batch_records);
-    println!(
-        "{brokers}: {read} records of {record_bytes} bytes, {batch_records} per append, {partitions} partitions, {in_flight} appends in flight"
-    );
-    println!(
-        "append: {:.0} records/s ({append_s:.2} s)",
-        read as f64 / append_s
-    );
-    println!(
-        "read:   {:.0} records/s ({read_s:.2} s)",
-        read as f64 / read_s
-    );
-    Ok(())
+    Ok(read)
 }
