@@ -139,6 +139,17 @@ pub struct Expected {
     pub end_offsets: Vec<Offset>,
 }
 
+impl Expected {
+    /// Unique non-fraud clicks over every window series: what billing must bill.
+    pub fn unique_billable_clicks(&self) -> u64 {
+        self.series
+            .iter()
+            .filter(|(s, _)| matches!(s, Series::Window(_)))
+            .map(|(_, c)| c.unique)
+            .sum()
+    }
+}
+
 /// Reads every partition from offset 0 and counts with plain maps, for a run whose history was
 /// not recorded: every click is expected in a verified lane.
 pub async fn expected_from_log(
@@ -394,34 +405,18 @@ pub fn check_exactly_once(expected: &Expected, scan: &[(Series, Lane, StoredCoun
             .contains(&owner_of(series, partitions))
     };
     let got_lanes = store_lanes(scan);
-    let got_totals = store_totals(scan);
     let mut mismatches: Vec<String> = expected.history_violations.clone();
     for ((series, class), want) in &expected.lanes {
-        if inexact(series) {
-            continue;
-        }
-        let got = got_lanes
-            .get(&(*series, *class))
-            .copied()
-            .unwrap_or_default();
-        if got != *want {
-            // More first sightings than the log has unique clicks: a resend got past dedup.
-            let hint = if *class == LaneClass::Verified
-                && got.unique + got.fraud > want.unique + want.fraud
-            {
-                " (a duplicate counted as unique: a resend past the dedup horizon outside the unverified lane, or routed to another partition than its original: check salting)"
-            } else {
-                ""
-            };
-            mismatches.push(format!(
-                "{series:?} {class:?}: store {got:?}, log says {want:?}{hint}"
-            ));
+        if !inexact(series) {
+            let got = got_lanes
+                .get(&(*series, *class))
+                .copied()
+                .unwrap_or_default();
+            mismatches.extend(lane_mismatch(series, *class, got, *want));
         }
     }
-    for (series, want) in &expected.series {
-        if !inexact(series) {
-            continue;
-        }
+    let got_totals = store_totals(scan);
+    for (series, want) in expected.series.iter().filter(|(series, _)| inexact(series)) {
         let got_total = got_totals.get(series).copied().unwrap_or_default();
         let got = got_lanes
             .get(&(*series, LaneClass::Verified))
@@ -441,12 +436,27 @@ pub fn check_exactly_once(expected: &Expected, scan: &[(Series, Lane, StoredCoun
             "{series:?} {class:?}: in the store but not in the log"
         ));
     }
-    let unique: u64 = expected
-        .series
-        .iter()
-        .filter(|(s, _)| matches!(s, Series::Window(_)))
-        .map(|(_, c)| c.unique)
-        .sum();
+    exactly_once_verdict(expected, &mismatches)
+}
+
+/// One exactly-checked lane class of a series: the store's counts against the log's.
+fn lane_mismatch(series: &Series, class: LaneClass, got: Counts, want: Counts) -> Option<String> {
+    if got == want {
+        return None;
+    }
+    // More first sightings than the log has unique clicks: a resend got past dedup.
+    let hint = if class == LaneClass::Verified && got.unique + got.fraud > want.unique + want.fraud
+    {
+        " (a duplicate counted as unique: a resend past the dedup horizon outside the unverified lane, or routed to another partition than its original: check salting)"
+    } else {
+        ""
+    };
+    Some(format!(
+        "{series:?} {class:?}: store {got:?}, log says {want:?}{hint}"
+    ))
+}
+
+fn exactly_once_verdict(expected: &Expected, mismatches: &[String]) -> Verdict {
     let unverified: u64 = expected
         .lanes
         .iter()
@@ -459,8 +469,9 @@ pub fn check_exactly_once(expected: &Expected, scan: &[(Series, Lane, StoredCoun
         checked: true,
         detail: if mismatches.is_empty() {
             format!(
-                "{} series match the log exactly per lane ({unique} unique billable clicks, {unverified} clicks unverified)",
-                expected.series.len()
+                "{} series match the log exactly per lane ({} unique billable clicks, {unverified} clicks unverified)",
+                expected.series.len(),
+                expected.unique_billable_clicks()
             )
         } else {
             format!(

@@ -137,14 +137,11 @@ pub async fn drive(
     );
     let start = Instant::now() + Duration::from_millis(200);
     let bodies = spawn_body_generator(scenario, requests, batch_events, interval, start);
-    let bodies = Arc::new(Mutex::new(bodies));
     let tally = Arc::new(Mutex::new(Tally {
         corrected_us: Some(new_histogram()),
         raw_us: Some(new_histogram()),
         ..Tally::default()
     }));
-    let permits = Arc::new(tokio::sync::Semaphore::new(connections));
-    let mut tasks = tokio::task::JoinSet::new();
     let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (stop_watching, watching) = tokio::sync::watch::channel(false);
     let watcher = tokio::spawn(crate::monitor::watch_server(
@@ -162,27 +159,19 @@ pub async fn drive(
         move |event| ndjson_line(event, &signer),
         watching,
     ));
-    for index in 0..requests {
-        let intended = start + interval * index as u32;
-        tokio::time::sleep_until(intended.into()).await;
-        // At most `connections` requests in flight; waiting here counts against latency,
-        // because latency runs from `intended`.
-        let permit = permits.clone().acquire_owned().await?;
-        let bodies = bodies.clone();
-        let body = tokio::task::spawn_blocking(move || bodies.lock().expect("bodies").recv())
-            .await?
-            .context("the body generator stopped early")?;
-        let post = Post {
-            client: client.clone(),
-            url: url.clone(),
-            tally: tally.clone(),
-            accepted: accepted.clone(),
-        };
-        tasks.spawn(post.send(body, intended, permit));
-        // Reap finished requests so the set stays small.
-        while tasks.try_join_next().is_some() {}
-    }
-    while tasks.join_next().await.is_some() {}
+    let post = Post {
+        client: client.clone(),
+        url,
+        tally: tally.clone(),
+        accepted: accepted.clone(),
+    };
+    let schedule = Schedule {
+        start,
+        interval,
+        requests,
+        connections,
+    };
+    send_on_schedule(&post, bodies, schedule).await?;
     let elapsed = start.elapsed().as_secs_f64();
     let (after_drain, drain_ms) = drain(&client, base).await;
     let _ = stop_watching.send(true);
@@ -202,7 +191,43 @@ pub async fn drive(
     Ok((report, run_report))
 }
 
+/// When each request is due: request `i` at `start + i * interval`, open loop.
+struct Schedule {
+    start: Instant,
+    interval: Duration,
+    requests: u64,
+    connections: usize,
+}
+
+/// Sends every body at its intended time and waits for every answer.
+async fn send_on_schedule(
+    post: &Post,
+    bodies: std::sync::mpsc::Receiver<Vec<u8>>,
+    schedule: Schedule,
+) -> anyhow::Result<()> {
+    let bodies = Arc::new(Mutex::new(bodies));
+    let permits = Arc::new(tokio::sync::Semaphore::new(schedule.connections));
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..schedule.requests {
+        let intended = schedule.start + schedule.interval * index as u32;
+        tokio::time::sleep_until(intended.into()).await;
+        // At most `connections` requests in flight; waiting here counts against latency,
+        // because latency runs from `intended`.
+        let permit = permits.clone().acquire_owned().await?;
+        let bodies = bodies.clone();
+        let body = tokio::task::spawn_blocking(move || bodies.lock().expect("bodies").recv())
+            .await?
+            .context("the body generator stopped early")?;
+        tasks.spawn(post.clone().send(body, intended, permit));
+        // Reap finished requests so the set stays small.
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
 /// One request's way to the target and its answer into the tally.
+#[derive(Clone)]
 struct Post {
     client: reqwest::Client,
     url: String,
@@ -312,6 +337,39 @@ fn load_report(
     }
 }
 
+/// What an HTTP client can judge: the rate, and that every partition drained afterwards.
+fn http_verdicts(
+    report: &LoadReport,
+    last: Option<&adclick_server::api::Freshness>,
+    drain_ms: u64,
+) -> Vec<adclick_harness::oracle::Verdict> {
+    use adclick_harness::oracle::Verdict;
+    let needed = 0.95 * report.target_rate_per_s as f64;
+    vec![
+        Verdict {
+            invariant: "rate",
+            holds: report.achieved_rate_per_s >= needed,
+            checked: true,
+            detail: format!(
+                "sustained {:.0}/s, needed {needed:.0}/s",
+                report.achieved_rate_per_s
+            ),
+        },
+        Verdict {
+            invariant: "drained",
+            holds: last.is_some_and(crate::monitor::drained),
+            checked: last.is_some(),
+            detail: format!(
+                "every partition committed up to the log's end {drain_ms} ms after the load"
+            ),
+        },
+        Verdict::skipped(
+            "exactly_once",
+            "checked by in-process runs and the simulator; an HTTP client cannot see the log",
+        ),
+    ]
+}
+
 /// The same report shape as an in-process run, from what an HTTP client can see.
 fn http_run_report(
     scenario: &Scenario,
@@ -324,7 +382,6 @@ fn http_run_report(
     ),
     drain_ms: u64,
 ) -> adclick_harness::run::RunReport {
-    use adclick_harness::oracle::Verdict;
     let statuses: Vec<_> = last
         .as_ref()
         .map(|answer| answer.partitions.iter().filter_map(|p| p.status).collect())
@@ -335,31 +392,7 @@ fn http_run_report(
             .map(|status| field(&status.stats))
             .sum::<u64>()
     };
-    let drained = last.as_ref().is_some_and(crate::monitor::drained);
-    let needed = 0.95 * report.target_rate_per_s as f64;
-    let verdicts = vec![
-        Verdict {
-            invariant: "rate",
-            holds: report.achieved_rate_per_s >= needed,
-            checked: true,
-            detail: format!(
-                "sustained {:.0}/s, needed {needed:.0}/s",
-                report.achieved_rate_per_s
-            ),
-        },
-        Verdict {
-            invariant: "drained",
-            holds: drained,
-            checked: last.is_some(),
-            detail: format!(
-                "every partition committed up to the log's end {drain_ms} ms after the load"
-            ),
-        },
-        Verdict::skipped(
-            "exactly_once",
-            "checked by in-process runs and the simulator; an HTTP client cannot see the log",
-        ),
-    ];
+    let verdicts = http_verdicts(report, last.as_ref(), drain_ms);
     adclick_harness::run::RunReport {
         scenario: scenario.name.clone(),
         seed: scenario.seed,

@@ -39,11 +39,7 @@ pub async fn drive(
     in_flight_max: usize,
 ) -> anyhow::Result<crate::LoadReport> {
     let (brokers, topic, partitions) = parse_target(target)?;
-    let config = KafkaConfig::new(&brokers, &topic, partitions, &format!("{topic}-load"));
-    if let Err(error) = create_topic(&config, 1).await {
-        tracing::warn!(%error, "could not create the topic; it may exist already");
-    }
-    let log = Arc::new(KafkaLog::connect(config).await?);
+    let log = connect(&brokers, &topic, partitions).await?;
     let rate = scenario.traffic.rate_per_s.max(1);
     let batch_events = scenario.traffic.batch_events.max(1);
     let requests =
@@ -55,8 +51,8 @@ pub async fn drive(
     );
     let mut generator = Generator::new(scenario);
     let histograms: Arc<KafkaTally> = Arc::new(std::sync::Mutex::new((
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
+        crate::new_histogram(),
+        crate::new_histogram(),
         0u64,
         0u64,
     )));
@@ -79,27 +75,18 @@ pub async fn drive(
         );
         let count = batch.events.len() as u64;
         let appends = route(&batch, &mut sequences);
-        let (log, histograms) = (log.clone(), histograms.clone());
-        tasks.spawn(async move {
-            let sent = Instant::now();
-            let appended = futures::future::join_all(
-                appends
-                    .into_iter()
-                    .map(|(partition, batch)| log.append(partition, batch)),
-            )
-            .await
-            .iter()
-            .all(Result::is_ok);
-            let done = Instant::now();
-            drop(permit);
-            tally(&histograms, intended, sent, done, appended.then_some(count));
-        });
+        let sent = Sent {
+            intended,
+            count,
+            permit,
+        };
+        tasks.spawn(append_all(log.clone(), histograms.clone(), appends, sent));
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
     let elapsed = start.elapsed().as_secs_f64();
     let histograms = histograms.lock().expect("histogram lock");
-    Ok(crate::LoadReport {
+    let report = crate::LoadReport {
         scenario: scenario.name.clone(),
         target: target.to_owned(),
         connections: in_flight_max,
@@ -114,7 +101,46 @@ pub async fn drive(
         requests_failed: histograms.3,
         ack_latency_ms: crate::percentiles(&histograms.0),
         ack_latency_raw_ms: crate::percentiles(&histograms.1),
-    })
+    };
+    Ok(report)
+}
+
+/// The topic's log, creating the topic if it can (it may exist already).
+async fn connect(brokers: &str, topic: &str, partitions: u32) -> anyhow::Result<Arc<KafkaLog>> {
+    let config = KafkaConfig::new(brokers, topic, partitions, &format!("{topic}-load"));
+    if let Err(error) = create_topic(&config, 1).await {
+        tracing::warn!(%error, "could not create the topic; it may exist already");
+    }
+    Ok(Arc::new(KafkaLog::connect(config).await?))
+}
+
+/// A batch on its way: when it was due, its clicks, and its in-flight permit.
+struct Sent {
+    intended: Instant,
+    count: u64,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Appends one generated batch (one append per partition it touches) and tallies it.
+async fn append_all(
+    log: Arc<KafkaLog>,
+    histograms: Arc<KafkaTally>,
+    appends: Vec<(adclick_core::ids::PartitionId, AppendBatch)>,
+    batch: Sent,
+) {
+    let sent = Instant::now();
+    let appended = futures::future::join_all(
+        appends
+            .into_iter()
+            .map(|(partition, append)| log.append(partition, append)),
+    )
+    .await
+    .iter()
+    .all(Result::is_ok);
+    let done = Instant::now();
+    drop(batch.permit);
+    let count = appended.then_some(batch.count);
+    tally(&histograms, batch.intended, sent, done, count);
 }
 
 /// Corrected and raw latencies (µs), clicks appended, batches failed.

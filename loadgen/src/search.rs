@@ -51,14 +51,14 @@ pub fn main(
     let mut low = 0u64;
     let mut high = scenario.traffic.rate_per_s.max(1000) * 2;
     let mut trials = Vec::new();
+    let bound_text = if bound > 0.0 {
+        format!("{bound} ms")
+    } else {
+        "none".into()
+    };
     eprintln!(
-        "max-rate search on {}: {trial_s} s trials, between 0 and {high} clicks/s, ack p99 bound {}",
+        "max-rate search on {}: {trial_s} s trials, between 0 and {high} clicks/s, ack p99 bound {bound_text}",
         scenario.name,
-        if bound > 0.0 {
-            format!("{bound} ms")
-        } else {
-            "none".into()
-        }
     );
     for _ in 0..trials_max {
         let rate = if low == 0 && trials.is_empty() {
@@ -69,44 +69,13 @@ pub fn main(
         if high - low <= high / 50 {
             break;
         }
-        let mut trial = scenario.clone();
-        trial.traffic.rate_per_s = rate;
-        trial.traffic.duration_s = trial_s;
-        trial.expect.min_rate_fraction = 0.95;
-        let report = match &target {
-            SearchTarget::Inproc => {
-                runtime.block_on(run_scenario(&trial, RunOptions::default()))?
-            }
-            SearchTarget::Http { base, connections } => {
-                // A fresh seed per trial, so no trial's clicks are resends of another's.
-                trial.seed = scenario.seed.wrapping_add(trials.len() as u64 + 1);
-                runtime
-                    .block_on(crate::http::drive(&trial, base, *connections))?
-                    .1
-            }
-        };
-        let ack_p99_ms = report.measurements.ack_latency_ms.summary.p99;
-        let invariants_hold = report.passed;
-        let holds = invariants_hold && (bound <= 0.0 || ack_p99_ms <= bound);
-        eprintln!(
-            "  {rate:>9}/s: achieved {:>9.0}/s, ack p99 {ack_p99_ms:>8.1} ms, invariants {}: {}",
-            report.achieved_rate_per_s,
-            if invariants_hold { "hold" } else { "FAIL" },
-            if holds { "holds" } else { "does not hold" }
-        );
-        trials.push(Trial {
-            rate_per_s: rate,
-            achieved_per_s: report.achieved_rate_per_s,
-            ack_p99_ms,
-            freshness_p99_ms: report.measurements.freshness_ms.summary.p99,
-            invariants_hold,
-            holds,
-        });
-        if holds {
+        let trial = run_trial(&runtime, scenario, &target, rate, trial_s, trials.len())?;
+        if trial.holds {
             low = rate;
         } else {
             high = rate;
         }
+        trials.push(trial);
     }
     println!(
         "correct at {low} clicks/s ({} trials of {trial_s} s)",
@@ -126,5 +95,49 @@ pub fn main(
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// One trial of the scenario at `rate` for `trial_s`: it holds if every invariant holds and the
+/// ack p99 is within the scenario's bound (if it sets one).
+fn run_trial(
+    runtime: &tokio::runtime::Runtime,
+    scenario: &Scenario,
+    target: &SearchTarget,
+    rate: u64,
+    trial_s: f64,
+    index: usize,
+) -> anyhow::Result<Trial> {
+    let mut trial = scenario.clone();
+    trial.traffic.rate_per_s = rate;
+    trial.traffic.duration_s = trial_s;
+    trial.expect.min_rate_fraction = 0.95;
+    let report = match target {
+        SearchTarget::Inproc => runtime.block_on(run_scenario(&trial, RunOptions::default()))?,
+        SearchTarget::Http { base, connections } => {
+            // A fresh seed per trial, so no trial's clicks are resends of another's.
+            trial.seed = scenario.seed.wrapping_add(index as u64 + 1);
+            runtime
+                .block_on(crate::http::drive(&trial, base, *connections))?
+                .1
+        }
+    };
+    let bound = scenario.expect.ack_p99_ms_max;
+    let ack_p99_ms = report.measurements.ack_latency_ms.summary.p99;
+    let invariants_hold = report.passed;
+    let holds = invariants_hold && (bound <= 0.0 || ack_p99_ms <= bound);
+    eprintln!(
+        "  {rate:>9}/s: achieved {:>9.0}/s, ack p99 {ack_p99_ms:>8.1} ms, invariants {}: {}",
+        report.achieved_rate_per_s,
+        if invariants_hold { "hold" } else { "FAIL" },
+        if holds { "holds" } else { "does not hold" }
+    );
+    Ok(Trial {
+        rate_per_s: rate,
+        achieved_per_s: report.achieved_rate_per_s,
+        ack_p99_ms,
+        freshness_p99_ms: report.measurements.freshness_ms.summary.p99,
+        invariants_hold,
+        holds,
     })
 }

@@ -405,7 +405,7 @@ async fn judge(
         virtual_s: (SystemClock.now_ms() - started_ms) as f64 / 1000.0,
         accepted: accepted.ledger.count,
         log_records: expected.log.count,
-        unique_billable_clicks: unique_billable_clicks(&expected),
+        unique_billable_clicks: expected.unique_billable_clicks(),
         rates,
         faults: counts,
         worker_restarts,
@@ -446,15 +446,6 @@ fn seed_verdicts(
             "checked by running the seed twice (--check-determinism)",
         ),
     })
-}
-
-fn unique_billable_clicks(expected: &oracle::Expected) -> u64 {
-    expected
-        .series
-        .iter()
-        .filter(|(s, _)| matches!(s, Series::Window(_)))
-        .map(|(_, c)| c.unique)
-        .sum()
 }
 
 /// With forged clicks in the traffic: every one was refused for its signature.

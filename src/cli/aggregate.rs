@@ -16,7 +16,7 @@ use std::sync::Arc;
 use adclick_core::event::{TimeBound, parse_json_click};
 use adclick_core::fraud::FraudList;
 use adclick_core::ids::{Epoch, Offset, PartitionId, Salt};
-use adclick_core::operator::{AggregatorConfig, PartitionAggregator, Series};
+use adclick_core::operator::{AggregatorConfig, PartitionAggregator, Series, SeriesUpdate};
 use adclick_core::window::{Counts, Lane, WindowKey};
 use anyhow::Context;
 
@@ -26,15 +26,16 @@ pub enum InputFormat {
     Ndjson,
 }
 
+/// A CSV row's key, (window start, campaign, ad), and its counts: `Counts` for clicks, on-time
+/// unique and fraud, then late unique, then unverified clicks.
+type Rows = BTreeMap<(u64, u64, u64), (Counts, u64, u64)>;
+
 pub fn main(
     input: &Path,
     _format: InputFormat,
     fraud_list: Option<&Path>,
     now_ms: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
-    // Without `--now-ms`, the clock follows the data (the largest event time so far), as for a
-    // replay of history: nothing is ahead of it, and only what is absurdly older is quarantined.
-    let mut data_clock_ms = 0u64;
     let list = match fraud_list {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -43,10 +44,26 @@ pub fn main(
         }
         None => FraudList::empty(),
     };
-    let file =
-        std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
     let mut aggregator =
         PartitionAggregator::new(AggregatorConfig::default(), PartitionId(0), Arc::new(list));
+    feed(&mut aggregator, input, now_ms)?;
+    aggregator.on_watermark(u64::MAX);
+    let output = aggregator.on_barrier(Epoch(1));
+    write_csv(&rows(&output.updates))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every click of the file, in order, one offset each; a quarantined one is named on stderr.
+fn feed(
+    aggregator: &mut PartitionAggregator,
+    input: &Path,
+    now_ms: Option<u64>,
+) -> anyhow::Result<()> {
+    // Without `--now-ms`, the clock follows the data (the largest event time so far), as for a
+    // replay of history: nothing is ahead of it, and only what is absurdly older is quarantined.
+    let mut data_clock_ms = 0u64;
+    let file =
+        std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
     let mut offset = 0u64;
     for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.with_context(|| format!("{}: line {}", input.display(), index + 1))?;
@@ -65,10 +82,13 @@ pub fn main(
         }
         offset += 1;
     }
-    aggregator.on_watermark(u64::MAX);
-    let output = aggregator.on_barrier(Epoch(1));
-    let mut rows: BTreeMap<(u64, u64, u64), (Counts, u64, u64)> = BTreeMap::new();
-    for update in &output.updates {
+    Ok(())
+}
+
+/// The window updates summed per (window, campaign, ad) over salts and lanes.
+fn rows(updates: &[SeriesUpdate]) -> Rows {
+    let mut rows = Rows::new();
+    for update in updates {
         let Series::Window(WindowKey {
             campaign_id,
             ad_id,
@@ -91,6 +111,10 @@ pub fn main(
             row.0.fraud += update.counts.fraud;
         }
     }
+    rows
+}
+
+fn write_csv(rows: &Rows) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     writeln!(
@@ -105,5 +129,5 @@ pub fn main(
         )?;
     }
     out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

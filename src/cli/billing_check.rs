@@ -15,7 +15,7 @@ use adclick_billing::job::{ArchiveGate, BillingJob, bill_from_archive};
 use adclick_billing::reconcile::BillingLists;
 use adclick_billing::reconcile::{reconcile, render_table};
 use adclick_billing::sqlite::SqliteBillingStore;
-use adclick_billing::store::BillingStore;
+use adclick_billing::store::{BilledRow, BillingStore};
 use adclick_core::billing::FraudSchedule;
 use adclick_core::ids::{CampaignId, PartitionId};
 use adclick_core::limits::HOUR_MS;
@@ -44,48 +44,18 @@ pub async fn billing_verdict(scenario: &Scenario, artifacts: &RunArtifacts) -> V
 async fn check(scenario: &Scenario, artifacts: &RunArtifacts) -> anyhow::Result<Verdict> {
     let blobs: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::new());
     let files = archive_everything(artifacts, &blobs).await?;
-    let hours: BTreeSet<u64> = artifacts
-        .expected_hours
-        .keys()
-        .map(|(_, hour)| *hour)
-        .collect();
-    let (Some(first), Some(last)) = (hours.first(), hours.last()) else {
+    let Some(job) = billing_job(scenario, artifacts) else {
         return Ok(Verdict::skipped(
             "billing_equality",
             "the run logged no clicks",
         ));
     };
-    let job = BillingJob {
-        from_ms: *first,
-        to_ms: last + HOUR_MS,
-        grace_ms: 0,
-        clicks_per_ip_per_minute_max: scenario.engine.clicks_per_ip_per_minute_max,
-        fraud: FraudSchedule::single(artifacts.fraud_list.clone()),
-        fraud_inputs: Vec::new(),
-    };
     let store = priced_store(artifacts).await?;
-    let gate = ArchiveGate {
-        partitions: Some(artifacts.log.partitions()),
-        allow_incomplete: false,
-        log_sealed_at_ms: Some(artifacts.log_sealed_at_ms),
-        // Judged as the workers judged, from their own checkpoint store, as `adclick bill
-        // --checkpoints` does.
-        checkpoints: Some(artifacts.checkpoints.clone()),
-    };
+    let gate = archive_gate(artifacts);
     let billed =
         bill_from_archive(&store, blobs.as_ref(), &job, gate, SystemClock.now_ms()).await?;
     let stored = store.hourly(job.from_ms, job.to_ms).await?;
-    // Billing equality: billed == the oracle's unique non-fraud clicks, per (campaign, hour).
-    let billable: BTreeMap<(CampaignId, u64), u64> = stored
-        .iter()
-        .filter(|row| row.bill.billable > 0)
-        .map(|row| {
-            (
-                (row.key.campaign_id, row.key.hour_start_ms),
-                row.bill.billable,
-            )
-        })
-        .collect();
+    let billable = billable_by_hour(&stored);
     let mismatches =
         adclick_harness::oracle::billing_mismatches(&artifacts.expected_hours, &billable);
     let reconciliation = reconcile(
@@ -127,6 +97,51 @@ async fn check(scenario: &Scenario, artifacts: &RunArtifacts) -> anyhow::Result<
         checked: true,
         detail,
     })
+}
+
+/// Every hour the run logged a click in, as one billing job; `None` if it logged none.
+fn billing_job(scenario: &Scenario, artifacts: &RunArtifacts) -> Option<BillingJob> {
+    let hours: BTreeSet<u64> = artifacts
+        .expected_hours
+        .keys()
+        .map(|(_, hour)| *hour)
+        .collect();
+    let (first, last) = (hours.first()?, hours.last()?);
+    Some(BillingJob {
+        from_ms: *first,
+        to_ms: last + HOUR_MS,
+        grace_ms: 0,
+        clicks_per_ip_per_minute_max: scenario.engine.clicks_per_ip_per_minute_max,
+        fraud: FraudSchedule::single(artifacts.fraud_list.clone()),
+        fraud_inputs: Vec::new(),
+    })
+}
+
+/// The gate `adclick bill` applies, with no override: the sealed log stands in for the grace.
+fn archive_gate(artifacts: &RunArtifacts) -> ArchiveGate {
+    ArchiveGate {
+        partitions: Some(artifacts.log.partitions()),
+        allow_incomplete: false,
+        log_sealed_at_ms: Some(artifacts.log_sealed_at_ms),
+        // Judged as the workers judged, from their own checkpoint store, as `adclick bill
+        // --checkpoints` does.
+        checkpoints: Some(artifacts.checkpoints.clone()),
+    }
+}
+
+/// Billing equality compares billed with the oracle's unique non-fraud clicks, per (campaign,
+/// hour); rows billing stored with nothing billable are not billed rows.
+fn billable_by_hour(stored: &[BilledRow]) -> BTreeMap<(CampaignId, u64), u64> {
+    stored
+        .iter()
+        .filter(|row| row.bill.billable > 0)
+        .map(|row| {
+            (
+                (row.key.campaign_id, row.key.hour_start_ms),
+                row.bill.billable,
+            )
+        })
+        .collect()
 }
 
 /// Archives every partition of the run's log to its end; returns the files written.
