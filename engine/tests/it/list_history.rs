@@ -13,8 +13,7 @@ use adclick_engine::embedded::{MemoryBlobStore, MemoryLog, MemoryRealtimeStore};
 use adclick_engine::seams::{AppendBatch, Log, RecordBlock};
 use adclick_engine::worker::{PartitionWorker, WorkerConfig, WorkerEnv};
 
-mod common;
-use common::click;
+use crate::support::click;
 
 const START_MS: u64 = 1_800_000_000_000;
 const PARTITION: PartitionId = PartitionId(0);

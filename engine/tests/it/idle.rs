@@ -17,8 +17,7 @@ use adclick_engine::seams::{AppendBatch, Log, LogError, ReadBatch, RecordBlock};
 use adclick_engine::worker::{PartitionWorker, WorkerConfig, WorkerEnv};
 use async_trait::async_trait;
 
-mod common;
-use common::click;
+use crate::support::click;
 
 const START_MS: u64 = 1_800_000_000_000;
 const PARTITION: PartitionId = PartitionId(0);

@@ -9,7 +9,7 @@ use adclick_engine::seams::{AppendBatch, Log};
 use adclick_io::kafka::{KafkaConfig, KafkaGroup, KafkaLog, create_topic};
 use tokio::sync::watch;
 
-use crate::support::{click, fresh_topic, read_range, real_brokers};
+use super::support::{click, fresh_topic, read_range, real_brokers};
 
 /// Generous: a rebalance on a slow CI machine can take many seconds.
 const GROUP_TIMEOUT: Duration = Duration::from_secs(90);

@@ -20,8 +20,7 @@ use adclick_engine::salt_plans::{SaltPlanStore, plan_key};
 use adclick_engine::seams::{BlobError, BlobStore, Log, read_partition};
 use async_trait::async_trait;
 
-mod common;
-use common::click;
+use crate::support::click;
 
 const PARTITIONS: u32 = 8;
 const HOT: CampaignId = CampaignId(7);

@@ -20,8 +20,7 @@ use adclick_engine::rebuild::{RebuildEnv, RebuildRange, rebuild};
 use adclick_engine::seams::{AppendBatch, BlobStore, Log, RealtimeStore, RecordBlock, StoreError};
 use adclick_engine::worker::{PartitionWorker, WorkerConfig, WorkerEnv, WorkerError};
 
-mod common;
-use common::click;
+use crate::support::click;
 
 const START_MS: u64 = 1_800_000_000_000;
 const PARTITIONS: u32 = 2;

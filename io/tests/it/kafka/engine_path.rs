@@ -18,7 +18,7 @@ use adclick_harness::oracle;
 use adclick_io::kafka::KafkaLog;
 use adclick_traffic::{GeneratedBatch, Generator};
 
-use crate::support::mock_cluster;
+use super::support::mock_cluster;
 
 const PARTITIONS: u32 = 4;
 

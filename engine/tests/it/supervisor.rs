@@ -17,8 +17,7 @@ use adclick_engine::seams::{AppendBatch, BlobStore, Clock, Log, RealtimeStore, R
 use adclick_engine::supervisor::{Supervision, SupervisorExit, assigned_forever, supervise};
 use adclick_engine::worker::{PartitionWorker, WorkerConfig, WorkerEnv};
 
-mod common;
-use common::click;
+use crate::support::click;
 
 const PARTITION: PartitionId = PartitionId(0);
 const V1: &str = "version 1\nip 203.0.113.9\n";

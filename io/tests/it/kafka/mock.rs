@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset as KafkaOffset, TopicPartitionList};
 
-use crate::support::{click, mock_cluster, read_range};
+use super::support::{click, mock_cluster, read_range};
 
 const PARTITIONS: u32 = 3;
 

@@ -11,8 +11,7 @@ use adclick_engine::embedded::FileLog;
 use adclick_engine::ingest::{Ack, IngestConfig, IngestCore};
 use adclick_engine::seams::Log;
 
-mod common;
-use common::click;
+use crate::support::click;
 
 const START_MS: u64 = 1_700_000_000_000;
 
